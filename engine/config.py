@@ -1,0 +1,308 @@
+"""Profiles: frozen dataclasses, loaded once from llama-tui.toml, then CLI overrides.
+
+Layers, lowest first: built-in defaults < ``[defaults]`` < ``[profiles.NAME]`` < CLI flags.
+Every table holds the same flat keys (``KEYS``). An optional top-level
+``default_profile = "NAME"`` picks the profile used when none is named; ``defaults`` names
+the ``[defaults]`` table itself and is reserved. Every mistake raises one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import platformdirs
+
+from engine.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE_NAME = "llama-tui.toml"
+DEFAULTS_NAME = "defaults"
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.7  # 0 = greedy; must be >= 0
+    top_k: int = 40  # 0 = off; >= 0
+    top_p: float = 0.95  # (0, 1]; 1 = off
+    min_p: float = 0.05  # [0, 1); 0 = off
+    repeat_penalty: float = 1.1  # > 0; 1 = off
+    repeat_last_n: int = 64  # tokens the penalty looks back over; >= 0
+    seed: int | None = None  # same seed + settings -> same tokens; None (TOML: -1) = random
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str | None = None  # GGUF path; None (TOML: "") = the embedded SmolLM2-135M-Instruct
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" | "auto"
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16" | "auto"
+    context_length: int = 4096  # tokens of context the KV cache holds; >= 16
+    max_new_tokens: int = 512  # per reply; >= 1
+    system_prompt: str | None = None  # None (TOML: "") = no system message
+    chat_template: bool = True  # False = raw completion (no template)
+    theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
+    sampling: SamplingSettings = SamplingSettings()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None  # file it came from; None = built-in defaults only
+    defaults: Profile  # [defaults] applied over the built-in defaults; name "defaults"
+    profiles: Mapping[str, Profile]  # [profiles.NAME], each = defaults + its own keys
+    default_profile: str | None  # top-level `default_profile = "NAME"`; None = defaults
+
+
+_SAMPLING_KEYS = tuple(f.name for f in fields(SamplingSettings))
+_PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "sampling"))
+KEYS = _PROFILE_KEYS + _SAMPLING_KEYS  # the flat keys of every table and of the overrides
+_TOP_KEYS = ("default_profile", DEFAULTS_NAME, "profiles")
+_DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d+|auto")
+
+
+# key -> (type, check, what the value must be when the check fails)
+_RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "model": (str, lambda v: True, ""),
+    "device": (str, lambda v: _DEVICE_RE.fullmatch(v) is not None, "cpu, cuda, cuda:N or auto"),
+    "dtype": (str, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
+    "context_length": (int, lambda v: v >= 16, ">= 16"),
+    "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
+    "system_prompt": (str, lambda v: True, ""),
+    "chat_template": (bool, lambda v: True, ""),
+    "theme": (str, lambda v: v != "", "a non-empty theme name"),
+    "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+    "min_p": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+    "repeat_penalty": (float, lambda v: v > 0, "> 0 (1 = off)"),
+    "repeat_last_n": (int, lambda v: v >= 0, ">= 0"),
+    "seed": (int, lambda v: -1 <= v < 2**64, "-1 (random) or in [0, 2**64)"),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_VALUE_NAMES = {**_TYPE_NAMES, bool: "a boolean", dict: "a table", list: "an array"}
+
+
+class _Invalid(Exception):
+    """A bad value; the caller adds where it came from."""
+
+
+def _check(key: str, value: Any) -> Any:
+    """The value for `key`, type-checked and range-checked; `_Invalid` says what it must be."""
+    kind, ok, must = _RULES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:  # exact: a bool is not an int, an int is not a bool
+        raise _Invalid(f"must be {_TYPE_NAMES[kind]}, not {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid("must be a finite number")
+    if not ok(value):
+        raise _Invalid(f"must be {must}")
+    return value
+
+
+def _parse_flag(key: str, text: str) -> Any:
+    """A CLI string converted to the key's type (numbers and booleans); `_Invalid` if it isn't."""
+    kind = _RULES[key][0]
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise _Invalid(f"must be {_TYPE_NAMES[kind]}") from None
+    if kind is bool:
+        word = text.strip().lower()
+        if word not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            raise _Invalid("must be true or false")
+        return word in ("true", "yes", "on", "1")
+    return text
+
+
+def _type_name(value: Any) -> str:
+    return _VALUE_NAMES.get(type(value), type(value).__name__)
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+def _unknown(key: str, valid: tuple[str, ...] | list[str]) -> str:
+    """'did you mean ...? valid ...' for a key or name that is not in `valid`."""
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid: {', '.join(valid)}"
+
+
+def _normalize(key: str, value: Any, base: Path | None) -> Any:
+    """Checked values mapped to the dataclass form: "" -> None, -1 seed -> None, model paths."""
+    if key in ("model", "system_prompt") and value == "":
+        return None
+    if key == "seed" and value == -1:
+        return None
+    if key == "model":
+        path = Path(value).expanduser()
+        return os.path.normpath(path if base is None else base / path)
+    return value
+
+
+def _from_flat(name: str, flat: Mapping[str, Any]) -> Profile:
+    sampling = SamplingSettings(**{k: flat[k] for k in _SAMPLING_KEYS})
+    return Profile(name=name, sampling=sampling, **{k: flat[k] for k in _PROFILE_KEYS})
+
+
+def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """Flat view for display and JSON: name, then every key in `KEYS` order."""
+    flat: dict[str, Any] = {"name": profile.name}
+    flat.update({k: getattr(profile, k) for k in _PROFILE_KEYS})
+    flat.update({k: getattr(profile.sampling, k) for k in _SAMPLING_KEYS})
+    return flat
+
+
+def weights_key(profile: Profile) -> tuple[str | None, str, str]:
+    """What the loaded weights depend on; a change here means reloading the model."""
+    return (profile.model, profile.device, profile.dtype)
+
+
+def sampling_changed_only(a: Profile, b: Profile) -> bool:
+    """True when `a` and `b` differ in nothing but sampling settings (and name)."""
+    return replace(a, name="", sampling=SamplingSettings()) == replace(
+        b, name="", sampling=SamplingSettings()
+    )
+
+
+def find_config_path(explicit: Path | None) -> Path | None:
+    """The config file to load: explicit, else ./llama-tui.toml, else the user's; or None."""
+    if explicit is not None:
+        if not explicit.expanduser().is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return explicit.expanduser()
+    local = Path(CONFIG_FILE_NAME)
+    if local.is_file():
+        return local
+    user = platformdirs.user_config_path("llama-tui") / CONFIG_FILE_NAME
+    return user if user.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        where = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        loc = f"{path}:{where[1]}:{where[2]}" if where else str(path)
+        what = msg[: where.start()] if where else msg
+        raise ConfigError(f"{loc}: invalid TOML: {what}; fix the syntax") from None
+
+
+def _table(path: Path, dotted: str, raw: Any, base: Path, flat: dict[str, Any]) -> dict[str, Any]:
+    """`flat` updated with the checked keys of one TOML table."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {dotted} must be a table ([{dotted}]), not {_type_name(raw)}")
+    out = dict(flat)
+    for key, value in raw.items():
+        if key not in _RULES:
+            extra = "; keys are flat (no sub-tables)" if isinstance(value, dict) else ""
+            raise ConfigError(
+                f"{path}: unknown key {dotted}.{key}{extra}; {_unknown(key, list(KEYS))}"
+            )
+        try:
+            out[key] = _normalize(key, _check(key, value), base)
+        except _Invalid as e:
+            raise ConfigError(f"{path}: {dotted}.{key} = {_toml_repr(value)}: {e}") from None
+    return out
+
+
+def load_config(path: Path | None) -> Config:
+    """The validated config from `path` (None: built-in defaults only)."""
+    builtin = profile_to_dict(Profile(name=DEFAULTS_NAME))
+    if path is None:
+        return Config(None, _from_flat(DEFAULTS_NAME, builtin), MappingProxyType({}), None)
+    data = _read_toml(path)
+    for key in data:
+        if key not in _TOP_KEYS:
+            hint = (
+                f"put it under [{DEFAULTS_NAME}] or [profiles.NAME]"
+                if key in _RULES
+                else _unknown(key, _TOP_KEYS)
+            )
+            raise ConfigError(f"{path}: unknown top-level key {key}; {hint}")
+    base = path.expanduser().resolve().parent
+    defaults_flat = _table(path, DEFAULTS_NAME, data.get(DEFAULTS_NAME, {}), base, builtin)
+    raw_profiles = data.get("profiles", {})
+    if not isinstance(raw_profiles, dict):
+        raise ConfigError(f"{path}: profiles must be tables ([profiles.NAME]), not a value")
+    profiles: dict[str, Profile] = {}
+    for name, raw in raw_profiles.items():
+        if name == DEFAULTS_NAME:
+            raise ConfigError(
+                f"{path}: [profiles.{DEFAULTS_NAME}]: the name '{DEFAULTS_NAME}' is reserved "
+                f"for the [{DEFAULTS_NAME}] table; rename the profile"
+            )
+        flat = _table(path, f"profiles.{name}", raw, base, defaults_flat)
+        profiles[name] = _from_flat(name, flat)
+    default_profile = data.get("default_profile")
+    names = [DEFAULTS_NAME, *profiles]
+    if default_profile is not None and default_profile not in names:
+        raise ConfigError(
+            f"{path}: default_profile = {_toml_repr(default_profile)}: no such profile; "
+            f"{_unknown(str(default_profile), names)}"
+        )
+    return Config(
+        path=path,
+        defaults=_from_flat(DEFAULTS_NAME, defaults_flat),
+        profiles=MappingProxyType(profiles),
+        default_profile=default_profile,
+    )
+
+
+def resolve_profile(config: Config, name: str | None, overrides: Mapping[str, Any]) -> Profile:
+    """Profile `name` (None: the config's default) with CLI `overrides` applied on top.
+
+    Override keys are those of `KEYS`; None values are ignored; strings are parsed for
+    numeric and boolean keys; a relative `model` is relative to the working directory.
+    """
+    name = name if name is not None else config.default_profile or DEFAULTS_NAME
+    if name == DEFAULTS_NAME:
+        profile = config.defaults
+    elif name in config.profiles:
+        profile = config.profiles[name]
+    else:
+        source = f" in {config.path}" if config.path else " (no config file loaded)"
+        names = [DEFAULTS_NAME, *config.profiles]
+        raise ConfigError(f"unknown profile '{name}'{source}; {_unknown(name, names)}")
+    flat = profile_to_dict(profile)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key not in _RULES:
+            raise ConfigError(f"unknown setting {flag}; {_unknown(key, list(KEYS))}")
+        try:
+            parsed = _parse_flag(key, value) if isinstance(value, str) else value
+            flat[key] = _normalize(key, _check(key, parsed), None)
+        except _Invalid as e:
+            shown = _toml_repr(value) if isinstance(value, bool) else str(value)
+            raise ConfigError(f"{flag} {shown}: {e}") from None
+    return _from_flat(profile.name, flat)

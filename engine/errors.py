@@ -1,0 +1,22 @@
+"""Errors a user can fix: shown as one line, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in input the user controls (paths, config, flags, prompts).
+
+    The message is one line that names the file, key or value and says what to do.
+    """
+
+
+class ConfigError(UserError):
+    """Bad config file or override."""
+
+
+class ModelLoadError(UserError):
+    """A model file that is missing, corrupt or of a kind the engine cannot run."""
+
+
+class ContextOverflowError(UserError):
+    """A prompt that does not fit the context window."""

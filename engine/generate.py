@@ -1,0 +1,115 @@
+"""Prefill, decode one token, and the generation loop that yields typed events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from engine.config import SamplingSettings
+from engine.errors import ContextOverflowError
+from engine.events import Done, Event, PrefillDone, TokenEvent
+from engine.kv_cache import KVCache
+from engine.metrics import GenerationMetrics
+from engine.model import Transformer
+from engine.sampling import make_generator, sample
+from engine.tokenizers import StreamDecoder, Tokenizer
+
+PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
+
+
+@torch.inference_mode()
+def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) -> torch.Tensor:
+    """Run ids[start:] at positions start.. into the cache; returns next-token logits [V]."""
+    device = model.tok_embeddings.weight.device
+    logits = torch.empty(0)
+    for pos in range(start, len(ids), PREFILL_CHUNK):
+        chunk = list(ids[pos : pos + PREFILL_CHUNK])
+        tokens = torch.tensor([chunk], dtype=torch.long, device=device)
+        logits = model(tokens, start=pos, cache=cache, last_only=True)[0, -1]
+        cache.append(chunk)
+    return logits
+
+
+@torch.inference_mode()
+def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch.Tensor:
+    """Feed one token at the cache's end; returns next-token logits [V]."""
+    device = model.tok_embeddings.weight.device
+    pos = cache.length
+    tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
+    logits = model(tokens, start=pos, cache=cache)[0, -1]
+    cache.append([token_id])
+    return logits
+
+
+def generate(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    cache: KVCache,
+    prompt_ids: Sequence[int],
+    settings: SamplingSettings,
+    max_new_tokens: int,
+    cancel: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel."""
+    t0 = time.perf_counter()
+    if len(prompt_ids) >= cache.max_len:
+        raise ContextOverflowError(
+            f"prompt is {len(prompt_ids)} tokens but the context holds {cache.max_len}: "
+            "shorten it or raise context_length"
+        )
+    cached = min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1)  # recompute >= 1 token
+    cache.truncate(cached)
+    logits = prefill(model, cache, prompt_ids, cached)
+    t_prefill = time.perf_counter()
+    yield PrefillDone(len(prompt_ids), cached, t_prefill - t0)
+
+    generator = make_generator(settings.seed)
+    recent = list(prompt_ids)
+    decoder = StreamDecoder(tokenizer)
+    out_ids: list[int] = []
+    text: list[str] = []
+    stop_reason = "length"
+    t_first = t_prefill
+    steps = 0
+    while True:
+        token = sample(logits, settings, recent, generator)
+        if not out_ids:
+            t_first = time.perf_counter()
+        if token in tokenizer.stop_ids:
+            stop_reason = "stop"
+            break
+        out_ids.append(token)
+        recent.append(token)
+        delta = decoder.push(token)
+        text.append(delta)
+        yield TokenEvent(token, delta, time.perf_counter() - t0)
+        if len(out_ids) >= max_new_tokens:
+            break
+        if cancel is not None and cancel.is_set():
+            stop_reason = "cancelled"
+            break
+        if cache.length >= cache.max_len:
+            stop_reason = "context"
+            break
+        logits = decode_one_token(model, cache, token)
+        steps += 1
+    t_end = time.perf_counter()
+    tail = decoder.flush()
+    if tail:
+        text.append(tail)
+        yield TokenEvent(-1, tail, t_end - t0)
+    metrics = GenerationMetrics(
+        prompt_tokens=len(prompt_ids),
+        cached_tokens=cached,
+        generated_tokens=len(out_ids),
+        decode_steps=steps,
+        ttft_s=t_first - t0,
+        prefill_s=t_prefill - t0,
+        decode_s=t_end - t_first,
+        context_used=cache.length,
+        context_limit=cache.max_len,
+    )
+    yield Done("".join(text), out_ids, stop_reason, metrics)

@@ -1,0 +1,65 @@
+"""KVCache: preallocated key/value buffers that outlive a dialogue turn.
+
+The cache remembers which token ids it holds, so a new prompt reuses the longest common prefix
+and only the rest is prefilled. Writes go through ``update(layer, start, k, v)``: no per-token
+concatenation, no reallocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        *,
+        batch: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (batch, n_kv_heads, max_len, head_dim)  # [B, KV, S, Dh]
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.tokens: list[int] = []  # ids whose keys/values are stored, in order (batch 1)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def update(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: [B, KV, T, Dh] for positions start..start+T-1; returns views over 0..start+T-1
+        end = start + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def common_prefix(self, ids: Sequence[int]) -> int:
+        """Length of the longest prefix of ``ids`` whose keys/values are already cached."""
+        n = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def truncate(self, n: int) -> None:
+        """Forget everything after the first ``n`` tokens (the buffers past n become garbage)."""
+        del self.tokens[n:]
+
+    def append(self, ids: Sequence[int]) -> None:
+        """Record that keys/values for ``ids`` were just written after the current length."""
+        self.tokens.extend(ids)
+        assert len(self.tokens) <= self.max_len
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)

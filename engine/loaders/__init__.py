@@ -1,0 +1,71 @@
+"""Model loading: detect the format from content, build the model, tokenizer and chat template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.args import ModelArgs
+from engine.chat_format import ChatTemplate, chat_template_from_gguf
+from engine.errors import ModelLoadError
+from engine.loaders.gguf import is_gguf, load_gguf_weights
+from engine.loaders.gguf_file import GGUFFile
+from engine.model import Transformer
+from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: Transformer
+    args: ModelArgs
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int  # positions the rope tables (and KV caches) cover
+    load_s: float
+    metadata: dict[str, Any]
+
+
+def load_model(
+    path: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    context_length: int,
+    progress: Progress | None = None,
+) -> LoadedModel:
+    t0 = time.perf_counter()
+    path = path.expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path} (check --model or `model =`)")
+    if path.is_dir() or not is_gguf(path):
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (no GGUF magic bytes); llama-tui loads .gguf models"
+        )
+    gguf = GGUFFile(path)
+    tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
+    template = chat_template_from_gguf(gguf.metadata, source=path.name)
+    model, args, freq_factors = load_gguf_weights(gguf, device=device, dtype=dtype, progress=progress)
+    ctx = min(context_length, args.max_seq_len)
+    model.init_rope(ctx, device, freq_factors)
+    return LoadedModel(
+        path=path,
+        model=model,
+        args=args,
+        tokenizer=tokenizer,
+        chat_template=template,
+        device=device,
+        dtype=dtype,
+        context_length=ctx,
+        load_s=time.perf_counter() - t0,
+        metadata=gguf.metadata,
+    )

@@ -1,0 +1,104 @@
+"""GGUF -> Transformer: a name map from llama.cpp's tensor names into ours.
+
+llama.cpp's converter stores q/k projection rows in Meta's interleaved rotary layout, which is
+the layout engine/model.py uses, so no permutation is needed here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.args import ModelArgs
+from engine.errors import ModelLoadError
+from engine.loaders.dequant import SUPPORTED, dequantize
+from engine.loaders.gguf_file import GGUFFile
+from engine.model import Transformer
+
+TOP_LEVEL = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+PER_LAYER = {
+    "attn_norm": "attention_norm",
+    "attn_q": "attention.wq",
+    "attn_k": "attention.wk",
+    "attn_v": "attention.wv",
+    "attn_output": "attention.wo",
+    "ffn_norm": "ffn_norm",
+    "ffn_gate": "feed_forward.w1",
+    "ffn_down": "feed_forward.w2",
+    "ffn_up": "feed_forward.w3",
+}
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+IGNORED = {"rope_freqs.weight"}  # read separately: Llama 3.1 rope frequency factors
+
+Progress = Callable[[int, int], None]  # (tensors done, tensors total)
+
+
+def internal_name(gguf_name: str) -> str | None:
+    if gguf_name in TOP_LEVEL:
+        return TOP_LEVEL[gguf_name]
+    m = _LAYER_NAME.fullmatch(gguf_name)
+    if m and m.group(2) in PER_LAYER:
+        return f"layers.{m.group(1)}.{PER_LAYER[m.group(2)]}.weight"
+    return None
+
+
+def load_gguf_weights(
+    gguf: GGUFFile,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+) -> tuple[Transformer, ModelArgs, torch.Tensor | None]:
+    """Build the model on the meta device and assign each dequantized tensor in place, once."""
+    src = gguf.path.name
+    args = ModelArgs.from_gguf(gguf.metadata, has_output="output.weight" in gguf.tensors, source=src)
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    total = len(gguf.tensors)
+    for done, (name, info) in enumerate(gguf.tensors.items(), 1):
+        if name in IGNORED:
+            continue
+        target = internal_name(name)
+        if target is None or target not in expected:
+            raise ModelLoadError(f"{src}: unexpected tensor {name}; is this a Llama-family model?")
+        if info.ggml_type not in SUPPORTED:
+            raise ModelLoadError(
+                f"{src}: tensor {name} uses quantization {info.ggml_type.name}, which llama-tui "
+                f"cannot load yet; use a file quantized as one of "
+                f"{', '.join(sorted(t.name for t in SUPPORTED))}"
+            )
+        if info.shape != expected[target]:
+            raise ModelLoadError(
+                f"{src}: tensor {name} has shape {list(info.shape)}, expected "
+                f"{list(expected[target])} from the metadata; the file is inconsistent"
+            )
+        weight = dequantize(gguf.raw(name), info.ggml_type, info.shape)
+        state[target] = weight.to(device=device, dtype=dtype)
+        if progress is not None:
+            progress(done, total)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ModelLoadError(f"{src}: missing tensors for {missing[0]} (and {len(missing) - 1} more)")
+    model.load_state_dict(state, assign=True, strict=True)
+    freq_factors = None
+    if "rope_freqs.weight" in gguf.tensors:
+        info = gguf.tensors["rope_freqs.weight"]
+        freq_factors = dequantize(gguf.raw("rope_freqs.weight"), info.ggml_type, info.shape)
+    return model.eval(), args, freq_factors
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False

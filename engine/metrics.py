@@ -1,0 +1,58 @@
+"""Timings and memory figures carried by events."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    prompt_tokens: int = 0  # tokens in the prompt
+    cached_tokens: int = 0  # of those, reused from the KV cache
+    generated_tokens: int = 0
+    decode_steps: int = 0  # forward passes after the first token
+    ttft_s: float = 0.0  # request start -> first generated token
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # time for the tokens after the first
+    context_used: int = 0  # tokens in the KV cache after the reply
+    context_limit: int = 0
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.computed_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = self.decode_steps
+        return n / self.decode_s if self.decode_s > 0 and n > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(prefill_tok_s=self.prefill_tok_s, decode_tok_s=self.decode_tok_s)
+        return d
+
+
+def rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def gpu_memory_bytes() -> tuple[int, int] | None:
+    """(allocated, reserved) on the current CUDA device, or None without CUDA."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()

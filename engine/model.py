@@ -1,0 +1,194 @@
+"""The Llama architecture in plain PyTorch, read top to bottom.
+
+Weights use Meta's layout and names (tok_embeddings, layers.N.attention.wq, ...,
+feed_forward.w1/w2/w3, norm, output). Rotary embeddings rotate interleaved pairs
+(x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in that layout too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.args import ModelArgs
+from engine.kv_cache import KVCache
+
+
+def make_linear(in_features: int, out_features: int) -> nn.Module:
+    """The seam where quantized weight formats plug in: every projection is built here."""
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [..., D]; normalise in float32 whatever the weight dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_inv_freq(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pair rotation frequencies [Dh/2], with Llama 3.1 scaling when the model asks for it."""
+    dh = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.float64) / dh))
+    s = args.rope_scaling
+    if s is not None:
+        low_wavelen = s.original_max_position / s.low_freq_factor
+        high_wavelen = s.original_max_position / s.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor
+        )
+        scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
+        mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+        inv = torch.where(mid, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
+    if freq_factors is not None:  # llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor
+        inv = inv / freq_factors.double()
+    return (inv / args.rope_linear_factor).float()
+
+
+def rope_tables(
+    inv_freq: torch.Tensor, max_len: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # cos, sin: [S, Dh/2] in float32
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq.float())
+    return angles.cos().to(device), angles.sin().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, T, H, Dh]; cos, sin: [T, Dh/2] -> rotate each (x[2i], x[2i+1]) pair
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = make_linear(args.dim, args.n_heads * args.head_dim)
+        self.wk = make_linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.wv = make_linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.wo = make_linear(args.n_heads * args.head_dim, args.dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        start: int,
+    ) -> torch.Tensor:
+        # x: [B, T, D]
+        B, T, _ = x.shape
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, Dh]
+        if cache is not None:
+            k, v = cache.update(self.layer, start, k, v)  # [B, KV, S, Dh]
+        # Grouped-query attention without copying K/V: the n_rep query heads that share one
+        # KV head become extra query rows of that head. q: [B, KV, n_rep * T, Dh]
+        n_rep = self.n_heads // self.n_kv_heads
+        q = q.view(B, T, self.n_kv_heads, n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+        q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
+        if mask is not None and n_rep > 1:
+            mask = mask.repeat(n_rep, 1)  # [n_rep * T, S]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.view(B, self.n_kv_heads, n_rep, T, self.head_dim).permute(0, 3, 1, 2, 4)
+        return self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.w1 = make_linear(args.dim, args.ffn_dim)  # gate
+        self.w3 = make_linear(args.dim, args.ffn_dim)  # up
+        self.w2 = make_linear(args.ffn_dim, args.dim)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T, D] -> SwiGLU -> [B, T, D]
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        start: int,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = None if args.tie_embeddings else make_linear(args.dim, args.vocab_size)
+        self.rope_cos = torch.empty(0)
+        self.rope_sin = torch.empty(0)
+
+    def init_rope(
+        self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None
+    ) -> None:
+        """Precompute rotary tables for positions 0..max_len-1 (once, after loading weights)."""
+        inv = rope_inv_freq(self.args, freq_factors)
+        self.rope_cos, self.rope_sin = rope_tables(inv, max_len, device)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        # tokens: [B, T] at positions start..start+T-1 -> logits [B, T, V] ([B, 1, V] if last_only)
+        B, T = tokens.shape
+        if start + T > self.rope_cos.shape[0]:
+            raise ValueError(f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        mask = None
+        if T > 1 or (cache is None and start > 0):
+            q_pos = torch.arange(start, start + T, device=tokens.device)
+            k_pos = torch.arange(0, start + T if cache is not None else T, device=tokens.device)
+            if cache is None:
+                q_pos = q_pos - start
+            mask = k_pos[None, :] <= q_pos[:, None]  # [T, S] True = may attend
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache, start)
+        if last_only:
+            h = h[:, -1:]
+        h = self.norm(h)
+        weight = self.tok_embeddings.weight if self.output is None else None
+        if weight is not None:
+            return F.linear(h, weight).float()
+        assert self.output is not None
+        return self.output(h).float()

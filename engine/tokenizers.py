@@ -1,0 +1,277 @@
+"""Tokenizer protocol, a byte-level BPE backend on tiktoken, and the GGUF factory.
+
+GGUF vocabularies of type "gpt2" (byte-level BPE) are run by tiktoken. tiktoken's token values
+are merge ranks and it merges the adjacent pair whose *concatenation* ranks lowest; HF BPE merges
+the listed *pair* ranked first in the merges list. Ranking each merge result by its position in
+the merges list makes the two agree (checked token by token against transformers in the tests).
+SentencePiece vocabularies ("llama") come in a later issue.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import tiktoken
+
+from engine.errors import ModelLoadError
+
+# llama.cpp token types (tokenizer.ggml.token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Texts of control tokens that end a turn or a document, across model families.
+END_MARKERS = frozenset({
+    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>",
+    "</s>", "<end_of_turn>", "<|end|>", "<|eot|>",
+})
+
+# Pre-tokenizer split patterns (tiktoken / fancy-regex syntax), by tokenizer.ggml.pre.
+_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# HF Sequence[Digits(individual_digits), ByteLevel(GPT-2 regex)] in one pass: each digit is its
+# own piece, and a digit ends the stretch the GPT-2 regex sees, so a whitespace run before a digit
+# is matched whole as at end of text: (?!\S) becomes (?![^\s\p{N}]). Same as llama.cpp's chain.
+_DIGITS_THEN_GPT2 = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+)
+_LLAMA3 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_QWEN2 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+PRE_TOKENIZER_PATTERNS: dict[str, str] = {
+    "default": _GPT2,  # transformers' choice; llama.cpp's "default" is a different multi-stage chain
+    "gpt2": _GPT2,
+    "gpt-2": _GPT2,
+    "smollm": _DIGITS_THEN_GPT2,
+    "starcoder": _DIGITS_THEN_GPT2,
+    "refact": _DIGITS_THEN_GPT2,
+    "llama3": _LLAMA3,
+    "llama-v3": _LLAMA3,
+    "llama-bpe": _LLAMA3,
+    "smaug-bpe": _LLAMA3,
+    "falcon3": _LLAMA3,
+    "qwen2": _QWEN2,
+    "deepseek-r1-qwen": _QWEN2,
+}
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool  # prepend BOS to a prompt (tokenizer.ggml.add_bos_token)
+    stop_ids: frozenset[int]  # ids that end generation
+
+    def encode(self, text: str, *, allow_special: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE vocabularies spell bytes so)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {ch: b for b, ch in bytes_to_unicode().items()}
+
+
+def _spelled_bytes(token: str) -> bytes | None:
+    """Raw bytes of a byte-level spelled token, or None if it uses characters outside the table."""
+    try:
+        return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
+    except KeyError:
+        return None
+
+
+class ByteLevelBPETokenizer:
+    """GPT-2 style byte-level BPE (tokenizer.ggml.model = "gpt2"), encoded by tiktoken."""
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        token_types: Sequence[int],
+        merges: Sequence[str],
+        pattern: str,
+        *,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+        extra_stop_ids: Sequence[int] = (),
+        name: str = "gguf-bpe",
+    ) -> None:
+        n = len(tokens)
+        self.vocab_size = n
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        types = list(token_types) if token_types else [NORMAL] * n
+
+        # Raw bytes per id: control / user-defined tokens are plain text, the rest byte-level spelled.
+        self._bytes: list[bytes] = []
+        specials: dict[str, int] = {}  # token text -> id, matched whole in text
+        self._control: set[str] = set()
+        for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
+            raw = None if kind in (CONTROL, USER_DEFINED) else _spelled_bytes(tok)
+            if raw is None:
+                raw = tok.encode("utf-8")
+                if kind in (CONTROL, USER_DEFINED) and tok:
+                    specials.setdefault(tok, i)
+                    if kind == CONTROL:
+                        self._control.add(tok)
+            self._bytes.append(raw)
+        self._user_defined = frozenset(specials) - self._control
+
+        ranks, self._rank_to_id = _merge_ranks(tokens, types, merges, self._bytes)
+        self._placeholder_from = n  # ranks >= n and unmapped stand for bytes missing from the vocab
+        self._enc = tiktoken.Encoding(
+            name, pat_str=pattern, mergeable_ranks=ranks,
+            special_tokens=specials,  # specials rank as their own id in both layouts
+        )
+
+        stops = {i for i in (eos_id, *extra_stop_ids) if i is not None and 0 <= i < n}
+        stops |= {i for t, i in specials.items() if t in END_MARKERS}
+        self.stop_ids = frozenset(stops)
+
+    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
+        # User-defined tokens are always matched whole (llama.cpp); control tokens only if allowed.
+        allowed = self._control | self._user_defined if allow_special else self._user_defined
+        ranks = self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+        if self._rank_to_id is None:
+            if ranks and max(ranks) >= self._placeholder_from:
+                return [r for r in ranks if r < self._placeholder_from]
+            return ranks
+        table = self._rank_to_id
+        return [table[r] for r in ranks if table[r] >= 0]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return self._bytes[token_id]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+
+def _merge_ranks(
+    tokens: Sequence[str], types: Sequence[int], merges: Sequence[str], raw: Sequence[bytes]
+) -> tuple[dict[bytes, int], list[int] | None]:
+    """tiktoken's mergeable ranks, and a rank -> id table (None when ranks are the ids).
+
+    Single bytes rank as their own id (tiktoken never compares single-byte ranks); merge results
+    rank in merges-list order. If the vocabulary already lists merge results in that order (it
+    does for SmolLM2), their ids serve as ranks. Bytes absent from the vocabulary get placeholder
+    ranks past the end, which encode() drops, as transformers and llama.cpp do.
+    """
+    n = len(tokens)
+    index: dict[str, int] = {}
+    for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
+        if kind not in (CONTROL, USER_DEFINED):
+            index.setdefault(tok, i)
+    result_ids: list[int] = []
+    seen: set[int] = set()
+    for m in merges:
+        left, sep, right = m.partition(" ")
+        i = index.get(left + right) if sep else None
+        if i is None:
+            raise ModelLoadError(f"merge {m!r} does not produce a token of the vocabulary")
+        if i not in seen:  # a later duplicate pair never outranks the first
+            seen.add(i)
+            result_ids.append(i)
+    monotone = all(a < b for a, b in zip(result_ids, result_ids[1:], strict=False))
+
+    ranks: dict[bytes, int] = {}
+    for i, tok in enumerate(tokens):
+        if types[i] not in (CONTROL, USER_DEFINED) and len(raw[i]) == 1 and index.get(tok) == i:
+            ranks.setdefault(raw[i], i)
+    rank_to_id: list[int] | None = None
+    if monotone:
+        for i in result_ids:
+            ranks.setdefault(raw[i], i)
+    else:
+        # ids below n map to themselves (single bytes, specials); n..n+255 are placeholders
+        rank_to_id = list(range(n)) + [-1] * (256 + len(result_ids))
+        for k, i in enumerate(result_ids):
+            ranks.setdefault(raw[i], n + 256 + k)
+            rank_to_id[n + 256 + k] = i
+    next_rank = n
+    for b in range(256):  # tiktoken needs every single byte; placeholders are dropped on encode
+        if bytes([b]) not in ranks:
+            ranks[bytes([b])] = next_rank
+            next_rank += 1
+    return ranks, rank_to_id
+
+
+class StreamDecoder:
+    """Token ids in, text deltas out; incomplete UTF-8 sequences are held until complete."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id), final=False)
+
+    def flush(self) -> str:
+        """Text still held back (a truncated sequence becomes U+FFFD); resets the decoder."""
+        tail = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return tail
+
+
+def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> Tokenizer:
+    """The tokenizer a GGUF file's metadata describes; `source` names the file in errors."""
+    where = f" in {source}" if source else ""
+    model = metadata.get("tokenizer.ggml.model")
+    if model == "llama":
+        raise ModelLoadError(
+            f"SentencePiece vocabularies (tokenizer.ggml.model 'llama'){where} are not supported "
+            "yet: use a model with a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2')"
+        )
+    if model != "gpt2":
+        raise ModelLoadError(
+            f"unsupported tokenizer.ggml.model {model!r}{where}: supported is 'gpt2' (byte-level BPE)"
+        )
+    pre = metadata.get("tokenizer.ggml.pre", "default")
+    pattern = PRE_TOKENIZER_PATTERNS.get(pre)
+    if pattern is None:
+        raise ModelLoadError(
+            f"unsupported tokenizer.ggml.pre {pre!r}{where}: supported are "
+            f"{', '.join(sorted(PRE_TOKENIZER_PATTERNS))}"
+        )
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    merges = metadata.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise ModelLoadError(
+            f"tokenizer.ggml.tokens or tokenizer.ggml.merges missing{where}: the file has no "
+            "usable vocabulary; re-convert it with a recent llama.cpp"
+        )
+    types = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    if len(types) != len(tokens):
+        raise ModelLoadError(
+            f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens{where}: "
+            "the file is corrupt; re-download or re-convert it"
+        )
+
+    def token_id(key: str) -> int | None:
+        value = metadata.get(f"tokenizer.ggml.{key}")
+        return int(value) if value is not None and 0 <= int(value) < len(tokens) else None
+
+    return ByteLevelBPETokenizer(
+        tokens, [int(t) for t in types], merges, pattern,
+        bos_id=token_id("bos_token_id"),
+        eos_id=token_id("eos_token_id"),
+        add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
+        extra_stop_ids=[i for i in (token_id("eot_token_id"), token_id("eom_token_id")) if i is not None],
+        name=f"gguf-{pre}",
+    )

@@ -1,0 +1,381 @@
+"""engine.config: real TOML files in tmp_path, loaded and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import (
+    KEYS,
+    Config,
+    Profile,
+    SamplingSettings,
+    find_config_path,
+    load_config,
+    profile_to_dict,
+    resolve_profile,
+    sampling_changed_only,
+    weights_key,
+)
+from engine.errors import ConfigError, UserError
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "llama-tui.toml"
+
+
+def write(tmp_path: Path, text: str, name: str = "llama-tui.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def test_no_file_gives_builtin_defaults() -> None:
+    config = load_config(None)
+    assert config == Config(None, Profile(name="defaults"), {}, None)
+    profile = resolve_profile(config, None, {})
+    assert profile == Profile(name="defaults")
+    assert profile.sampling == SamplingSettings()
+    assert (profile.model, profile.device, profile.dtype) == (None, "cpu", "float32")
+
+
+def test_empty_file_loads_builtin_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.path == tmp_path / "llama-tui.toml"
+    assert config.defaults == Profile(name="defaults")
+    assert dict(config.profiles) == {}
+
+
+def test_profile_inherits_defaults_and_overrides_its_own_keys(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            temperature = 0.5
+            top_k = 10
+            context_length = 2048
+
+            [profiles.hot]
+            temperature = 1
+            """,
+        )
+    )
+    hot = config.profiles["hot"]
+    assert hot.name == "hot"
+    assert hot.sampling.temperature == 1.0 and isinstance(hot.sampling.temperature, float)
+    assert hot.sampling.top_k == 10
+    assert hot.context_length == 2048
+    assert config.defaults.sampling.temperature == 0.5
+    assert config.defaults.sampling.top_p == SamplingSettings().top_p
+
+
+def test_precedence_cli_over_profile_over_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            temperature = 0.1
+            top_k = 5
+            max_new_tokens = 100
+
+            [profiles.p]
+            temperature = 0.2
+            top_k = 6
+            """,
+        )
+    )
+    profile = resolve_profile(config, "p", {"temperature": 0.3, "top_k": None})
+    assert profile.sampling.temperature == 0.3  # CLI wins
+    assert profile.sampling.top_k == 6  # None override ignored: profile wins
+    assert profile.max_new_tokens == 100  # only in defaults
+    assert profile.name == "p"
+
+
+def test_default_profile_is_used_when_no_name_given(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, 'default_profile = "greedy"\n[profiles.greedy]\ntemperature = 0\n')
+    )
+    assert config.default_profile == "greedy"
+    assert resolve_profile(config, None, {}).sampling.temperature == 0.0
+    assert resolve_profile(config, "defaults", {}).sampling.temperature == 0.7
+
+
+def test_relative_model_resolves_against_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    write(
+        folder,
+        """
+        [defaults]
+        model = "models/tiny.gguf"
+        [profiles.home]
+        model = "~/m.gguf"
+        [profiles.embedded]
+        model = ""
+        """,
+    )
+    config = load_config(Path("conf") / "llama-tui.toml")  # relative to the working dir
+    assert config.defaults.model == str(folder / "models" / "tiny.gguf")
+    assert config.profiles["home"].model == str(Path.home() / "m.gguf")
+    assert config.profiles["embedded"].model is None
+
+
+def test_seed_minus_one_and_empty_system_prompt_mean_none(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[defaults]\nseed = 7\nsystem_prompt = "Be brief."\n'
+            '[profiles.r]\nseed = -1\nsystem_prompt = ""\n',
+        )
+    )
+    assert config.defaults.sampling.seed == 7
+    assert config.defaults.system_prompt == "Be brief."
+    assert config.profiles["r"].sampling.seed is None
+    assert config.profiles["r"].system_prompt is None
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[profiles.a]\n"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.defaults.device = "cuda"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.profiles["b"] = Profile(name="b")  # type: ignore[index]
+
+
+# --- errors in the file ----------------------------------------------------------------
+
+
+def test_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[defaults]\ntemperature = 0.5\ntop_k = \n")
+    assert message.startswith(f"{tmp_path / 'llama-tui.toml'}:3:")
+    assert "invalid TOML" in message
+    assert "Traceback" not in message
+
+
+def test_unknown_key_is_named_with_suggestion(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[profiles.creative]\ntemprature = 1.0\n")
+    assert "llama-tui.toml" in message
+    assert "profiles.creative.temprature" in message
+    assert "did you mean 'temperature'" in message
+
+
+def test_nested_sampling_table_is_rejected(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[defaults.sampling]\ntemperature = 1.0\n")
+    assert "defaults.sampling" in message and "flat" in message
+
+
+def test_unknown_top_level_table_suggests(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[default]\ntemperature = 1.0\n")
+    assert "did you mean 'defaults'" in message
+
+
+def test_profile_key_at_top_level_says_where_it_goes(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "temperature = 1.0\n")
+    assert "[defaults]" in message
+
+
+@pytest.mark.parametrize("key", ["top_k", "context_length", "seed", "temperature"])
+def test_bool_is_not_a_number(tmp_path: Path, key: str) -> None:
+    message = load_error(tmp_path, f"[defaults]\n{key} = true\n")
+    assert f"defaults.{key} = true" in message
+    assert "not a boolean" in message
+
+
+def test_float_is_not_an_int(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[defaults]\ntop_k = 40.0\n")
+    assert "must be an integer" in message
+
+
+def test_int_is_not_a_bool(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[defaults]\nchat_template = 1\n")
+    assert "defaults.chat_template = 1" in message and "true or false" in message
+
+
+def test_negative_temperature(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[profiles.creative]\ntemperature = -0.5\n")
+    assert f"{tmp_path / 'llama-tui.toml'}: profiles.creative.temperature = -0.5" in message
+    assert "must be >= 0" in message
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "1.5", "-0.1", "nan"])
+def test_top_p_out_of_range(tmp_path: Path, value: str) -> None:
+    message = load_error(tmp_path, f"[defaults]\ntop_p = {value}\n")
+    assert "defaults.top_p" in message
+    assert "(0, 1]" in message or "finite" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("min_p", "1.0", "[0, 1)"),
+        ("context_length", "8", ">= 16"),
+        ("max_new_tokens", "0", ">= 1"),
+        ("repeat_penalty", "0", "> 0"),
+        ("repeat_last_n", "-1", ">= 0"),
+        ("top_k", "-1", ">= 0"),
+        ("seed", "-2", "-1 (random)"),
+        ("dtype", '"fp16"', "float32, bfloat16, float16, auto"),
+        ("theme", '""', "non-empty"),
+        ("model", "3", "must be a string"),
+    ],
+)
+def test_out_of_range_values(tmp_path: Path, key: str, value: str, expect: str) -> None:
+    message = load_error(tmp_path, f"[defaults]\n{key} = {value}\n")
+    assert f"defaults.{key} = {value}" in message
+    assert expect in message
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "cuda:0 "])
+def test_bad_device(tmp_path: Path, device: str) -> None:
+    message = load_error(tmp_path, f'[defaults]\ndevice = "{device}"\n')
+    assert f'defaults.device = "{device}"' in message
+    assert "cpu, cuda, cuda:N or auto" in message
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "auto"])
+def test_good_devices(tmp_path: Path, device: str) -> None:
+    config = load_config(write(tmp_path, f'[defaults]\ndevice = "{device}"\n'))
+    assert config.defaults.device == device
+
+
+def test_reserved_profile_name(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[profiles.defaults]\ntop_k = 1\n")
+    assert "reserved" in message
+
+
+def test_default_profile_must_exist(tmp_path: Path) -> None:
+    message = load_error(tmp_path, 'default_profile = "precize"\n[profiles.precise]\n')
+    assert 'default_profile = "precize"' in message and "did you mean 'precise'" in message
+
+
+def test_unreadable_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "llama-tui.toml"
+    path.write_bytes(b'[defaults]\ntheme = "\xff"\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)
+
+
+# --- profiles and overrides ------------------------------------------------------------
+
+
+def test_unknown_profile_lists_available(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[profiles.creative]\n[profiles.precise]\n"))
+    with pytest.raises(ConfigError) as info:
+        resolve_profile(config, "creatve", {})
+    message = str(info.value)
+    assert "unknown profile 'creatve'" in message
+    assert "did you mean 'creative'" in message
+    assert "defaults, creative, precise" in message
+    assert "llama-tui.toml" in message
+
+
+def test_override_errors_name_the_flag(tmp_path: Path) -> None:
+    config = load_config(None)
+    with pytest.raises(ConfigError, match=r"^--temperature -1: must be >= 0"):
+        resolve_profile(config, None, {"temperature": -1})
+    with pytest.raises(ConfigError, match=r"^--top-p 0: must be in \(0, 1\]"):
+        resolve_profile(config, None, {"top_p": "0"})
+    with pytest.raises(ConfigError, match=r"^--top-k true: must be an integer, not a boolean"):
+        resolve_profile(config, None, {"top_k": True})
+    with pytest.raises(ConfigError, match=r"^--context-length abc: must be an integer"):
+        resolve_profile(config, None, {"context_length": "abc"})
+    with pytest.raises(ConfigError, match=r"^--device gpu: must be cpu, cuda"):
+        resolve_profile(config, None, {"device": "gpu"})
+    with pytest.raises(ConfigError, match=r"did you mean 'temperature'"):
+        resolve_profile(config, None, {"temprature": 0.5})
+
+
+def test_override_strings_are_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    profile = resolve_profile(
+        load_config(None),
+        None,
+        {"temperature": "0.25", "seed": "3", "chat_template": "false", "model": "m.gguf"},
+    )
+    assert profile.sampling.temperature == 0.25
+    assert profile.sampling.seed == 3
+    assert profile.chat_template is False
+    assert profile.model == "m.gguf"  # CLI paths stay relative to the working directory
+
+
+def test_missing_explicit_config(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        find_config_path(missing)
+    assert issubclass(ConfigError, UserError)
+
+
+def test_find_config_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work, xdg = tmp_path / "work", tmp_path / "xdg"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    assert find_config_path(None) is None
+    if sys.platform.startswith("linux"):
+        (xdg / "llama-tui").mkdir(parents=True)
+        user = write(xdg / "llama-tui", "")
+        assert find_config_path(None) == user
+    write(work, "")
+    assert find_config_path(None) == Path("llama-tui.toml")
+    explicit = write(tmp_path, "", "other.toml")
+    assert find_config_path(explicit) == explicit
+
+
+# --- helpers for live switching ---------------------------------------------------------
+
+
+def test_profile_to_dict_is_flat_and_json_ready() -> None:
+    flat = profile_to_dict(Profile(name="x", sampling=SamplingSettings(seed=1)))
+    assert list(flat) == ["name", *KEYS]
+    assert flat["seed"] == 1 and flat["temperature"] == 0.7
+    assert json.loads(json.dumps(flat)) == flat
+
+
+def test_sampling_changed_only_and_weights_key(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[profiles.a]\n[profiles.b]\ntemperature = 0\n[profiles.c]\ndtype = "bfloat16"\n'
+            "[profiles.d]\ncontext_length = 512\n",
+        )
+    )
+    a, b, c, d = (config.profiles[n] for n in "abcd")
+    assert sampling_changed_only(a, b) and sampling_changed_only(a, a)
+    assert not sampling_changed_only(a, c) and not sampling_changed_only(a, d)
+    assert weights_key(a) == weights_key(b) == weights_key(d) == (None, "cpu", "float32")
+    assert weights_key(c) == (None, "cpu", "bfloat16")
+
+
+# --- the repository's example ---------------------------------------------------------
+
+
+def test_repo_config_loads_and_every_profile_resolves() -> None:
+    config = load_config(REPO_CONFIG)
+    assert set(config.profiles) >= {"default", "precise", "creative"}
+    assert config.default_profile in config.profiles
+    default = resolve_profile(config, None, {})
+    assert default == dataclasses.replace(config.defaults, name=default.name)
+    for name in ["defaults", *config.profiles]:
+        profile = resolve_profile(config, name, {})
+        assert profile.name == name
+        assert profile.model is None  # example uses the embedded model
+    assert config.profiles["precise"].sampling.temperature == 0.0
+    assert config.profiles["creative"].sampling.temperature == 1.0

@@ -1,0 +1,1 @@
+"""llama-tui's front ends: the Textual app and the headless command line."""

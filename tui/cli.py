@@ -1,0 +1,88 @@
+"""The `llama-tui` entry point: argument parsing, config resolution, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF model file (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--profile", help="profile name from the config file")
+    p.add_argument("--config", type=Path, help="config file (default: ./llama-tui.toml)")
+    p.add_argument("--system", dest="system_prompt", help="system prompt")
+    p.add_argument("--device", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--context-length", type=int, help="tokens the KV cache holds")
+    p.add_argument("--max-new-tokens", type=int, help="most tokens per reply")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repeat-penalty", type=float)
+    p.add_argument("--seed", type=int, help="same seed and settings give the same tokens")
+    p.add_argument("--raw", action="store_true", help="no chat template: free-form completion")
+    p.add_argument("--json", action="store_true", help="print one JSON object per reply")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama-tui", description="Chat with Llama-family models in the terminal."
+    )
+    sub = parser.add_subparsers(dest="command")
+    ask = sub.add_parser("ask", help="answer one prompt and exit")
+    _common(ask)
+    ask.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
+    chat = sub.add_parser("chat", help="chat; --plain for line mode (one stdin line per turn)")
+    _common(chat)
+    chat.add_argument("--plain", action="store_true", help="line mode for pipes and dumb terminals")
+    bench = sub.add_parser("bench", help="measure load, prefill and decode speed vs transformers")
+    _common(bench)
+    bench.add_argument("--tokens", type=int, default=128, help="tokens to decode")
+    bench.add_argument("--runs", type=int, default=3, help="timed runs (median is reported)")
+    bench.add_argument("--no-peers", action="store_true", help="skip the transformers run")
+    bench.add_argument("--threads", type=int, help="torch threads for both engines")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("model", "device", "dtype", "context_length", "max_new_tokens", "system_prompt")
+    out: dict[str, Any] = {k: getattr(args, k) for k in keys + SAMPLING_FLAGS}
+    if args.raw:
+        out["chat_template"] = False
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        args = build_parser().parse_args(["chat", "--plain", *(argv or sys.argv[1:])])
+    try:
+        from tui import plain
+
+        if args.command == "ask":
+            return plain.run_ask(args)
+        if args.command == "chat":
+            return plain.run_chat(args)
+        if args.command == "bench":
+            from tui import bench
+
+            return bench.run_bench(args)
+    except UserError as exc:
+        print(f"llama-tui: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Headless front end: `llama-tui ask` and `llama-tui chat --plain` (no Textual here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.config import Profile, find_config_path, load_config, resolve_profile
+from engine.default_model import default_model_path
+from engine.errors import UserError
+from engine.events import Done, Event, TokenEvent
+from engine.loaders import load_model
+from engine.placement import resolve_device, resolve_dtype
+from engine.session import ChatSession
+
+
+def load_profile(args: argparse.Namespace) -> Profile:
+    from tui.cli import overrides_from
+
+    config = load_config(find_config_path(args.config))
+    return resolve_profile(config, args.profile, overrides_from(args))
+
+
+def open_session(profile: Profile) -> ChatSession:
+    device = resolve_device(profile.device)
+    dtype = resolve_dtype(profile.dtype, device)
+    path = Path(profile.model) if profile.model else default_model_path()
+    loaded = load_model(path, device=device, dtype=dtype, context_length=profile.context_length)
+    return ChatSession(loaded, profile.system_prompt)
+
+
+def reply_record(done: Done) -> dict[str, Any]:
+    m = done.metrics
+    return {
+        "text": done.text,
+        "token_ids": done.token_ids,
+        "prompt_tokens": m.prompt_tokens,
+        "cached_tokens": m.cached_tokens,
+        "generated_tokens": m.generated_tokens,
+        "ttft_s": round(m.ttft_s, 4),
+        "prefill_tok_s": round(m.prefill_tok_s, 2),
+        "decode_tok_s": round(m.decode_tok_s, 2),
+        "context_used": m.context_used,
+        "context_limit": m.context_limit,
+        "stop_reason": done.stop_reason,
+    }
+
+
+def stream(events: Iterator[Event], as_json: bool, out: TextIO) -> Done:
+    """Print a reply as it streams (or one JSON object at the end); returns the Done event."""
+    for event in events:
+        if isinstance(event, TokenEvent) and not as_json:
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, Done):
+            if as_json:
+                out.write(json.dumps(reply_record(event), ensure_ascii=False) + "\n")
+            else:
+                out.write("\n" if event.stop_reason != "cancelled" else " [stopped]\n")
+            out.flush()
+            return event
+    raise RuntimeError("generation ended without a Done event")
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    profile = load_profile(args)
+    session = open_session(profile)
+    s, n = profile.sampling, profile.max_new_tokens
+    if profile.chat_template:
+        events = session.send(prompt, s, n)
+    else:
+        events = session.complete(prompt, s, n)
+    stream(events, args.json, sys.stdout)
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    if not args.plain:
+        # The Textual app arrives with the TUI issue; until then chat is line mode.
+        args.plain = True
+    profile = load_profile(args)
+    session = open_session(profile)
+    interactive = sys.stdin.isatty() and not args.json
+    if interactive:
+        print(f"llama-tui: {session.loaded.path.name} loaded in {session.loaded.load_s:.1f} s; "
+              "one line per turn, Ctrl-D to quit", file=sys.stderr)
+    s, n = profile.sampling, profile.max_new_tokens
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        try:
+            if profile.chat_template:
+                stream(session.send(text, s, n), args.json, sys.stdout)
+            else:
+                stream(session.complete(text, s, n), args.json, sys.stdout)
+        except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
+            print(f"llama-tui: error: {exc}", file=sys.stderr)
+            if not interactive:
+                return 2
