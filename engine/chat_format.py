@@ -36,12 +36,12 @@ class Message:
     content: str
 
 
-class TemplateRaisedError(UserError):
-    """The chat template rejected the conversation (its own ``raise_exception``)."""
+class _TemplateRaised(Exception):
+    """Raised by a template's own ``raise_exception(...)``."""
 
 
 def _raise_exception(message: str) -> None:
-    raise TemplateRaisedError(message)
+    raise _TemplateRaised(message)
 
 
 def _tojson(
@@ -62,7 +62,7 @@ def _strftime_now(fmt: str) -> str:
 
 
 class _GenerationTag(jinja2.ext.Extension):
-    """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask tag) renders its body."""
+    """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask tag): the body."""
 
     tags = {"generation"}
 
@@ -91,7 +91,7 @@ class ChatTemplate:
     ) -> None:
         self.source = source
         self.special_tokens = dict(special_tokens or {})  # bos_token, eos_token, ... -> text
-        self._origin = origin or "chat template"
+        self._origin = origin or "the model"  # file name for error messages
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True,
             extensions=[jinja2.ext.loopcontrols, _GenerationTag],
@@ -114,9 +114,10 @@ class ChatTemplate:
                 messages=chat, add_generation_prompt=add_generation_prompt,
                 tools=None, documents=None, **self.special_tokens,
             )
-        except TemplateRaisedError as exc:
-            raise TemplateRaisedError(
-                f"the chat template of {self._origin} rejected the conversation: {_one_line(str(exc))}"
+        except _TemplateRaised as exc:
+            reason = _one_line(str(exc))
+            raise UserError(
+                f"the chat template of {self._origin} rejected the conversation: {reason}"
             ) from None
         except jinja2.TemplateError as exc:
             raise UserError(

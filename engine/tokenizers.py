@@ -2,9 +2,10 @@
 
 GGUF vocabularies of type "gpt2" (byte-level BPE) are run by tiktoken. tiktoken's token values
 are merge ranks and it merges the adjacent pair whose *concatenation* ranks lowest; HF BPE merges
-the listed *pair* ranked first in the merges list. Ranking each merge result by its position in
-the merges list makes the two agree (checked token by token against transformers in the tests).
-SentencePiece vocabularies ("llama") come in a later issue.
+the listed *pair* ranked first in the merges list, and tiktoken also takes a whole piece that is a
+token as is. Ranking each merge result by its position in the merges list makes them agree
+whenever a vocabulary's merges are self-consistent (SmolLM2's are: every token, and fuzzed text,
+is checked against transformers in the tests). SentencePiece ("llama") comes in a later issue.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _QWEN2 = (
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 PRE_TOKENIZER_PATTERNS: dict[str, str] = {
-    "default": _GPT2,  # transformers' choice; llama.cpp's "default" is a different multi-stage chain
+    "default": _GPT2,  # as transformers; llama.cpp's "default" is another multi-stage chain
     "gpt2": _GPT2,
     "gpt-2": _GPT2,
     "smollm": _DIGITS_THEN_GPT2,
@@ -111,28 +112,31 @@ class ByteLevelBPETokenizer:
         add_bos: bool,
         extra_stop_ids: Sequence[int] = (),
         name: str = "gguf-bpe",
+        source: str = "",
     ) -> None:
         n = len(tokens)
         self.vocab_size = n
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
         types = list(token_types) if token_types else [NORMAL] * n
 
-        # Raw bytes per id: control / user-defined tokens are plain text, the rest byte-level spelled.
+        # Raw bytes per id: control / user-defined tokens are plain text, others byte-level spelled.
         self._bytes: list[bytes] = []
         specials: dict[str, int] = {}  # token text -> id, matched whole in text
-        self._control: set[str] = set()
+        user_defined: set[str] = set()
         for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
             raw = None if kind in (CONTROL, USER_DEFINED) else _spelled_bytes(tok)
             if raw is None:
                 raw = tok.encode("utf-8")
-                if kind in (CONTROL, USER_DEFINED) and tok:
-                    specials.setdefault(tok, i)
-                    if kind == CONTROL:
-                        self._control.add(tok)
+                if kind in (CONTROL, USER_DEFINED) and tok and tok not in specials:
+                    specials[tok] = i
+                    if kind == USER_DEFINED:
+                        user_defined.add(tok)
             self._bytes.append(raw)
-        self._user_defined = frozenset(specials) - self._control
+        # User-defined tokens are always matched whole (llama.cpp); control tokens only if allowed.
+        self._with_special = frozenset(specials)
+        self._without_special = frozenset(user_defined)
 
-        ranks, self._rank_to_id = _merge_ranks(tokens, types, merges, self._bytes)
+        ranks, self._rank_to_id = _merge_ranks(tokens, types, merges, self._bytes, source)
         self._placeholder_from = n  # ranks >= n and unmapped stand for bytes missing from the vocab
         self._enc = tiktoken.Encoding(
             name, pat_str=pattern, mergeable_ranks=ranks,
@@ -144,8 +148,7 @@ class ByteLevelBPETokenizer:
         self.stop_ids = frozenset(stops)
 
     def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
-        # User-defined tokens are always matched whole (llama.cpp); control tokens only if allowed.
-        allowed = self._control | self._user_defined if allow_special else self._user_defined
+        allowed = self._with_special if allow_special else self._without_special
         ranks = self._enc.encode(text, allowed_special=allowed, disallowed_special=())
         if self._rank_to_id is None:
             if ranks and max(ranks) >= self._placeholder_from:
@@ -156,7 +159,7 @@ class ByteLevelBPETokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+            raise ValueError(f"token id {token_id} outside the vocabulary of {self.vocab_size}")
         return self._bytes[token_id]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -164,7 +167,11 @@ class ByteLevelBPETokenizer:
 
 
 def _merge_ranks(
-    tokens: Sequence[str], types: Sequence[int], merges: Sequence[str], raw: Sequence[bytes]
+    tokens: Sequence[str],
+    types: Sequence[int],
+    merges: Sequence[str],
+    raw: Sequence[bytes],
+    source: str = "",
 ) -> tuple[dict[bytes, int], list[int] | None]:
     """tiktoken's mergeable ranks, and a rank -> id table (None when ranks are the ids).
 
@@ -182,12 +189,16 @@ def _merge_ranks(
     seen: set[int] = set()
     for m in merges:
         left, sep, right = m.partition(" ")
-        i = index.get(left + right) if sep else None
-        if i is None:
-            raise ModelLoadError(f"merge {m!r} does not produce a token of the vocabulary")
-        if i not in seen:  # a later duplicate pair never outranks the first
-            seen.add(i)
-            result_ids.append(i)
+        found = index.get(left + right) if sep else None
+        if found is None:
+            where = f" in {source}" if source else ""
+            raise ModelLoadError(
+                f"tokenizer.ggml.merges entry {m!r}{where} makes no token of the vocabulary: "
+                "the file is corrupt; re-download or re-convert it"
+            )
+        if found not in seen:  # a later duplicate pair never outranks the first
+            seen.add(found)
+            result_ids.append(found)
     monotone = all(a < b for a, b in zip(result_ids, result_ids[1:], strict=False))
 
     ranks: dict[bytes, int] = {}
@@ -240,7 +251,8 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
         )
     if model != "gpt2":
         raise ModelLoadError(
-            f"unsupported tokenizer.ggml.model {model!r}{where}: supported is 'gpt2' (byte-level BPE)"
+            f"unsupported tokenizer.ggml.model {model!r}{where}: "
+            "supported is 'gpt2' (byte-level BPE)"
         )
     pre = metadata.get("tokenizer.ggml.pre", "default")
     pattern = PRE_TOKENIZER_PATTERNS.get(pre)
@@ -272,6 +284,9 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
         bos_id=token_id("bos_token_id"),
         eos_id=token_id("eos_token_id"),
         add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
-        extra_stop_ids=[i for i in (token_id("eot_token_id"), token_id("eom_token_id")) if i is not None],
+        extra_stop_ids=[
+            i for i in (token_id("eot_token_id"), token_id("eom_token_id")) if i is not None
+        ],
         name=f"gguf-{pre}",
+        source=source,
     )

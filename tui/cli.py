@@ -62,13 +62,19 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if args.command is None:
-        args = build_parser().parse_args(["chat", "--plain", *(argv or sys.argv[1:])])
+        mode = [] if interactive else ["--plain"]
+        args = build_parser().parse_args(["chat", *mode, *(argv or sys.argv[1:])])
     try:
         from tui import plain
 
         if args.command == "ask":
             return plain.run_ask(args)
+        if args.command == "chat" and not args.plain and not args.json and interactive:
+            from tui.app import run_app  # the Textual app; line mode otherwise
+
+            return run_app(args)
         if args.command == "chat":
             return plain.run_chat(args)
         if args.command == "bench":

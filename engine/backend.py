@@ -1,0 +1,155 @@
+"""The small interface the engine queue drives, and the local pure-PyTorch implementation.
+
+A backend owns one conversation and the models it runs it on. The queue calls it from its one
+engine thread only, so a backend needs no locks. A remote backend (an OpenAI-compatible server)
+implements the same four calls: ``load``, ``count_tokens``, ``generate`` and cancel, which is the
+``threading.Event`` handed to ``generate`` and checked once per decoded token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+from engine.config import Profile, SamplingSettings, weights_key
+from engine.default_model import default_model_path
+from engine.errors import UserError
+from engine.events import Event
+from engine.loaders import LoadedModel, load_model
+from engine.placement import resolve_device, resolve_dtype
+from engine.session import ChatSession
+
+Progress = Callable[[int, int], None]  # (units done, units total)
+RequestKind = Literal["chat", "regenerate", "complete"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    kind: RequestKind  # chat = a user turn; regenerate = answer the last user turn again;
+    # complete = raw completion of `text` (no template, no history)
+    text: str = ""
+    sampling: SamplingSettings = SamplingSettings()  # read per request: edits apply at once
+    max_new_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # file name shown to the user
+    path: str
+    device: str
+    dtype: str
+    context_length: int  # tokens the conversation's KV cache holds
+    reused: bool  # True = taken from the model cache, nothing was read from disk
+    load_s: float  # seconds this load took (0 when reused)
+
+
+class Backend(Protocol):
+    def load(self, profile: Profile, progress: Progress) -> ModelInfo:
+        """Make `profile` the active one, loading weights only when they changed."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` encodes to with the active model's tokenizer."""
+        ...
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        """Run one request on the active conversation; stops within one token of `cancel`."""
+        ...
+
+    def clear(self) -> None:
+        """Start a new conversation (cached prompt prefixes may still be reused)."""
+        ...
+
+
+ModelKey = tuple[object, ...]
+
+
+def model_key(profile: Profile) -> ModelKey:
+    """What a loaded model depends on (quantization and offload join when they exist)."""
+    return weights_key(profile)
+
+
+class LocalBackend:
+    """Pure-PyTorch backend: an LRU cache of loaded models and one ChatSession."""
+
+    def __init__(self, max_loaded_models: int = 2) -> None:
+        if max_loaded_models < 1:
+            raise UserError(f"max_loaded_models = {max_loaded_models}: must be >= 1")
+        self.max_loaded_models = max_loaded_models
+        self.models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()  # oldest first
+        self.session: ChatSession | None = None
+        self.profile: Profile | None = None
+        self.loads = 0  # models read from disk so far (tests and the UI read it)
+
+    def _model(self, profile: Profile, progress: Progress) -> tuple[LoadedModel, bool]:
+        key = model_key(profile)
+        loaded = self.models.get(key)
+        if loaded is not None:
+            wanted = min(profile.context_length, loaded.args.max_seq_len)
+            if wanted <= loaded.context_length:  # its rope tables cover the context asked for
+                self.models.move_to_end(key)
+                return replace(loaded, context_length=wanted), True
+            del self.models[key]
+        device = resolve_device(profile.device)
+        dtype = resolve_dtype(profile.dtype, device)
+        path = Path(profile.model) if profile.model else default_model_path()
+        self._evict(self.max_loaded_models - 1)
+        loaded = load_model(
+            path, device=device, dtype=dtype, context_length=profile.context_length,
+            progress=progress,
+        )
+        self.loads += 1
+        self.models[key] = loaded
+        return loaded, False
+
+    def _evict(self, keep: int) -> None:
+        while len(self.models) > keep:
+            self.models.popitem(last=False)
+
+    def load(self, profile: Profile, progress: Progress) -> ModelInfo:
+        loaded, reused = self._model(profile, progress)
+        old = self.session
+        if old is not None and old.loaded.model is loaded.model and (
+            old.loaded.context_length == loaded.context_length
+        ):
+            old.system_prompt = profile.system_prompt  # the cached prefix check handles it
+        else:
+            session = ChatSession(loaded, profile.system_prompt)
+            if old is not None:
+                session.messages = list(old.messages)  # the conversation survives a reload
+            self.session = session
+        self.profile = profile
+        return ModelInfo(
+            name=loaded.path.name,
+            path=str(loaded.path),
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            context_length=loaded.context_length,
+            reused=reused,
+            load_s=0.0 if reused else loaded.load_s,
+        )
+
+    def _active(self) -> ChatSession:
+        if self.session is None:
+            raise UserError("no model is loaded yet: pick a profile first")
+        return self.session
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._active().loaded.tokenizer.encode(text, allow_special=False))
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        session = self._active()
+        s, n = request.sampling, request.max_new_tokens
+        if request.kind == "chat":
+            return session.send(request.text, s, n, cancel)
+        if request.kind == "regenerate":
+            return session.regenerate(s, n, cancel)
+        return session.complete(request.text, s, n, cancel)
+
+    def clear(self) -> None:
+        if self.session is not None:
+            self.session.clear()

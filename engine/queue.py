@@ -1,0 +1,214 @@
+"""EngineQueue: one engine thread owns torch and the model; requests run in submission order.
+
+``submit`` may be called from any thread. It returns a ``Ticket`` whose events arrive in order:
+``Started`` when the engine thread picks it up, then the backend's events (``LoadProgress`` …
+``ModelReady``, or ``PrefillDone``, ``TokenEvent`` … ``Done``), ``MemoryStats`` along the way,
+or ``Failed``. Iterate a ticket with ``for`` in a plain thread or ``async for`` in the asyncio
+loop that submitted it; the engine thread never waits for a consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+from engine.backend import Backend, GenerationRequest, ModelInfo
+from engine.config import Profile
+from engine.errors import UserError
+from engine.events import Done, Event, Failed, LoadProgress, TokenEvent
+from engine.metrics import gpu_memory_bytes, rss_bytes
+
+log = logging.getLogger(__name__)
+
+MEMORY_EVERY_S = 0.5  # while streaming, a MemoryStats event at most this often
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    profile: Profile  # becomes the active profile; weights load only if they changed
+
+
+@dataclass(frozen=True)
+class ClearRequest:
+    """Start a new conversation (runs in order, after what was submitted before it)."""
+
+
+Request = Union[GenerationRequest, LoadRequest, ClearRequest]
+
+
+@dataclass(frozen=True)
+class Started:
+    request_id: int  # the ticket left the pending queue and is running now
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    profile: str
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    rss_bytes: int
+    gpu_allocated_bytes: int | None  # None without CUDA
+    gpu_reserved_bytes: int | None
+
+
+QueueEvent = Union[Event, Started, ModelReady, MemoryStats]
+_END = object()  # closes a ticket's stream
+
+
+def memory_stats() -> MemoryStats:
+    gpu = gpu_memory_bytes()
+    return MemoryStats(rss_bytes(), gpu[0] if gpu else None, gpu[1] if gpu else None)
+
+
+class Ticket:
+    """One submitted request: its id, its events, and cancel."""
+
+    def __init__(self, request_id: int, request: Request, loop: asyncio.AbstractEventLoop | None):
+        self.id = request_id
+        self.request = request
+        self.cancel_event = threading.Event()
+        self.state = "pending"  # pending -> running -> finished
+        self._loop = loop
+        self._sync: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._async: asyncio.Queue[object] | None = asyncio.Queue() if loop else None
+
+    def cancel(self) -> None:
+        """Stop it: a pending ticket never runs; a running one stops within one decode step."""
+        self.cancel_event.set()
+
+    def _put(self, item: object) -> None:  # engine thread
+        if self._loop is not None and self._async is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                pass
+        else:
+            self._sync.put(item)
+
+    def __iter__(self) -> Iterator[QueueEvent]:
+        if self._loop is not None:
+            raise RuntimeError("this ticket was submitted from an event loop: use `async for`")
+        while (item := self._sync.get()) is not _END:
+            yield item  # type: ignore[misc]
+
+    async def __aiter__(self) -> AsyncIterator[QueueEvent]:
+        if self._async is None:
+            raise RuntimeError("this ticket was submitted outside an event loop: use `for`")
+        while (item := await self._async.get()) is not _END:
+            yield item  # type: ignore[misc]
+
+    async def drain(self) -> tuple[list[QueueEvent], bool]:
+        """Every event waiting now (waits for at least one item), and whether the stream ended."""
+        assert self._async is not None, "submitted outside an event loop"
+        items = [await self._async.get()]
+        while not self._async.empty():
+            items.append(self._async.get_nowait())
+        ended = items[-1] is _END
+        if ended:
+            items.pop()
+        return items, ended  # type: ignore[return-value]
+
+
+class EngineQueue:
+    def __init__(self, backend: Backend, name: str = "llama-engine") -> None:
+        self.backend = backend
+        self._inbox: queue.SimpleQueue[Ticket | None] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: list[Ticket] = []
+        self.running: Ticket | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> Ticket:
+        """Queue `request` behind the others; safe from any thread."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine queue is closed")
+            ticket = Ticket(next(self._ids), request, loop)
+            self._pending.append(ticket)
+        self._inbox.put(ticket)
+        return ticket
+
+    @property
+    def pending(self) -> list[Ticket]:
+        with self._lock:
+            return list(self._pending)
+
+    def cancel_running(self) -> bool:
+        """Cancel the running ticket, if any; True if there was one."""
+        ticket = self.running
+        if ticket is None:
+            return False
+        ticket.cancel()
+        return True
+
+    def cancel_all(self) -> None:
+        for ticket in self.pending:
+            ticket.cancel()
+        self.cancel_running()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel everything and stop the engine thread."""
+        with self._lock:
+            self._closed = True
+        self.cancel_all()
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (ticket := self._inbox.get()) is not None:
+            with self._lock:
+                self._pending.remove(ticket)
+            self.running = ticket
+            ticket.state = "running"
+            try:
+                if ticket.cancel_event.is_set():
+                    ticket._put(Done("", [], "cancelled"))
+                else:
+                    ticket._put(Started(ticket.id))
+                    self._serve(ticket)
+            except UserError as exc:
+                ticket._put(Failed(str(exc)))
+            except Exception as exc:  # a bug: keep the engine thread alive, tell the user
+                log.exception("engine request %d failed", ticket.id)
+                ticket._put(Failed(f"internal error: {type(exc).__name__}: {exc}"))
+            finally:
+                self.running = None
+                ticket.state = "finished"
+                ticket._put(_END)
+
+    def _serve(self, ticket: Ticket) -> None:
+        request = ticket.request
+        if isinstance(request, LoadRequest):
+            def progress(done: int, total: int) -> None:
+                ticket._put(LoadProgress(done, total, "loading weights"))
+
+            info = self.backend.load(request.profile, progress)
+            ticket._put(memory_stats())
+            ticket._put(ModelReady(request.profile.name, info))
+        elif isinstance(request, ClearRequest):
+            self.backend.clear()
+        else:
+            last = time.perf_counter()
+            for event in self.backend.generate(request, ticket.cancel_event):
+                ticket._put(event)
+                if isinstance(event, TokenEvent) and time.perf_counter() - last > MEMORY_EVERY_S:
+                    ticket._put(memory_stats())
+                    last = time.perf_counter()
+            ticket._put(memory_stats())

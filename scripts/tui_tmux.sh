@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run the llama-tui app in a detached tmux session, type a prompt, and print the screen:
+# what a person sees over SSH. Usage:
+#   scripts/tui_tmux.sh [PROMPT] [-- extra llama-tui chat flags]
+# Env: COLS/ROWS (default 120x36), WAIT (seconds to let the reply stream, default 15),
+#      LLAMA_TUI (command to run, default "python -m tui.cli"), KEEP=1 keeps the session.
+set -euo pipefail
+prompt="${1:-Write a haiku about llamas.}"
+shift || true
+[[ "${1:-}" == "--" ]] && shift
+cols="${COLS:-120}" rows="${ROWS:-36}" wait_s="${WAIT:-15}"
+cmd="${LLAMA_TUI:-python -m tui.cli}"
+session="llama-tui-$$"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tmux new-session -d -s "$session" -x "$cols" -y "$rows" \
+    "cd '$root' && PYTHONPATH='$root' $cmd chat $* ; sleep 30"
+cleanup() { [[ -n "${KEEP:-}" ]] || tmux kill-session -t "$session" 2>/dev/null || true; }
+trap cleanup EXIT
+# wait for the model-ready notice, then type the prompt
+for _ in $(seq 1 60); do
+    sleep 1
+    tmux capture-pane -p -t "$session" | grep -q "profile .*: .* on " && break
+done
+tmux send-keys -t "$session" -l "$prompt"
+tmux send-keys -t "$session" Enter
+sleep "$wait_s"
+tmux capture-pane -p -t "$session"

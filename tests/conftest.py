@@ -1,0 +1,46 @@
+"""Shared fixtures: the embedded default model, a tiny random GGUF, and transformers peers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.default_model import default_model_path
+from engine.loaders import LoadedModel, load_model
+from tests.gguf_writer import write_tiny_gguf
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def default_path() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def default_model(default_path: Path) -> LoadedModel:
+    """The embedded SmolLM2-135M-Instruct in float32 (shared: tests must not keep cache state)."""
+    return load_model(default_path, device=CPU, dtype=torch.float32, context_length=2048)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_gguf: Path) -> LoadedModel:
+    return load_model(tiny_gguf, device=CPU, dtype=torch.float32, context_length=256)
+
+
+@pytest.fixture(scope="session")
+def hf_model(default_path: Path) -> Any:
+    """transformers' LlamaForCausalLM on the same GGUF: the independent reference."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(default_path.parent), gguf_file=default_path.name, dtype=torch.float32
+    )
+    return model.eval()

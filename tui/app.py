@@ -1,0 +1,115 @@
+"""The Textual app: CSS, app-wide keys, themes, the command palette, and one chat screen."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from engine.backend import Backend, LocalBackend
+from engine.config import find_config_path
+from engine.queue import EngineQueue
+from tui.bridge import EngineBridge
+from tui.profiles import ProfileState
+from tui.screens.chat import ChatScreen
+from tui.themes import DEFAULT_THEME, load_themes
+
+
+class LlamaTuiApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "llama-tui"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("f1", "toggle_keys", "Keys"),
+    ]
+
+    def __init__(
+        self, state: ProfileState, backend: Backend, *, cursor_blink: bool = True
+    ) -> None:
+        super().__init__()
+        self.state = state
+        self.backend = backend
+        self.cursor_blink = cursor_blink
+        self.queue: EngineQueue | None = None
+        self.llama_themes = load_themes()
+        for theme in self.llama_themes:
+            self.register_theme(theme)
+        self.theme = DEFAULT_THEME
+
+    def on_mount(self) -> None:
+        self.queue = EngineQueue(self.backend)
+        self.push_screen(ChatScreen(self.state, EngineBridge(self.queue), cursor_blink=self.cursor_blink))
+
+    def on_unmount(self) -> None:
+        if self.queue is not None:
+            self.queue.close(timeout=2.0)
+
+    @property
+    def chat(self) -> ChatScreen:
+        return self.get_screen_stack_chat()
+
+    def get_screen_stack_chat(self) -> ChatScreen:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, ChatScreen):
+                return screen
+        raise LookupError("the chat screen is not open")
+
+    def action_toggle_keys(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        chat = self.chat
+        for name in self.state.names:
+            yield SystemCommand(
+                f"Switch profile: {name}", f"make profile '{name}' active",
+                lambda name=name: chat.switch_profile(name),  # type: ignore[misc]
+            )
+        for theme in self.llama_themes:
+            yield SystemCommand(
+                f"Switch theme: {theme.name}", "colours only; the conversation stays",
+                lambda name=theme.name: setattr(self, "theme", name),  # type: ignore[misc]
+            )
+        yield SystemCommand("New conversation", "forget the chat so far (ctrl+n)",
+                            chat.action_new_conversation)
+        yield SystemCommand("Copy last reply", "to the clipboard with OSC 52, works over SSH (ctrl+y)",
+                            chat.action_copy_reply)
+        yield SystemCommand("Regenerate last reply", "answer the last prompt again (ctrl+r)",
+                            chat.action_regenerate)
+        yield SystemCommand("Show keys", "every key and what it does (f1)", self.action_show_help_panel)
+        yield from super().get_system_commands(screen)
+
+
+def make_app(
+    profile_name: str | None = None,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    backend: Backend | None = None,
+    max_loaded_models: int = 2,
+    cursor_blink: bool = True,
+) -> LlamaTuiApp:
+    """The app for a profile of a config file (found as the CLI finds it) and CLI overrides.
+
+    Raises ConfigError (one line) for a bad file, profile name or override.
+    """
+    state = ProfileState.open(find_config_path(config_path), profile_name, overrides or {})
+    return LlamaTuiApp(
+        state, backend or LocalBackend(max_loaded_models), cursor_blink=cursor_blink
+    )
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """`llama-tui chat` on a terminal: the app for the CLI's profile and flags."""
+    from tui.cli import overrides_from
+
+    app = make_app(args.profile, args.config, overrides_from(args))
+    app.run()
+    return 0

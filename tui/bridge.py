@@ -1,0 +1,43 @@
+"""The bridge: an async worker per engine ticket that turns its events into Textual messages.
+
+The engine thread hands events to the ticket's asyncio queue (thread-safe); the worker runs on
+the app's event loop, batches whatever has arrived and posts one ``EngineUpdate`` (at most
+15 a second, so a fast GPU decode does not turn into one Markdown re-render per token). Widgets are
+only ever touched by message handlers, never by the engine thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual.dom import DOMNode
+from textual.worker import Worker
+
+from engine.queue import EngineQueue, Request, Ticket
+from tui.messages import EngineUpdate
+
+BATCH_S = 1 / 15  # at most this many UI updates per second per ticket; the rest are batched
+
+
+class EngineBridge:
+    def __init__(self, queue: EngineQueue) -> None:
+        self.queue = queue
+
+    def submit(self, request: Request, target: DOMNode) -> Ticket:
+        """Queue `request`; its events arrive at `target` as EngineUpdate messages."""
+        ticket = self.queue.submit(request)
+        self._pump(ticket, target)
+        return ticket
+
+    def _pump(self, ticket: Ticket, target: DOMNode) -> Worker[None]:
+        async def pump() -> None:
+            ended = False
+            while not ended:
+                events, ended = await ticket.drain()
+                target.post_message(EngineUpdate(ticket.id, events, finished=ended))
+                if not ended:
+                    await asyncio.sleep(BATCH_S)
+
+        return target.run_worker(
+            pump(), name=f"engine-ticket-{ticket.id}", group="engine", exit_on_error=False
+        )

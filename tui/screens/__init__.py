@@ -1,0 +1,1 @@
+"""Screens: the app has one, the chat screen."""

@@ -1,0 +1,1 @@
+"""One widget per file, mirroring what is on screen."""

@@ -1,0 +1,108 @@
+"""The Config pane: profile picker, effective values, sampling values editable in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.widgets import Input, Label, Select, Static
+
+from engine.backend import ModelInfo
+from engine.config import Profile, profile_to_dict
+from tui.messages import ProfilePicked, SettingEdited
+from tui.profiles import EDITABLE
+
+
+def _shown(value: object) -> str:
+    return "random" if value is None else str(value)  # only seed may be None
+
+
+def effective_rows(profile: Profile, info: ModelInfo | None) -> list[tuple[str, str]]:
+    """What runs: the model actually loaded (when known) and the profile's other settings."""
+    model = Path(profile.model).name if profile.model else "embedded SmolLM2-135M"
+    system = profile.system_prompt or "(none)"
+    if len(system) > 60:
+        system = system[:57] + "…"
+    return [
+        ("model", model),
+        ("device", info.device if info else profile.device),
+        ("dtype", info.dtype if info else profile.dtype),
+        ("quantization", "none"),
+        ("offload", "off"),
+        ("context", f"{info.context_length if info else profile.context_length:,} tokens"),
+        ("template", "chat" if profile.chat_template else "raw completion"),
+        ("theme", profile.theme),
+        ("system", system),
+    ]
+
+
+class ConfigPane(VerticalScroll):
+    BORDER_TITLE = "Config"
+
+    def __init__(self, names: list[str], active: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._names = names
+        self._active = active
+        self._quiet = False  # True while the picker is set from code, not by the user
+
+    def compose(self) -> ComposeResult:
+        yield Select(
+            [(n, n) for n in self._names], value=self._active, allow_blank=False,
+            compact=True, id="profile-picker",
+        )
+        yield Static(id="effective")
+        yield Label("sampling · enter applies", classes="caption")
+        for key in EDITABLE:
+            with Horizontal(classes="setting"):
+                yield Label(key, classes="key")
+                yield Input(id=f"set-{key}", compact=True, select_on_focus=True)
+        yield Static(id="config-error")
+
+    def show(self, profile: Profile, info: ModelInfo | None, source: str) -> None:
+        self.border_subtitle = source
+        rows = effective_rows(profile, info)
+        width = max(len(k) for k, _ in rows)
+        self.query_one("#effective", Static).update(
+            Content("\n").join(Content.assemble((f"{k:<{width}} ", "dim"), v) for k, v in rows)
+        )
+        flat = profile_to_dict(profile)
+        for key in EDITABLE:
+            field = self.query_one(f"#set-{key}", Input)
+            if not field.has_focus or not field.has_class("-invalid"):
+                field.value = _shown(flat[key])
+            field.remove_class("-invalid")
+        self.set_error(None)
+        self.set_active(profile.name)
+
+    def set_profiles(self, names: list[str], active: str) -> None:
+        if names != self._names:
+            self._names = names
+            with self.prevent(Select.Changed):
+                self.query_one(Select).set_options([(n, n) for n in names])
+        self.set_active(active)
+
+    def set_active(self, name: str) -> None:
+        self._active = name
+        picker = self.query_one(Select)
+        if picker.value != name and name in self._names:
+            with self.prevent(Select.Changed):
+                picker.value = name
+
+    def set_error(self, message: str | None, key: str | None = None) -> None:
+        error = self.query_one("#config-error", Static)
+        error.update(Content(message or ""))
+        error.display = bool(message)
+        if key is not None:
+            self.query_one(f"#set-{key}", Input).add_class("-invalid")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if isinstance(event.value, str) and event.value != self._active:
+            self.post_message(ProfilePicked(event.value))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        key = (event.input.id or "").removeprefix("set-")
+        self.post_message(SettingEdited(key, event.value))

@@ -1,0 +1,102 @@
+"""The Conversation pane: user and assistant messages, notices and the model-load bar."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from textual import events
+from textual.containers import VerticalScroll
+from textual.widget import Widget
+
+from tui.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
+
+W = TypeVar("W", bound=Widget)
+
+
+class ConversationPane(VerticalScroll, can_focus=True):
+    """Follows the bottom while replies stream, until the user scrolls up (End resumes)."""
+
+    BORDER_TITLE = "Conversation"
+    follow = True  # keep the newest text in view
+
+    def keep_up(self) -> None:
+        """Scroll to the bottom after the next layout, if following."""
+        if self.follow:
+            self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
+
+    def _stop_following(self) -> None:
+        self.follow = False
+
+    def _resume_if_at_end(self) -> None:
+        self.follow = self.scroll_target_y >= self.max_scroll_y
+
+    def action_scroll_up(self) -> None:
+        self._stop_following()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        self._stop_following()
+        super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        self._stop_following()
+        super().action_scroll_home()
+
+    def action_scroll_down(self) -> None:
+        super().action_scroll_down()
+        self._resume_if_at_end()
+
+    def action_page_down(self) -> None:
+        super().action_page_down()
+        self._resume_if_at_end()
+
+    def action_scroll_end(self) -> None:
+        super().action_scroll_end()
+        self.follow = True
+
+    def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._stop_following()
+        super()._on_mouse_scroll_up(event)
+
+    def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        super()._on_mouse_scroll_down(event)
+        self._resume_if_at_end()
+
+    def add_user(self, text: str) -> UserMessage:
+        return self._add(UserMessage(text))
+
+    def add_assistant(self, status: str = "pending") -> AssistantMessage:
+        reply = AssistantMessage(status)
+        reply.set_status(status, "pending" if status == "pending" else "")
+        return self._add(reply)
+
+    def add_notice(self, text: str, kind: str = "info") -> Notice:
+        return self._add(Notice(text, kind))
+
+    def _add(self, widget: W) -> W:
+        self.mount(widget, before=self._load_bar())
+        self.keep_up()
+        return widget
+
+    def _load_bar(self) -> LoadBar | None:
+        bars = self.query(LoadBar)
+        return bars.first() if bars else None
+
+    def show_load(self, label: str) -> LoadBar:
+        bar = self._load_bar()
+        if bar is None:
+            bar = LoadBar(label)
+            self.mount(bar)
+            self.keep_up()
+        return bar
+
+    def hide_load(self) -> None:
+        for bar in self.query(LoadBar):
+            bar.remove()
+
+    def last_reply(self) -> AssistantMessage | None:
+        replies = self.query(AssistantMessage)
+        return replies.last() if replies else None
+
+    async def clear_messages(self) -> None:
+        await self.remove_children()

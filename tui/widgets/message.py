@@ -1,0 +1,97 @@
+"""The blocks of the conversation: a user message, an assistant reply, a notice."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.widgets import Label, Markdown, ProgressBar, Static
+from textual.widgets.markdown import MarkdownStream
+
+STOP_LABELS = {
+    "stop": "",
+    "length": "reached max_new_tokens",
+    "context": "stopped: context full",
+    "cancelled": "stopped",
+}
+
+
+class UserMessage(Static):
+    """What the user sent, shown verbatim (no markup)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(Content(text))
+        self.text = text
+
+
+class AssistantMessage(Vertical):
+    """A reply streamed as Markdown, with a status line: pending, streaming, stopped, failed."""
+
+    def __init__(self, status: str = "pending") -> None:
+        super().__init__()
+        self.text = ""
+        self.status = status
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label(self._header(), classes="role")
+        yield Markdown("", classes="reply")
+
+    def _header(self) -> Content:
+        label = Content.styled("assistant", "bold")
+        return label + Content(f" · {self.status}") if self.status else label
+
+    def set_status(self, status: str, kind: str = "") -> None:
+        self.status = status
+        self.set_class(kind == "stopped", "-stopped")
+        self.set_class(kind == "failed", "-failed")
+        self.set_class(kind == "pending", "-pending")
+        if self.is_mounted:
+            self.query_one(".role", Label).update(self._header())
+
+    async def append(self, text: str) -> None:
+        if not text:
+            return
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(".reply", Markdown))
+        self.text += text
+        await self._stream.write(text)
+
+    async def finish(self, stop_reason: str) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        if stop_reason == "cancelled" and not self.text:
+            self.set_status("stopped before the first token", "stopped")
+        else:
+            kind = "stopped" if stop_reason in ("cancelled", "context") else ""
+            self.set_status(STOP_LABELS.get(stop_reason, stop_reason), kind)
+
+    async def fail(self, message: str) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.set_status(f"failed: {message}", "failed")
+
+
+class Notice(Static):
+    """A one-line note from the app (model loaded, config reloaded, an error)."""
+
+    def __init__(self, text: str, kind: str = "info") -> None:
+        super().__init__(Content(text), classes=f"-{kind}")
+
+
+class LoadBar(Vertical):
+    """Model-load progress, shown in the conversation while a profile's weights load."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+        self.bar = ProgressBar(total=None, show_eta=False)
+
+    def compose(self) -> ComposeResult:
+        yield Label(Content(self.label))
+        yield self.bar
+
+    def progress(self, done: int, total: int) -> None:
+        self.bar.update(total=total, progress=done)

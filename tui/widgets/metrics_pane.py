@@ -1,0 +1,89 @@
+"""The Metrics pane: live decode tok/s, sparklines, TTFT, prefill, cache, context, memory.
+
+It redraws from a LiveStats object on its own timer (4 Hz, only when something changed), so
+however fast tokens arrive the cost per token is a few attribute updates.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.widgets import Label, ProgressBar, Sparkline, Static
+
+from tui.stats import LiveStats
+
+REDRAW_S = 0.25
+MIB = 1024 * 1024
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.1f} tok/s" if value > 0 else "—"
+
+
+def _mib(n: int | None) -> str:
+    return "—" if n is None else f"{n / MIB:,.0f} MiB"
+
+
+def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
+    """The (label, value) rows of the pane; pure, so tests can read them."""
+    m = stats.last
+    mem = stats.memory
+    gpu = "—"
+    if mem is not None and mem.gpu_allocated_bytes is not None:
+        gpu = f"{_mib(mem.gpu_allocated_bytes)} / {_mib(mem.gpu_reserved_bytes)}"
+    rows = [
+        ("decode", _rate(stats.decode_tok_s) + (" (live)" if stats.streaming else "")),
+        ("TTFT", f"{m.ttft_s * 1000:,.0f} ms" if m else "—"),
+        ("prefill", _rate(m.prefill_tok_s) if m else "—"),
+        ("prompt", f"{m.cached_tokens} cached + {m.computed_tokens} new" if m else "—"),
+        ("reply", f"{m.generated_tokens} tokens" if m else "—"),
+        ("RSS", _mib(mem.rss_bytes) if mem else "—"),
+        ("GPU", gpu + (" alloc/resv" if gpu != "—" else "")),
+    ]
+    if stats.model is not None:
+        load = "cached" if stats.model.reused else f"{stats.model.load_s:.1f} s"
+        rows.append(("load", load))
+    return rows
+
+
+class MetricsPane(Vertical):
+    BORDER_TITLE = "Metrics"
+
+    def __init__(self, stats: LiveStats, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.stats = stats
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="figures")
+        yield Label("tok/s, recent tokens", classes="caption")
+        yield Sparkline([], id="recent")
+        yield Label("tok/s, recent replies", classes="caption")
+        yield Sparkline([], id="turns")
+        yield Label("context", classes="caption", id="context-label")
+        yield ProgressBar(total=1, show_eta=False, id="context")
+
+    def on_mount(self) -> None:
+        self.redraw()
+        self.set_interval(REDRAW_S, self._tick)
+
+    def _tick(self) -> None:
+        if self.stats.dirty and self.display:
+            self.redraw()
+
+    def redraw(self) -> None:
+        s = self.stats
+        s.dirty = False
+        width = max(len(k) for k, _ in metric_lines(s))
+        text = Content("\n").join(
+            Content.assemble((f"{k:<{width}}  ", "dim"), v) for k, v in metric_lines(s)
+        )
+        self.query_one("#figures", Static).update(text)
+        self.query_one("#recent", Sparkline).data = list(s.recent)[-60:]
+        self.query_one("#turns", Sparkline).data = list(s.turns)
+        m = s.last
+        used, limit = (m.context_used, m.context_limit) if m else (0, 0)
+        if not limit and s.model is not None:
+            limit = s.model.context_length
+        self.query_one("#context-label", Label).update(f"context {used:,} / {limit:,} tokens")
+        self.query_one("#context", ProgressBar).update(total=max(limit, 1), progress=used)
