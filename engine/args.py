@@ -44,9 +44,7 @@ class ModelArgs:
             )
 
     @classmethod
-    def from_gguf(
-        cls, meta: Mapping[str, Any], *, has_output: bool, source: str = ""
-    ) -> ModelArgs:
+    def from_gguf(cls, meta: Mapping[str, Any], *, has_output: bool, source: str = "") -> ModelArgs:
         arch = meta.get("general.architecture")
         if arch != "llama":
             raise ModelLoadError(

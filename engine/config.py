@@ -49,7 +49,7 @@ class Profile:
     name: str
     model: str | None = None  # GGUF path; None (TOML: "") = the embedded SmolLM2-135M-Instruct
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" | "auto"
-    dtype: str = "float32"  # "float32" | "bfloat16" | "float16" | "auto"
+    dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16" (auto: see placement.py)
     context_length: int = 4096  # tokens of context the KV cache holds; >= 16
     max_new_tokens: int = 512  # per reply; >= 1
     system_prompt: str | None = None  # None (TOML: "") = no system message

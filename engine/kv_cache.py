@@ -46,7 +46,7 @@ class KVCache:
     def common_prefix(self, ids: Sequence[int]) -> int:
         """Length of the longest prefix of ``ids`` whose keys/values are already cached."""
         n = 0
-        for a, b in zip(self.tokens, ids):
+        for a, b in zip(self.tokens, ids, strict=False):
             if a != b:
                 break
             n += 1

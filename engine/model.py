@@ -172,7 +172,9 @@ class Transformer(nn.Module):
         # tokens: [B, T] at positions start..start+T-1 -> logits [B, T, V] ([B, 1, V] if last_only)
         B, T = tokens.shape
         if start + T > self.rope_cos.shape[0]:
-            raise ValueError(f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})")
+            raise ValueError(
+                f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})"
+            )
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         mask = None
         if T > 1 or (cache is None and start > 0):

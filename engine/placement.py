@@ -10,7 +10,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """"cpu" | "cuda" | "cuda:N" | "auto" -> a device that exists on this machine."""
+    """ "cpu" | "cuda" | "cuda:N" | "auto" -> a device that exists on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -18,7 +18,7 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(
-                f"device {name!r}: no CUDA GPU is available to this torch build; use device = \"cpu\""
+                f'device {name!r}: no CUDA GPU is available to this torch build; use device = "cpu"'
             )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -29,10 +29,23 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"device {name!r} is not one of cpu, cuda, cuda:N, auto")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" picks float16 on CUDA and float32 on CPU (fastest there for small models)."""
+    """ "auto": float16 on CUDA; on CPU bfloat16 where the CPU has native bf16 (about twice the
+    decode speed of float32, which is memory-bound), else float32."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if name not in DTYPES:
         raise UserError(f"dtype {name!r} is not one of {', '.join(DTYPES)}, auto")
     return DTYPES[name]

@@ -64,7 +64,11 @@ def sample(
     generator: torch.Generator,
 ) -> int:
     """logits: [V] float32 for the next position -> chosen token id."""
-    logits = apply_repeat_penalty(logits, recent[-settings.repeat_last_n :] if settings.repeat_last_n else [], settings.repeat_penalty)
+    logits = apply_repeat_penalty(
+        logits,
+        recent[-settings.repeat_last_n :] if settings.repeat_last_n else [],
+        settings.repeat_penalty,
+    )
     if settings.temperature == 0.0:
         return greedy(logits)
     logits = logits / settings.temperature

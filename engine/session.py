@@ -21,8 +21,12 @@ class ChatSession:
         self.messages: list[Message] = []  # user/assistant turns, without the system prompt
         a = loaded.args
         self.cache = KVCache(
-            a.n_layers, a.n_kv_heads, a.head_dim, loaded.context_length,
-            dtype=loaded.dtype, device=loaded.device,
+            a.n_layers,
+            a.n_kv_heads,
+            a.head_dim,
+            loaded.context_length,
+            dtype=loaded.dtype,
+            device=loaded.device,
         )
 
     def dialog(self, messages: list[Message]) -> list[Message]:
@@ -51,8 +55,13 @@ class ChatSession:
         messages = [*self.messages, Message("user", text)]
         ids = self.prompt_ids(messages)
         for event in generate(
-            self.loaded.model, self.loaded.tokenizer, self.cache, ids, settings,
-            max_new_tokens, cancel,
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.cache,
+            ids,
+            settings,
+            max_new_tokens,
+            cancel,
         ):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
@@ -91,8 +100,13 @@ class ChatSession:
         if not ids:
             raise UserError("the prompt is empty: give some text to complete")
         return generate(
-            self.loaded.model, self.loaded.tokenizer, self.cache, ids, settings,
-            max_new_tokens, cancel,
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.cache,
+            ids,
+            settings,
+            max_new_tokens,
+            cancel,
         )
 
     def clear(self) -> None:

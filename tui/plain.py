@@ -87,8 +87,11 @@ def run_chat(args: argparse.Namespace) -> int:
     session = open_session(profile)
     interactive = sys.stdin.isatty() and not args.json
     if interactive:
-        print(f"llama-tui: {session.loaded.path.name} loaded in {session.loaded.load_s:.1f} s; "
-              "one line per turn, Ctrl-D to quit", file=sys.stderr)
+        print(
+            f"llama-tui: {session.loaded.path.name} loaded in {session.loaded.load_s:.1f} s; "
+            "one line per turn, Ctrl-D to quit",
+            file=sys.stderr,
+        )
     s, n = profile.sampling, profile.max_new_tokens
     while True:
         if interactive:

@@ -54,7 +54,9 @@ def load_model(
     gguf = GGUFFile(path)
     tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
-    model, args, freq_factors = load_gguf_weights(gguf, device=device, dtype=dtype, progress=progress)
+    model, args, freq_factors = load_gguf_weights(
+        gguf, device=device, dtype=dtype, progress=progress
+    )
     ctx = min(context_length, args.max_seq_len)
     model.init_rope(ctx, device, freq_factors)
     return LoadedModel(

@@ -58,7 +58,9 @@ def load_gguf_weights(
 ) -> tuple[Transformer, ModelArgs, torch.Tensor | None]:
     """Build the model on the meta device and assign each dequantized tensor in place, once."""
     src = gguf.path.name
-    args = ModelArgs.from_gguf(gguf.metadata, has_output="output.weight" in gguf.tensors, source=src)
+    args = ModelArgs.from_gguf(
+        gguf.metadata, has_output="output.weight" in gguf.tensors, source=src
+    )
     with torch.device("meta"):
         model = Transformer(args)
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
@@ -87,7 +89,9 @@ def load_gguf_weights(
             progress(done, total)
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise ModelLoadError(f"{src}: missing tensors for {missing[0]} (and {len(missing) - 1} more)")
+        raise ModelLoadError(
+            f"{src}: missing tensors for {missing[0]} (and {len(missing) - 1} more)"
+        )
     model.load_state_dict(state, assign=True, strict=True)
     freq_factors = None
     if "rope_freqs.weight" in gguf.tensors:

@@ -9,20 +9,33 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from gguf import GGMLQuantizationType
+
 from tests.gguf_writer import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
-FIELDS = {"text", "token_ids", "prompt_tokens", "cached_tokens", "ttft_s", "prefill_tok_s",
-          "decode_tok_s", "stop_reason"}
+FIELDS = {
+    "text",
+    "token_ids",
+    "prompt_tokens",
+    "cached_tokens",
+    "ttft_s",
+    "prefill_tok_s",
+    "decode_tok_s",
+    "stop_reason",
+}
 
 
 def run(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(cwd / "xdg")}
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args], cwd=cwd, env=env, input=stdin,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tui.cli", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -36,8 +49,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 
 def test_ask_json_on_tiny_model(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = run(["ask", "--model", str(tiny_gguf), "--temperature", "0", "--max-new-tokens", "5",
-                "--json", "hello"], tmp_path)
+    proc = run(
+        [
+            "ask",
+            "--model",
+            str(tiny_gguf),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "5",
+            "--json",
+            "hello",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert FIELDS <= set(record)
@@ -46,15 +71,41 @@ def test_ask_json_on_tiny_model(tiny_gguf: Path, tmp_path: Path) -> None:
 
 
 def test_raw_completion_skips_the_template(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = run(["ask", "--model", str(tiny_gguf), "--raw", "--temperature", "0",
-                "--max-new-tokens", "3", "--json", "Once upon a time"], tmp_path)
+    proc = run(
+        [
+            "ask",
+            "--model",
+            str(tiny_gguf),
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "Once upon a time",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prompt_tokens"] == 4  # "Once", " upon", " a", " time"
 
 
 def test_plain_chat_reuses_the_cache_from_turn_two(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = run(["chat", "--plain", "--json", "--model", str(tiny_gguf), "--temperature", "0",
-                "--max-new-tokens", "4"], tmp_path, stdin="hi\nhow are you?\nbye\n")
+    proc = run(
+        [
+            "chat",
+            "--plain",
+            "--json",
+            "--model",
+            str(tiny_gguf),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "4",
+        ],
+        tmp_path,
+        stdin="hi\nhow are you?\nbye\n",
+    )
     assert proc.returncode == 0, proc.stderr
     turns = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(turns) == 3
@@ -65,22 +116,27 @@ def test_plain_chat_reuses_the_cache_from_turn_two(tiny_gguf: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_plain_chat_streams_text_on_the_default_model(tmp_path: Path) -> None:
-    proc = run(["chat", "--plain", "--temperature", "0", "--max-new-tokens", "16"], tmp_path,
-               stdin="What is the capital of France?\n")
+    proc = run(
+        ["chat", "--plain", "--temperature", "0", "--max-new-tokens", "16"],
+        tmp_path,
+        stdin="What is the capital of France?\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
 
 
 def test_missing_model(tmp_path: Path) -> None:
-    assert_one_line_error(run(["ask", "--model", "nope.gguf", "hi"], tmp_path),
-                          "nope.gguf", "not found")
+    assert_one_line_error(
+        run(["ask", "--model", "nope.gguf", "hi"], tmp_path), "nope.gguf", "not found"
+    )
 
 
 def test_file_that_is_not_gguf(tmp_path: Path) -> None:
     bogus = tmp_path / "model.gguf"
     bogus.write_text("this is not a model")
-    assert_one_line_error(run(["ask", "--model", str(bogus), "hi"], tmp_path),
-                          "model.gguf", "not a GGUF file")
+    assert_one_line_error(
+        run(["ask", "--model", str(bogus), "hi"], tmp_path), "model.gguf", "not a GGUF file"
+    )
 
 
 @pytest.mark.parametrize("keep", [0.0005, 0.9])
@@ -88,19 +144,26 @@ def test_truncated_gguf(tiny_gguf: Path, tmp_path: Path, keep: float) -> None:
     data = tiny_gguf.read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[: max(64, int(len(data) * keep))])
-    assert_one_line_error(run(["ask", "--model", str(cut), "hi"], tmp_path), "cut.gguf", "truncated")
+    assert_one_line_error(
+        run(["ask", "--model", str(cut), "hi"], tmp_path), "cut.gguf", "truncated"
+    )
 
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "falcon.gguf", arch="falcon")
-    assert_one_line_error(run(["ask", "--model", str(path), "hi"], tmp_path),
-                          "falcon.gguf", "unsupported architecture", "falcon")
+    assert_one_line_error(
+        run(["ask", "--model", str(path), "hi"], tmp_path),
+        "falcon.gguf",
+        "unsupported architecture",
+        "falcon",
+    )
 
 
 def test_unsupported_quantization(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "iq.gguf", raw_type=GGMLQuantizationType.IQ4_NL)
-    assert_one_line_error(run(["ask", "--model", str(path), "hi"], tmp_path),
-                          "iq.gguf", "IQ4_NL", "cannot load")
+    assert_one_line_error(
+        run(["ask", "--model", str(path), "hi"], tmp_path), "iq.gguf", "IQ4_NL", "cannot load"
+    )
 
 
 def test_toml_syntax_error(tmp_path: Path) -> None:
@@ -110,20 +173,24 @@ def test_toml_syntax_error(tmp_path: Path) -> None:
 
 def test_unknown_key(tmp_path: Path) -> None:
     (tmp_path / "my.toml").write_text("[defaults]\ntemprature = 0.5\n")
-    assert_one_line_error(run(["ask", "--config", "my.toml", "hi"], tmp_path),
-                          "my.toml", "temprature", "temperature")
+    assert_one_line_error(
+        run(["ask", "--config", "my.toml", "hi"], tmp_path), "my.toml", "temprature", "temperature"
+    )
 
 
 def test_negative_temperature_in_file_and_flag(tmp_path: Path) -> None:
     (tmp_path / "llama-tui.toml").write_text("[profiles.hot]\ntemperature = -1.0\n")
-    assert_one_line_error(run(["ask", "--profile", "hot", "hi"], tmp_path),
-                          "profiles.hot.temperature", "-1")
+    assert_one_line_error(
+        run(["ask", "--profile", "hot", "hi"], tmp_path), "profiles.hot.temperature", "-1"
+    )
     (tmp_path / "llama-tui.toml").unlink()
-    assert_one_line_error(run(["ask", "--temperature", "-0.5", "hi"], tmp_path),
-                          "--temperature", "-0.5")
+    assert_one_line_error(
+        run(["ask", "--temperature", "-0.5", "hi"], tmp_path), "--temperature", "-0.5"
+    )
 
 
 def test_prompt_longer_than_context(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = run(["ask", "--model", str(tiny_gguf), "--context-length", "32", "word " * 100],
-               tmp_path)
+    proc = run(
+        ["ask", "--model", str(tiny_gguf), "--context-length", "32", "word " * 100], tmp_path
+    )
     assert_one_line_error(proc, "context holds 32")

@@ -39,7 +39,9 @@ def test_kv_cache_prefix_bookkeeping() -> None:
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model", "default_model"])
-def test_incremental_decoding_equals_full_forward(fixture: str, request: pytest.FixtureRequest) -> None:
+def test_incremental_decoding_equals_full_forward(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
     m: LoadedModel = request.getfixturevalue(fixture)
     ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 3)
     with torch.inference_mode():

@@ -34,8 +34,11 @@ def test_event_order_and_max_tokens(tiny_model: LoadedModel) -> None:
 
 
 def test_stops_on_end_of_turn_token(default_model: LoadedModel) -> None:
-    done = [e for e in ChatSession(default_model).send("What is the capital of France?", GREEDY, 64)
-            if isinstance(e, Done)][0]
+    done = [
+        e
+        for e in ChatSession(default_model).send("What is the capital of France?", GREEDY, 64)
+        if isinstance(e, Done)
+    ][0]
     assert done.stop_reason == "stop"
     assert 2 not in done.token_ids  # <|im_end|> ends the reply and is not part of it
 
@@ -58,15 +61,21 @@ def test_text_deltas_are_valid_utf8_for_multibyte_characters(default_model: Load
 def test_prompt_longer_than_context_is_a_clear_error(tiny_model: LoadedModel) -> None:
     ids = tiny_model.tokenizer.encode("word " * 300)
     with pytest.raises(ContextOverflowError, match="context holds 64"):
-        list(generate(tiny_model.model, tiny_model.tokenizer, cache_for(tiny_model, 64), ids,
-                      GREEDY, 8))
+        list(
+            generate(
+                tiny_model.model, tiny_model.tokenizer, cache_for(tiny_model, 64), ids, GREEDY, 8
+            )
+        )
 
 
 def test_reply_stops_when_the_context_is_full(tiny_model: LoadedModel) -> None:
     ids = tiny_model.tokenizer.encode("word " * 20)
     cache = cache_for(tiny_model, len(ids) + 3)
     nostop = GREEDY
-    done = [e for e in generate(tiny_model.model, tiny_model.tokenizer, cache, ids, nostop, 50)
-            if isinstance(e, Done)][0]
+    done = [
+        e
+        for e in generate(tiny_model.model, tiny_model.tokenizer, cache, ids, nostop, 50)
+        if isinstance(e, Done)
+    ][0]
     assert done.stop_reason in ("context", "stop")
     assert cache.length <= cache.max_len

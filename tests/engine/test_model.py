@@ -14,8 +14,14 @@ from engine.model import RMSNorm, Transformer, apply_rope, rope_inv_freq, rope_t
 
 def tiny_args(**kw: object) -> ModelArgs:
     base: dict[str, object] = dict(
-        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, ffn_dim=96,
-        rope_theta=10000.0, max_seq_len=128,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=101,
+        ffn_dim=96,
+        rope_theta=10000.0,
+        max_seq_len=128,
     )
     base.update(kw)
     return ModelArgs(**base)  # type: ignore[arg-type]
@@ -70,18 +76,32 @@ def test_llama31_rope_scaling_matches_transformers() -> None:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     cfg = transformers.LlamaConfig(
-        hidden_size=64, num_attention_heads=4, rope_theta=500000.0, max_position_embeddings=131072,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        hidden_size=64,
+        num_attention_heads=4,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     )
     ref, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     ours = rope_inv_freq(tiny_args(rope_theta=500000.0, rope_scaling=RopeScaling()))
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize(("B", "T", "dim", "heads", "kv"), [
-    (1, 1, 64, 4, 4), (2, 7, 64, 4, 2), (3, 16, 96, 6, 2), (1, 33, 128, 8, 1),
-])
+@pytest.mark.parametrize(
+    ("B", "T", "dim", "heads", "kv"),
+    [
+        (1, 1, 64, 4, 4),
+        (2, 7, 64, 4, 2),
+        (3, 16, 96, 6, 2),
+        (1, 33, 128, 8, 1),
+    ],
+)
 def test_shapes_and_batch_independence(B: int, T: int, dim: int, heads: int, kv: int) -> None:
     model = random_model(tiny_args(dim=dim, n_heads=heads, n_kv_heads=kv))
     tokens = torch.randint(0, 101, (B, T))
@@ -133,8 +153,9 @@ def test_grouped_query_attention_matches_the_textbook_computation() -> None:
     model = random_model(tiny_args(n_heads=8, n_kv_heads=2))
     tokens = torch.randint(0, 101, (2, 10))
     with torch.inference_mode():
-        torch.testing.assert_close(model(tokens), reference_forward(model, tokens),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            model(tokens), reference_forward(model, tokens), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_untied_output_head_is_used() -> None:

@@ -36,7 +36,9 @@ def prompt_ids(model: LoadedModel, text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("text", PROMPTS[:2])
-def test_final_logits_match_transformers(default_model: LoadedModel, hf_model: Any, text: str) -> None:
+def test_final_logits_match_transformers(
+    default_model: LoadedModel, hf_model: Any, text: str
+) -> None:
     ids = prompt_ids(default_model, text)
     tokens = torch.tensor([ids])
     with torch.inference_mode():
@@ -67,9 +69,12 @@ def test_greedy_continuation_matches_transformers(
     done = [e for e in session.send(text, GREEDY, 40) if isinstance(e, Done)][0]
     with torch.inference_mode():
         out = hf_model.generate(
-            torch.tensor([ids]), do_sample=False, max_new_tokens=40,
-            eos_token_id=sorted(default_model.tokenizer.stop_ids), pad_token_id=2,
+            torch.tensor([ids]),
+            do_sample=False,
+            max_new_tokens=40,
+            eos_token_id=sorted(default_model.tokenizer.stop_ids),
+            pad_token_id=2,
         )
-    theirs = [t for t in out[0, len(ids):].tolist() if t not in default_model.tokenizer.stop_ids]
+    theirs = [t for t in out[0, len(ids) :].tolist() if t not in default_model.tokenizer.stop_ids]
     assert len(done.token_ids) >= 32, "prompt should give a reply of at least 32 tokens"
     assert done.token_ids == theirs

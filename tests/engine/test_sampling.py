@@ -57,7 +57,9 @@ def test_greedy_and_seeded_sampling() -> None:
     assert a == b
     # empirical frequencies follow the distribution
     g = make_generator(1)
-    counts = torch.bincount(torch.tensor([sample(LOGITS, s, [], g) for _ in range(4000)]), minlength=5)
+    counts = torch.bincount(
+        torch.tensor([sample(LOGITS, s, [], g) for _ in range(4000)]), minlength=5
+    )
     assert torch.allclose(counts / 4000, PROBS, atol=0.03)
     # top-k 1 is greedy whatever the temperature
     one = SamplingSettings(temperature=5.0, top_k=1)
