@@ -17,16 +17,19 @@ from engine.args import ModelArgs
 from engine.kv_cache import KVCache
 
 
-def make_linear(in_features: int, out_features: int) -> nn.Module:
+Device = torch.device | str | None
+
+
+def make_linear(in_features: int, out_features: int, device: Device = None) -> nn.Module:
     """The seam where quantized weight formats plug in: every projection is built here."""
-    return nn.Linear(in_features, out_features, bias=False)
+    return nn.Linear(in_features, out_features, bias=False, device=device)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, device: Device = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., D]; normalise in float32 whatever the weight dtype
@@ -73,14 +76,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, layer: int) -> None:
+    def __init__(self, args: ModelArgs, layer: int, device: Device = None) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = make_linear(args.dim, args.n_heads * args.head_dim)
-        self.wk = make_linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.wv = make_linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.wo = make_linear(args.n_heads * args.head_dim, args.dim)
+        self.wq = make_linear(args.dim, args.n_heads * args.head_dim, device)
+        self.wk = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
+        self.wv = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
+        self.wo = make_linear(args.n_heads * args.head_dim, args.dim, device)
 
     def forward(
         self,
@@ -112,11 +115,11 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.w1 = make_linear(args.dim, args.ffn_dim)  # gate
-        self.w3 = make_linear(args.dim, args.ffn_dim)  # up
-        self.w2 = make_linear(args.ffn_dim, args.dim)  # down
+        self.w1 = make_linear(args.dim, args.ffn_dim, device)  # gate
+        self.w3 = make_linear(args.dim, args.ffn_dim, device)  # up
+        self.w2 = make_linear(args.ffn_dim, args.dim, device)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, D] -> SwiGLU -> [B, T, D]
@@ -124,12 +127,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, layer: int) -> None:
+    def __init__(self, args: ModelArgs, layer: int, device: Device = None) -> None:
         super().__init__()
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args, layer)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, device)
+        self.attention = Attention(args, layer, device)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, device)
+        self.feed_forward = FeedForward(args, device)
 
     def forward(
         self,
@@ -145,13 +148,16 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, device: Device = None) -> None:
+        # device="meta" builds the skeleton without memory; loaders then assign real weights
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = None if args.tie_embeddings else make_linear(args.dim, args.vocab_size)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device)
+        self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps, device)
+        self.output = (
+            None if args.tie_embeddings else make_linear(args.dim, args.vocab_size, device)
+        )
         self.rope_cos = torch.empty(0)
         self.rope_sin = torch.empty(0)
 

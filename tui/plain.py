@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,11 +27,30 @@ def load_profile(args: argparse.Namespace) -> Profile:
     return resolve_profile(config, args.profile, overrides_from(args))
 
 
-def open_session(profile: Profile) -> ChatSession:
+def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSession:
+    """Load the profile's model (progress on stderr when it is a terminal) into a session."""
     device = resolve_device(profile.device)
     dtype = resolve_dtype(profile.dtype, device)
     path = Path(profile.model) if profile.model else default_model_path()
-    loaded = load_model(path, device=device, dtype=dtype, context_length=profile.context_length)
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 16 == 0:
+            print(f"\rloading {path.name}: {100 * done // total:3d}%", end="", file=sys.stderr)
+
+    loaded = load_model(
+        path,
+        device=device,
+        dtype=dtype,
+        context_length=profile.context_length,
+        progress=progress if show_progress else None,
+    )
+    if show_progress:
+        print(
+            f"\rloaded {path.name} ({loaded.dtype}, {loaded.device}) in {loaded.load_s:.1f} s",
+            file=sys.stderr,
+        )
     return ChatSession(loaded, profile.system_prompt)
 
 
@@ -87,11 +108,7 @@ def run_chat(args: argparse.Namespace) -> int:
     session = open_session(profile)
     interactive = sys.stdin.isatty() and not args.json
     if interactive:
-        print(
-            f"llama-tui: {session.loaded.path.name} loaded in {session.loaded.load_s:.1f} s; "
-            "one line per turn, Ctrl-D to quit",
-            file=sys.stderr,
-        )
+        print("one line per turn; Ctrl-D quits, Ctrl-C stops a reply", file=sys.stderr)
     s, n = profile.sampling, profile.max_new_tokens
     while True:
         if interactive:
@@ -102,12 +119,16 @@ def run_chat(args: argparse.Namespace) -> int:
         text = line.rstrip("\n")
         if not text.strip():
             continue
+        cancel = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_, c=cancel: c.set())  # Ctrl-C: stop reply
         try:
             if profile.chat_template:
-                stream(session.send(text, s, n), args.json, sys.stdout)
+                stream(session.send(text, s, n, cancel), args.json, sys.stdout)
             else:
-                stream(session.complete(text, s, n), args.json, sys.stdout)
+                stream(session.complete(text, s, n, cancel), args.json, sys.stdout)
         except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
             print(f"llama-tui: error: {exc}", file=sys.stderr)
             if not interactive:
                 return 2
+        finally:
+            signal.signal(signal.SIGINT, previous)

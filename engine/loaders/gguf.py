@@ -61,8 +61,7 @@ def load_gguf_weights(
     args = ModelArgs.from_gguf(
         gguf.metadata, has_output="output.weight" in gguf.tensors, source=src
     )
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = Transformer(args, device="meta")
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     total = len(gguf.tensors)
