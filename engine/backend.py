@@ -69,8 +69,11 @@ ModelKey = tuple[object, ...]
 
 
 def model_key(profile: Profile) -> ModelKey:
-    """What a loaded model depends on (quantization and offload join when they exist)."""
-    return weights_key(profile)
+    """What a loaded model depends on, with "auto" device/dtype resolved (so "auto" and the
+    dtype it picks share one cached model); quantization and offload join when they exist."""
+    model, device_name, dtype_name = weights_key(profile)
+    device = resolve_device(device_name)
+    return (model, str(device), str(resolve_dtype(dtype_name, device)))
 
 
 class LocalBackend:
@@ -99,7 +102,10 @@ class LocalBackend:
         path = Path(profile.model) if profile.model else default_model_path()
         self._evict(self.max_loaded_models - 1)
         loaded = load_model(
-            path, device=device, dtype=dtype, context_length=profile.context_length,
+            path,
+            device=device,
+            dtype=dtype,
+            context_length=profile.context_length,
             progress=progress,
         )
         self.loads += 1
@@ -107,14 +113,17 @@ class LocalBackend:
         return loaded, False
 
     def _evict(self, keep: int) -> None:
-        while len(self.models) > keep:
+        """Drop least recently used models until `keep` remain (the session may hold one)."""
+        while len(self.models) > max(keep, 0):
             self.models.popitem(last=False)
 
     def load(self, profile: Profile, progress: Progress) -> ModelInfo:
         loaded, reused = self._model(profile, progress)
         old = self.session
-        if old is not None and old.loaded.model is loaded.model and (
-            old.loaded.context_length == loaded.context_length
+        if (
+            old is not None
+            and old.loaded.model is loaded.model
+            and (old.loaded.context_length == loaded.context_length)
         ):
             old.system_prompt = profile.system_prompt  # the cached prefix check handles it
         else:

@@ -93,7 +93,8 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens or {})  # bos_token, eos_token, ... -> text
         self._origin = origin or "the model"  # file name for error messages
         env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
             extensions=[jinja2.ext.loopcontrols, _GenerationTag],
         )
         env.filters["tojson"] = _tojson
@@ -111,8 +112,11 @@ class ChatTemplate:
         chat = [{"role": m.role, "content": m.content} for m in messages]
         try:
             return self._template.render(
-                messages=chat, add_generation_prompt=add_generation_prompt,
-                tools=None, documents=None, **self.special_tokens,
+                messages=chat,
+                add_generation_prompt=add_generation_prompt,
+                tools=None,
+                documents=None,
+                **self.special_tokens,
             )
         except _TemplateRaised as exc:
             reason = _one_line(str(exc))
@@ -132,8 +136,12 @@ def chat_template_from_gguf(metadata: Mapping[str, Any], source: str = "") -> Ch
         return None
     tokens = metadata.get("tokenizer.ggml.tokens") or []
     special: dict[str, str] = {}
-    for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                      ("pad_token", "padding")):
+    for name, key in (
+        ("bos_token", "bos"),
+        ("eos_token", "eos"),
+        ("unk_token", "unknown"),
+        ("pad_token", "padding"),
+    ):
         token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
         if token_id is not None and 0 <= int(token_id) < len(tokens):
             special[name] = tokens[int(token_id)]

@@ -64,12 +64,13 @@ class Config:
     defaults: Profile  # [defaults] applied over the built-in defaults; name "defaults"
     profiles: Mapping[str, Profile]  # [profiles.NAME], each = defaults + its own keys
     default_profile: str | None  # top-level `default_profile = "NAME"`; None = defaults
+    max_loaded_models: int = 2  # top-level: models kept loaded for fast profile switching; >= 1
 
 
 _SAMPLING_KEYS = tuple(f.name for f in fields(SamplingSettings))
 _PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "sampling"))
 KEYS = _PROFILE_KEYS + _SAMPLING_KEYS  # the flat keys of every table and of the overrides
-_TOP_KEYS = ("default_profile", DEFAULTS_NAME, "profiles")
+_TOP_KEYS = ("default_profile", "max_loaded_models", DEFAULTS_NAME, "profiles")
 _DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d+|auto")
 
 
@@ -269,11 +270,17 @@ def load_config(path: Path | None) -> Config:
             f"{path}: default_profile = {_toml_repr(default_profile)}: no such profile; "
             f"{_unknown(str(default_profile), names)}"
         )
+    max_loaded = data.get("max_loaded_models", 2)
+    if type(max_loaded) is not int or max_loaded < 1:
+        raise ConfigError(
+            f"{path}: max_loaded_models = {_toml_repr(max_loaded)}: must be an integer >= 1"
+        )
     return Config(
         path=path,
         defaults=_from_flat(DEFAULTS_NAME, defaults_flat),
         profiles=MappingProxyType(profiles),
         default_profile=default_profile,
+        max_loaded_models=max_loaded,
     )
 
 

@@ -16,7 +16,6 @@ from torch import nn
 from engine.args import ModelArgs
 from engine.kv_cache import KVCache
 
-
 Device = torch.device | str | None
 
 

@@ -15,9 +15,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Union
 
 from engine.backend import Backend, GenerationRequest, ModelInfo
 from engine.config import Profile
@@ -40,7 +40,7 @@ class ClearRequest:
     """Start a new conversation (runs in order, after what was submitted before it)."""
 
 
-Request = Union[GenerationRequest, LoadRequest, ClearRequest]
+Request = GenerationRequest | LoadRequest | ClearRequest
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,13 @@ class MemoryStats:
     gpu_reserved_bytes: int | None
 
 
-QueueEvent = Union[Event, Started, ModelReady, MemoryStats]
+QueueEvent = Event | Started | ModelReady | MemoryStats
 _END = object()  # closes a ticket's stream
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def memory_stats() -> MemoryStats:
@@ -80,20 +85,40 @@ class Ticket:
         self.state = "pending"  # pending -> running -> finished
         self._loop = loop
         self._sync: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._async: asyncio.Queue[object] | None = asyncio.Queue() if loop else None
+        # asyncio side: the engine thread appends here and wakes the loop only when a consumer
+        # is waiting, so a consumer that batches (sleeps between reads) costs no wake-ups
+        self._items: deque[object] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._waiter_lock = threading.Lock()
 
     def cancel(self) -> None:
         """Stop it: a pending ticket never runs; a running one stops within one decode step."""
         self.cancel_event.set()
 
     def _put(self, item: object) -> None:  # engine thread
-        if self._loop is not None and self._async is not None:
+        if self._loop is None:
+            self._sync.put(item)
+            return
+        with self._waiter_lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
             try:
-                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+                self._loop.call_soon_threadsafe(_wake, waiter)
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 pass
-        else:
-            self._sync.put(item)
+
+    async def _take(self) -> list[object]:
+        """Everything that arrived, waiting until there is at least one item."""
+        while True:
+            with self._waiter_lock:
+                if self._items:
+                    items = list(self._items)
+                    self._items.clear()
+                    return items
+                assert self._loop is not None
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
 
     def __iter__(self) -> Iterator[QueueEvent]:
         if self._loop is not None:
@@ -102,17 +127,17 @@ class Ticket:
             yield item  # type: ignore[misc]
 
     async def __aiter__(self) -> AsyncIterator[QueueEvent]:
-        if self._async is None:
-            raise RuntimeError("this ticket was submitted outside an event loop: use `for`")
-        while (item := await self._async.get()) is not _END:
-            yield item  # type: ignore[misc]
+        ended = False
+        while not ended:
+            events, ended = await self.drain()
+            for event in events:
+                yield event
 
     async def drain(self) -> tuple[list[QueueEvent], bool]:
-        """Every event waiting now (waits for at least one item), and whether the stream ended."""
-        assert self._async is not None, "submitted outside an event loop"
-        items = [await self._async.get()]
-        while not self._async.empty():
-            items.append(self._async.get_nowait())
+        """Every event that has arrived (waits for at least one), and whether the stream ended."""
+        if self._loop is None:
+            raise RuntimeError("this ticket was submitted outside an event loop: use `for`")
+        items = await self._take()
         ended = items[-1] is _END
         if ended:
             items.pop()
@@ -196,6 +221,7 @@ class EngineQueue:
     def _serve(self, ticket: Ticket) -> None:
         request = ticket.request
         if isinstance(request, LoadRequest):
+
             def progress(done: int, total: int) -> None:
                 ticket._put(LoadProgress(done, total, "loading weights"))
 

@@ -22,10 +22,19 @@ from engine.errors import ModelLoadError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # Texts of control tokens that end a turn or a document, across model families.
-END_MARKERS = frozenset({
-    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>",
-    "</s>", "<end_of_turn>", "<|end|>", "<|eot|>",
-})
+END_MARKERS = frozenset(
+    {
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "<|eom_id|>",
+        "</s>",
+        "<end_of_turn>",
+        "<|end|>",
+        "<|eot|>",
+    }
+)
 
 # Pre-tokenizer split patterns (tiktoken / fancy-regex syntax), by tokenizer.ggml.pre.
 _GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -76,8 +85,11 @@ class Tokenizer(Protocol):
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (byte-level BPE vocabularies spell bytes so)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table, extra = {b: chr(b) for b in printable}, 0
     for b in range(256):
         if b not in table:
@@ -139,7 +151,9 @@ class ByteLevelBPETokenizer:
         ranks, self._rank_to_id = _merge_ranks(tokens, types, merges, self._bytes, source)
         self._placeholder_from = n  # ranks >= n and unmapped stand for bytes missing from the vocab
         self._enc = tiktoken.Encoding(
-            name, pat_str=pattern, mergeable_ranks=ranks,
+            name,
+            pat_str=pattern,
+            mergeable_ranks=ranks,
             special_tokens=specials,  # specials rank as their own id in both layouts
         )
 
@@ -280,7 +294,10 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
         return int(value) if value is not None and 0 <= int(value) < len(tokens) else None
 
     return ByteLevelBPETokenizer(
-        tokens, [int(t) for t in types], merges, pattern,
+        tokens,
+        [int(t) for t in types],
+        merges,
+        pattern,
         bos_id=token_id("bos_token_id"),
         eos_id=token_id("eos_token_id"),
         add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),

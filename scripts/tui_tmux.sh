@@ -2,13 +2,14 @@
 # Run the llama-tui app in a detached tmux session, type a prompt, and print the screen:
 # what a person sees over SSH. Usage:
 #   scripts/tui_tmux.sh [PROMPT] [-- extra llama-tui chat flags]
-# Env: COLS/ROWS (default 120x36), WAIT (seconds to let the reply stream, default 15),
+# Env: COLS/ROWS (default 120x36), WAIT (most seconds to wait for the reply, default 60;
+#      the Metrics pane must be visible: 110 columns or more),
 #      LLAMA_TUI (command to run, default "python -m tui.cli"), KEEP=1 keeps the session.
 set -euo pipefail
 prompt="${1:-Write a haiku about llamas.}"
 shift || true
 [[ "${1:-}" == "--" ]] && shift
-cols="${COLS:-120}" rows="${ROWS:-36}" wait_s="${WAIT:-15}"
+cols="${COLS:-120}" rows="${ROWS:-36}" wait_s="${WAIT:-60}"
 cmd="${LLAMA_TUI:-python -m tui.cli}"
 session="llama-tui-$$"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,5 +24,9 @@ for _ in $(seq 1 60); do
 done
 tmux send-keys -t "$session" -l "$prompt"
 tmux send-keys -t "$session" Enter
-sleep "$wait_s"
+# wait for the reply to finish (the Metrics pane shows "reply N tokens"), at most WAIT seconds
+for _ in $(seq 1 "$wait_s"); do
+    sleep 1
+    tmux capture-pane -p -t "$session" | grep -q "reply  *[0-9][0-9,]* tokens" && break
+done
 tmux capture-pane -p -t "$session"

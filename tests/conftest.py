@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,16 @@ from engine.loaders import LoadedModel, load_model
 from tests.gguf_writer import write_tiny_gguf
 
 CPU = torch.device("cpu")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests with asyncio.run (no pytest-asyncio needed for Pilot tests)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{n: pyfuncitem.funcargs[n] for n in names}))
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +40,7 @@ def default_model(default_path: Path) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+    return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def write_tiny_gguf(
         else:
             w.add_tensor(name, data)
 
-    t("token_embd.weight", vocab, dim, scale=0.5)
+    t("token_embd.weight", vocab, dim, scale=1.0)
     for i in range(n_layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, dtype=np.float32))
         t(f"blk.{i}.attn_q.weight", n_heads * hd, dim)

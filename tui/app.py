@@ -28,9 +28,7 @@ class LlamaTuiApp(App[None]):
         Binding("f1", "toggle_keys", "Keys"),
     ]
 
-    def __init__(
-        self, state: ProfileState, backend: Backend, *, cursor_blink: bool = True
-    ) -> None:
+    def __init__(self, state: ProfileState, backend: Backend, *, cursor_blink: bool = True) -> None:
         super().__init__()
         self.state = state
         self.backend = backend
@@ -43,7 +41,8 @@ class LlamaTuiApp(App[None]):
 
     def on_mount(self) -> None:
         self.queue = EngineQueue(self.backend)
-        self.push_screen(ChatScreen(self.state, EngineBridge(self.queue), cursor_blink=self.cursor_blink))
+        bridge = EngineBridge(self.queue)
+        self.push_screen(ChatScreen(self.state, bridge, cursor_blink=self.cursor_blink))
 
     def on_unmount(self) -> None:
         if self.queue is not None:
@@ -69,21 +68,30 @@ class LlamaTuiApp(App[None]):
         chat = self.chat
         for name in self.state.names:
             yield SystemCommand(
-                f"Switch profile: {name}", f"make profile '{name}' active",
+                f"Switch profile: {name}",
+                f"make profile '{name}' active",
                 lambda name=name: chat.switch_profile(name),  # type: ignore[misc]
             )
         for theme in self.llama_themes:
             yield SystemCommand(
-                f"Switch theme: {theme.name}", "colours only; the conversation stays",
+                f"Switch theme: {theme.name}",
+                "colours only; the conversation stays",
                 lambda name=theme.name: setattr(self, "theme", name),  # type: ignore[misc]
             )
-        yield SystemCommand("New conversation", "forget the chat so far (ctrl+n)",
-                            chat.action_new_conversation)
-        yield SystemCommand("Copy last reply", "to the clipboard with OSC 52, works over SSH (ctrl+y)",
-                            chat.action_copy_reply)
-        yield SystemCommand("Regenerate last reply", "answer the last prompt again (ctrl+r)",
-                            chat.action_regenerate)
-        yield SystemCommand("Show keys", "every key and what it does (f1)", self.action_show_help_panel)
+        yield SystemCommand(
+            "New conversation", "forget the chat so far (ctrl+n)", chat.action_new_conversation
+        )
+        yield SystemCommand(
+            "Copy last reply",
+            "to the clipboard with OSC 52, works over SSH (ctrl+y)",
+            chat.action_copy_reply,
+        )
+        yield SystemCommand(
+            "Regenerate last reply", "answer the last prompt again (ctrl+r)", chat.action_regenerate
+        )
+        yield SystemCommand(
+            "Show keys", "every key and what it does (f1)", self.action_show_help_panel
+        )
         yield from super().get_system_commands(screen)
 
 
@@ -93,7 +101,7 @@ def make_app(
     overrides: Mapping[str, Any] | None = None,
     *,
     backend: Backend | None = None,
-    max_loaded_models: int = 2,
+    max_loaded_models: int | None = None,
     cursor_blink: bool = True,
 ) -> LlamaTuiApp:
     """The app for a profile of a config file (found as the CLI finds it) and CLI overrides.
@@ -101,9 +109,8 @@ def make_app(
     Raises ConfigError (one line) for a bad file, profile name or override.
     """
     state = ProfileState.open(find_config_path(config_path), profile_name, overrides or {})
-    return LlamaTuiApp(
-        state, backend or LocalBackend(max_loaded_models), cursor_blink=cursor_blink
-    )
+    keep = max_loaded_models or state.config.max_loaded_models  # from the config file by default
+    return LlamaTuiApp(state, backend or LocalBackend(keep), cursor_blink=cursor_blink)
 
 
 def run_app(args: argparse.Namespace) -> int:

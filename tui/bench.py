@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,32 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+Run = Callable[[int], tuple[dict[str, float], list[int]]]  # n tokens -> (figures, token ids)
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def _timed(one_run: Run, w: argparse.Namespace) -> tuple[dict[str, float], list[int]]:
+    """One short warm-up, then the median figures of the timed runs and the first run's tokens.
+
+    other_load: CPU time other processes used during the timed runs, as a share of all cores;
+    above a few percent the machine was shared and the speeds are low.
+    """
+    one_run(min(WARMUP_TOKENS, w.tokens))
+    busy0, cpu0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+    runs = [one_run(w.tokens) for _ in range(w.runs)]
+    others = (_machine_busy_s() - busy0) - (time.process_time() - cpu0)
+    load = max(others, 0.0) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1))
+    median = {k: statistics.median(r[k] for r, _ in runs) for k in runs[0][0]}
+    return {**median, "other_load": load}, runs[0][1]
 
 
 def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
@@ -70,8 +95,9 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
     else:
         ids = encode_dialog(loaded.tokenizer, loaded.chat_template, [Message("user", PROMPT)])
     a, model = loaded.args, loaded.model
-    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, len(ids) + w.tokens + 1,
-                    dtype=dtype, device=device)
+    cache = KVCache(
+        a.n_layers, a.n_kv_heads, a.head_dim, len(ids) + w.tokens + 1, dtype=dtype, device=device
+    )
 
     def one_run(n: int) -> tuple[dict[str, float], list[int]]:
         cache.truncate(0)
@@ -85,14 +111,23 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
             out.append(int(decode_one_token(model, cache, out[-1]).argmax()))
         t_end = time.perf_counter()
         steps = max(n - 1, 1)
-        return {"prefill_tok_s": len(ids) / (t_prefill - t0), "ttft_s": t_first - t0,
-                "decode_tok_s": steps / (t_end - t_first)}, out
+        return {
+            "prefill_tok_s": len(ids) / (t_prefill - t0),
+            "ttft_s": t_first - t0,
+            "decode_tok_s": steps / (t_end - t_first),
+        }, out
 
-    one_run(min(WARMUP_TOKENS, w.tokens))
-    timed = [one_run(w.tokens) for _ in range(w.runs)]
-    return {"engine": "llama-tui", "dtype": str(dtype).removeprefix("torch."),
-            "import_torch_s": import_s, "load_s": load_s, **_median_runs([r for r, _ in timed]),
-            "peak_rss_bytes": peak_rss_bytes(), "prompt_ids": ids, "tokens": timed[0][1]}
+    figures, tokens = _timed(one_run, w)
+    return {
+        "engine": "llama-tui",
+        "dtype": str(dtype).removeprefix("torch."),
+        "import_torch_s": import_s,
+        "load_s": load_s,
+        **figures,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "prompt_ids": ids,
+        "tokens": tokens,
+    }
 
 
 def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
@@ -134,20 +169,37 @@ def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
             prefill_s = time.perf_counter() - t0
         clock = Clock()
         t0 = time.perf_counter()
-        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                             min_new_tokens=n, streamer=clock, pad_token_id=0,
-                             temperature=None, top_p=None, top_k=None)
-        tokens = out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            streamer=clock,
+            pad_token_id=0,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        tokens = out[0, ids.shape[1] :].tolist()
         t_first, t_end = clock.times[1], clock.times[-1]  # times[0] is the prompt
         steps = max(n - 1, 1)
-        return {"prefill_tok_s": ids.shape[1] / prefill_s, "ttft_s": t_first - t0,
-                "decode_tok_s": steps / (t_end - t_first)}, tokens
+        return {
+            "prefill_tok_s": ids.shape[1] / prefill_s,
+            "ttft_s": t_first - t0,
+            "decode_tok_s": steps / (t_end - t_first),
+        }, tokens
 
-    one_run(min(WARMUP_TOKENS, w.tokens))
-    timed = [one_run(w.tokens) for _ in range(w.runs)]
-    return {"engine": "transformers", "dtype": "float32", "import_torch_s": import_s,
-            "load_s": load_s, **_median_runs([r for r, _ in timed]),
-            "peak_rss_bytes": peak_rss_bytes(), "tokens": timed[0][1]}
+    figures, tokens = _timed(one_run, w)
+    return {
+        "engine": "transformers",
+        "dtype": "float32",
+        "import_torch_s": import_s,
+        "load_s": load_s,
+        **figures,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "tokens": tokens,
+    }
 
 
 # --- parent: spawn the workers, compare, print ---------------------------------------------
@@ -177,13 +229,14 @@ def _parity(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
     return f"DIFFER from token {first} of {len(a)}"
 
 
-ROWS = (  # key, label, scale, format, higher is better
+ROWS = (  # key, label, scale, format, higher is better (None: no ratio)
     ("import_torch_s", "import torch (s)", 1.0, "{:.2f}", False),
     ("load_s", "load model (s)", 1.0, "{:.2f}", False),
     ("ttft_s", "time to first token (ms)", 1000.0, "{:.0f}", False),
     ("prefill_tok_s", "prefill (tok/s)", 1.0, "{:.1f}", True),
     ("decode_tok_s", "decode (tok/s)", 1.0, "{:.1f}", True),
     ("peak_rss_bytes", "peak RSS (MiB)", 1 / 2**20, "{:.0f}", False),
+    ("other_load", "other processes' CPU use (%)", 100.0, "{:.0f}", None),
 )
 
 
@@ -192,15 +245,23 @@ def format_table(ours: list[dict[str, Any]], theirs: dict[str, Any] | None) -> s
     if theirs is not None:
         head += ["transformers fp32"] + [f"ratio {o['dtype']}" for o in ours]
     lines = [head]
-    for key, label, scale, fmt, _ in ROWS:
+    for key, label, scale, fmt, better in ROWS:
         row = [label] + [fmt.format(o[key] * scale) for o in ours]
         if theirs is not None:
             row += [fmt.format(theirs[key] * scale)]
-            row += [f"{o[key] / theirs[key]:.2f}x" if theirs[key] else "-" for o in ours]
+            row += [
+                f"{o[key] / theirs[key]:.2f}x" if theirs[key] and better is not None else "-"
+                for o in ours
+            ]
         lines.append(row)
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    out = [" | ".join(c.ljust(wd) if i == 0 else c.rjust(wd) for i, (c, wd) in
-                      enumerate(zip(r, widths, strict=True))) for r in lines]
+    out = [
+        " | ".join(
+            c.ljust(wd) if i == 0 else c.rjust(wd)
+            for i, (c, wd) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in lines
+    ]
     out.insert(1, "-+-".join("-" * wd for wd in widths))
     return "\n".join(out)
 
@@ -220,9 +281,20 @@ def run_bench(args: argparse.Namespace) -> int:
     model = Path(profile.model) if profile.model else default_model_path()
     dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16"]
     threads = args.threads or torch.get_num_threads()
-    flags = ["--model", str(model), "--device", profile.device, "--threads", str(threads),
-             "--context", str(profile.context_length), "--tokens", str(args.tokens),
-             "--runs", str(args.runs)]
+    flags = [
+        "--model",
+        str(model),
+        "--device",
+        profile.device,
+        "--threads",
+        str(threads),
+        "--context",
+        str(profile.context_length),
+        "--tokens",
+        str(args.tokens),
+        "--runs",
+        str(args.runs),
+    ]
     load_1m = os.getloadavg()[0]
     ours = [_spawn("ours", d, flags) for d in dtypes]
     theirs = None
@@ -233,27 +305,46 @@ def run_bench(args: argparse.Namespace) -> int:
         note = "transformers: not installed (pip install transformers); our figures only"
     else:
         theirs = _spawn("transformers", "float32", flags, ours[0]["prompt_ids"])
-    meta = {"model": model.name, "prompt_tokens": len(ours[0]["prompt_ids"]),
-            "decode_tokens": args.tokens, "runs": args.runs, "threads": threads,
-            "torch": torch.__version__, "device": profile.device, "loadavg_1m": load_1m}
+    meta = {
+        "model": model.name,
+        "prompt_tokens": len(ours[0]["prompt_ids"]),
+        "decode_tokens": args.tokens,
+        "runs": args.runs,
+        "threads": threads,
+        "torch": torch.__version__,
+        "device": profile.device,
+        "loadavg_1m": load_1m,
+    }
     parity = {o["dtype"]: _parity(o, theirs) for o in ours} if theirs else {}
     if args.json:
         strip = ("prompt_ids", "tokens")
-        record = {**meta, "llama_tui": [{k: v for k, v in o.items() if k not in strip}
-                                        for o in ours],
-                  "transformers": theirs and {k: v for k, v in theirs.items() if k not in strip},
-                  "parity": parity, "note": note or None}
+        record = {
+            **meta,
+            "llama_tui": [{k: v for k, v in o.items() if k not in strip} for o in ours],
+            "transformers": theirs and {k: v for k, v in theirs.items() if k not in strip},
+            "parity": parity,
+            "note": note or None,
+        }
         print(json.dumps(record))
         return 0
-    print(f"{model.name}: {meta['prompt_tokens']}-token chat prompt, {args.tokens} greedy "
-          f"tokens, median of {args.runs} runs, {threads} threads, torch {torch.__version__}")
-    if load_1m > 0.5:
-        print(f"warning: load average {load_1m:.2f} before the run: other work skews the figures")
+    print(
+        f"{model.name}: {meta['prompt_tokens']}-token chat prompt, {args.tokens} greedy "
+        f"tokens, median of {args.runs} runs, {threads} threads, torch {torch.__version__}"
+    )
     print(format_table(ours, theirs))
-    print("ratio = llama-tui / transformers: higher is better for tok/s, lower for s/ms/MiB")
+    if theirs:
+        print("ratio = llama-tui / transformers: higher is better for tok/s, lower for s/ms/MiB")
     for dtype, verdict in parity.items():
-        print(f"parity: first {PARITY_TOKENS} greedy tokens, llama-tui {dtype} vs "
-              f"transformers fp32: {verdict}")
+        print(
+            f"parity: first {PARITY_TOKENS} greedy tokens, llama-tui {dtype} vs "
+            f"transformers fp32: {verdict}"
+        )
+    busiest = max(r["other_load"] for r in [*ours, *([theirs] if theirs else [])])
+    if busiest > 0.05:
+        print(
+            f"warning: other processes used up to {busiest:.0%} of the CPU during the timed "
+            "runs: the speeds are lower than on an idle machine"
+        )
     if note:
         print(note)
     return 0

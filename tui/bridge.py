@@ -2,7 +2,7 @@
 
 The engine thread hands events to the ticket's asyncio queue (thread-safe); the worker runs on
 the app's event loop, batches whatever has arrived and posts one ``EngineUpdate`` (at most
-15 a second, so a fast GPU decode does not turn into one Markdown re-render per token). Widgets are
+~7 a second, so a fast GPU decode does not turn into one Markdown re-render per token). Widgets are
 only ever touched by message handlers, never by the engine thread.
 """
 
@@ -16,7 +16,7 @@ from textual.worker import Worker
 from engine.queue import EngineQueue, Request, Ticket
 from tui.messages import EngineUpdate
 
-BATCH_S = 1 / 15  # at most this many UI updates per second per ticket; the rest are batched
+BATCH_S = 0.15  # at most ~7 UI updates a second per ticket; events in between are batched
 
 
 class EngineBridge:

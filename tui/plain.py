@@ -101,9 +101,6 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    if not args.plain:
-        # The Textual app arrives with the TUI issue; until then chat is line mode.
-        args.plain = True
     profile = load_profile(args)
     session = open_session(profile)
     interactive = sys.stdin.isatty() and not args.json

@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import DEFAULTS_NAME, Config, Profile, load_config, resolve_profile
-from engine.errors import ConfigError
 
 EDITABLE = (
-    "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "seed",
     "max_new_tokens",
 )  # keys the config pane edits in place
 

@@ -31,7 +31,8 @@ class ThemeFileError(ValueError):
 def theme_from_data(data: dict[str, Any], source: str) -> Theme:
     unknown = sorted(set(data) - _THEME_KEYS)
     if unknown:
-        raise ThemeFileError(f"{source}: unknown key {unknown[0]}; valid: {', '.join(sorted(_THEME_KEYS))}")
+        valid = ", ".join(sorted(_THEME_KEYS))
+        raise ThemeFileError(f"{source}: unknown key {unknown[0]}; valid: {valid}")
     for key in ("name", "primary"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise ThemeFileError(f"{source}: {key} must be a non-empty string")

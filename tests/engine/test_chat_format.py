@@ -69,10 +69,12 @@ def hf_tok(gguf_path: Path) -> Any:
     from tokenizers import pre_tokenizers
 
     hf = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     return hf
 
 
@@ -165,8 +167,10 @@ def test_no_template_in_metadata(metadata: dict[str, Any]) -> None:
 
 def test_special_tokens_from_metadata(template: ChatTemplate) -> None:
     assert template.special_tokens == {
-        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>",
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|im_end|>",
     }
 
 
@@ -180,8 +184,10 @@ def test_bos_is_added_once(metadata: dict[str, Any]) -> None:
     plain = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}")
     assert encode_dialog(with_bos, plain, [Message("user", "hi")]) == [1, 6004]
     # The template writes the BOS text itself (SmolLM2's BOS is <|im_start|>): not doubled.
-    starts = ChatTemplate("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
-                          special_tokens={"bos_token": "<|im_start|>"})
+    starts = ChatTemplate(
+        "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
+        special_tokens={"bos_token": "<|im_start|>"},
+    )
     assert encode_dialog(with_bos, starts, [Message("user", "hi")]) == [1, 6004]
 
 

@@ -379,3 +379,12 @@ def test_repo_config_loads_and_every_profile_resolves() -> None:
         assert profile.model is None  # example uses the embedded model
     assert config.profiles["precise"].sampling.temperature == 0.0
     assert config.profiles["creative"].sampling.temperature == 1.0
+
+
+def test_max_loaded_models_is_a_positive_integer(tmp_path: Path) -> None:
+    path = tmp_path / "llama-tui.toml"
+    path.write_text("max_loaded_models = 3\n")
+    assert load_config(path).max_loaded_models == 3
+    path.write_text("max_loaded_models = 0\n")
+    with pytest.raises(ConfigError, match="max_loaded_models = 0: must be an integer >= 1"):
+        load_config(path)

@@ -49,10 +49,30 @@ TEXTS = [
 # Random strings drawn from awkward pieces. 0x04 etc. are left out: SmolLM2's vocabulary lacks
 # those bytes; see test_bytes_missing_from_vocab_are_dropped.
 FUZZ_POOL = [
-    *"abcXYZ  \t\n\r0123456789'sltdmrev.,;!?-_()[]{}<>|/\\\"", *"éñüçßøå中文字ال",
-    "\u0301", "\u00a0", "\u2028", "\u3000", "٣", "１", "²", "Ⅻ", "½", "😀", "👍🏽", "\u200d",
-    "\ufe0f", "🇺🇸", "👨‍👩‍👧", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "'S", "'LL",
-    "   ", "\n\n",
+    *"abcXYZ  \t\n\r0123456789'sltdmrev.,;!?-_()[]{}<>|/\\\"",
+    *"éñüçßøå中文字ال",
+    "\u0301",
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    "٣",
+    "１",
+    "²",
+    "Ⅻ",
+    "½",
+    "😀",
+    "👍🏽",
+    "\u200d",
+    "\ufe0f",
+    "🇺🇸",
+    "👨‍👩‍👧",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "'S",
+    "'LL",
+    "   ",
+    "\n\n",
 ]
 
 
@@ -87,17 +107,32 @@ def hf_tok(gguf_path: Path) -> Any:
     from tokenizers import pre_tokenizers
 
     hf = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     return hf
 
 
 def test_golden_ids(tok: Tokenizer) -> None:
     assert tok.encode("Hello, world!") == [19556, 28, 905, 17]
     assert tok.encode("The year 2024 had 366 days.") == [
-        504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30,
+        504,
+        713,
+        216,
+        34,
+        32,
+        34,
+        36,
+        761,
+        216,
+        35,
+        38,
+        38,
+        2009,
+        30,
     ]
     assert tok.encode("a   1") == [81, 333, 33]  # the run before a digit stays whole
     assert tok.encode("<|im_start|>user\nhi<|im_end|>") == [1, 4093, 198, 6004, 2]
@@ -139,8 +174,9 @@ def test_every_vocabulary_token_matches_transformers(tok: Tokenizer, hf_tok: Any
 def test_fuzz_matches_transformers(tok: Tokenizer, hf_tok: Any) -> None:
     texts = fuzz_strings(3000)
     theirs = hf_tok(texts, add_special_tokens=False)["input_ids"]
-    mismatched = [(t, a, b) for t, a, b in zip(texts, map(tok.encode, texts), theirs, strict=True)
-                  if a != b]
+    mismatched = [
+        (t, a, b) for t, a, b in zip(texts, map(tok.encode, texts), theirs, strict=True) if a != b
+    ]
     assert mismatched == []
 
 
@@ -200,23 +236,24 @@ def test_user_defined_tokens_always_match_whole(metadata: dict[str, Any]) -> Non
 
 
 @pytest.mark.parametrize("pre", ["gpt2", "llama-bpe", "qwen2"])
-def test_split_patterns_match_transformers(
-    pre: str, hf_tok: Any, metadata: dict[str, Any]
-) -> None:
+def test_split_patterns_match_transformers(pre: str, hf_tok: Any, metadata: dict[str, Any]) -> None:
     """Same vocabulary, other pre-tokenizers: our tiktoken regexes against HF's Split."""
     from tokenizers import Regex, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
     ref = HFTokenizer.from_str(hf_tok.backend_tokenizer.to_str())
-    ref.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERNS[pre]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    ref.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERNS[pre]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     ours = load_tokenizer_from_gguf({**metadata, "tokenizer.ggml.pre": pre})
     texts = [*TEXTS, *fuzz_strings(1000, seed=2)]
     theirs = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
-    mismatched = [(t, a, b) for t, a, b in zip(texts, map(ours.encode, texts), theirs, strict=True)
-                  if a != b]
+    mismatched = [
+        (t, a, b) for t, a, b in zip(texts, map(ours.encode, texts), theirs, strict=True) if a != b
+    ]
     assert mismatched == []
 
 

@@ -76,7 +76,7 @@ class ChatScreen(Screen[None]):
         self.apply_profile(self.state.profile())
         self.query_one(PromptInput).focus()
         self.set_interval(WATCH_S, self.watch_config_file)
-        self.set_interval(0.5, self.update_subtitle)
+        self.set_interval(1.0, self.update_subtitle)
 
     def on_resize(self) -> None:
         narrow = self.size.width < NARROW
@@ -179,8 +179,12 @@ class ChatScreen(Screen[None]):
     def action_regenerate(self) -> None:
         last = self.conversation.last_reply()
         if self.busy or last is None:
-            self.notify("regenerate: wait for the reply to finish (Esc stops it)" if last
-                        else "regenerate: there is no reply yet", timeout=3)
+            self.notify(
+                "regenerate: wait for the reply to finish (Esc stops it)"
+                if last
+                else "regenerate: there is no reply yet",
+                timeout=3,
+            )
             return
         last.remove()
         self.send("", "regenerate")
@@ -220,7 +224,9 @@ class ChatScreen(Screen[None]):
             parts.append(self.info.name)
         if self.stats.decode_tok_s > 0:
             parts.append(f"{self.stats.decode_tok_s:.1f} tok/s")
-        self.conversation.border_subtitle = " · ".join(p for p in parts if p)
+        subtitle = " · ".join(p for p in parts if p)
+        if subtitle != self.conversation.border_subtitle:  # a border repaint is not free
+            self.conversation.border_subtitle = subtitle
 
     # Engine events --------------------------------------------------------------------------
 
@@ -238,15 +244,17 @@ class ChatScreen(Screen[None]):
         profile = self.loads[update.ticket_id]
         for event in update.events:
             if isinstance(event, LoadProgress):
-                self.conversation.show_load(f"loading weights for profile {profile.name}…").progress(
-                    event.done, event.total
-                )
+                label = f"loading weights for profile {profile.name}…"
+                self.conversation.show_load(label).progress(event.done, event.total)
             elif isinstance(event, ModelReady):
                 self.conversation.hide_load()
                 self.loaded, self.info = profile, event.info
                 self.stats.on_model(event.info)
-                how = "reused (already loaded)" if event.info.reused else (
-                    f"loaded in {event.info.load_s:.1f} s")
+                how = (
+                    "reused (already loaded)"
+                    if event.info.reused
+                    else (f"loaded in {event.info.load_s:.1f} s")
+                )
                 self.conversation.add_notice(
                     f"profile {profile.name}: {event.info.name} on {event.info.device}, {how}"
                 )

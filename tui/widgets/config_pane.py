@@ -49,8 +49,11 @@ class ConfigPane(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Select(
-            [(n, n) for n in self._names], value=self._active, allow_blank=False,
-            compact=True, id="profile-picker",
+            [(n, n) for n in self._names],
+            value=self._active,
+            allow_blank=False,
+            compact=True,
+            id="profile-picker",
         )
         yield Static(id="effective")
         yield Label("sampling · enter applies", classes="caption")

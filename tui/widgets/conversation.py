@@ -78,25 +78,30 @@ class ConversationPane(VerticalScroll, can_focus=True):
         self.keep_up()
         return widget
 
+    _bar: LoadBar | None = None  # the model-load bar, while a load runs
+
     def _load_bar(self) -> LoadBar | None:
-        bars = self.query(LoadBar)
-        return bars.first() if bars else None
+        return self._bar
 
     def show_load(self, label: str) -> LoadBar:
-        bar = self._load_bar()
-        if bar is None:
-            bar = LoadBar(label)
-            self.mount(bar)
+        if self._bar is None:
+            self._bar = LoadBar(label)
+            self.mount(self._bar)
             self.keep_up()
-        return bar
+        return self._bar
 
     def hide_load(self) -> None:
-        for bar in self.query(LoadBar):
-            bar.remove()
+        bar, self._bar = self._bar, None
+        if bar is not None:  # after a refresh: the bar may still be mounting
+            self.call_after_refresh(bar.remove)
 
     def last_reply(self) -> AssistantMessage | None:
         replies = self.query(AssistantMessage)
         return replies.last() if replies else None
 
     async def clear_messages(self) -> None:
+        bar, self._bar = self._bar, None
         await self.remove_children()
+        if bar is not None:  # a load still running keeps its progress bar
+            self._bar = LoadBar(bar.label)
+            self.mount(self._bar)

@@ -32,10 +32,12 @@ class AssistantMessage(Vertical):
         self.text = ""
         self.status = status
         self._stream: MarkdownStream | None = None
+        self.role = Label(self._header(), classes="role")
+        self.body = Markdown("", classes="reply")
 
     def compose(self) -> ComposeResult:
-        yield Label(self._header(), classes="role")
-        yield Markdown("", classes="reply")
+        yield self.role
+        yield self.body
 
     def _header(self) -> Content:
         label = Content.styled("assistant", "bold")
@@ -46,14 +48,13 @@ class AssistantMessage(Vertical):
         self.set_class(kind == "stopped", "-stopped")
         self.set_class(kind == "failed", "-failed")
         self.set_class(kind == "pending", "-pending")
-        if self.is_mounted:
-            self.query_one(".role", Label).update(self._header())
+        self.role.update(self._header())
 
     async def append(self, text: str) -> None:
         if not text:
             return
         if self._stream is None:
-            self._stream = Markdown.get_stream(self.query_one(".reply", Markdown))
+            self._stream = Markdown.get_stream(self.body)
         self.text += text
         await self._stream.write(text)
 

@@ -1,6 +1,6 @@
 """The Metrics pane: live decode tok/s, sparklines, TTFT, prefill, cache, context, memory.
 
-It redraws from a LiveStats object on its own timer (4 Hz, only when something changed), so
+It redraws from a LiveStats object on its own timer (2 Hz, only when something changed), so
 however fast tokens arrive the cost per token is a few attribute updates.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
-from textual.widgets import Label, ProgressBar, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import Label, ProgressBar, Sparkline
 
 from tui.stats import LiveStats
 
-REDRAW_S = 0.25
+REDRAW_S = 0.5
 MIB = 1024 * 1024
 
 
@@ -43,8 +44,29 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     ]
     if stats.model is not None:
         load = "cached" if stats.model.reused else f"{stats.model.load_s:.1f} s"
-        rows.append(("load", load))
+    else:
+        load = "—"
+    rows.append(("load", load))
+    m_used, m_limit = (m.context_used, m.context_limit) if m else (0, 0)
+    if not m_limit and stats.model is not None:
+        m_limit = stats.model.context_length
+    rows.append(("context", f"{m_used:,} / {m_limit:,} tokens" if m_limit else "—"))
     return rows
+
+
+class Figures(Widget):
+    """The figures as text; a fixed height, so a redraw is a repaint, never a relayout."""
+
+    DEFAULT_CSS = "Figures { height: 10; }"
+
+    def __init__(self, stats: LiveStats, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.stats = stats
+
+    def render(self) -> Content:
+        rows = metric_lines(self.stats)
+        width = max(len(k) for k, _ in rows)
+        return Content("\n").join(Content.assemble((f"{k:<{width}}  ", "dim"), v) for k, v in rows)
 
 
 class MetricsPane(Vertical):
@@ -55,12 +77,11 @@ class MetricsPane(Vertical):
         self.stats = stats
 
     def compose(self) -> ComposeResult:
-        yield Static(id="figures")
+        yield Figures(self.stats, id="figures")
         yield Label("tok/s, recent tokens", classes="caption")
         yield Sparkline([], id="recent")
         yield Label("tok/s, recent replies", classes="caption")
         yield Sparkline([], id="turns")
-        yield Label("context", classes="caption", id="context-label")
         yield ProgressBar(total=1, show_eta=False, id="context")
 
     def on_mount(self) -> None:
@@ -74,16 +95,16 @@ class MetricsPane(Vertical):
     def redraw(self) -> None:
         s = self.stats
         s.dirty = False
-        width = max(len(k) for k, _ in metric_lines(s))
-        text = Content("\n").join(
-            Content.assemble((f"{k:<{width}}  ", "dim"), v) for k, v in metric_lines(s)
-        )
-        self.query_one("#figures", Static).update(text)
-        self.query_one("#recent", Sparkline).data = list(s.recent)[-60:]
-        self.query_one("#turns", Sparkline).data = list(s.turns)
+        self.query_one(Figures).refresh()
+        recent = list(s.recent)[-60:]
+        spark = self.query_one("#recent", Sparkline)
+        if spark.data != recent:
+            spark.data = recent
+        turns = self.query_one("#turns", Sparkline)
+        if turns.data != list(s.turns):
+            turns.data = list(s.turns)
         m = s.last
-        used, limit = (m.context_used, m.context_limit) if m else (0, 0)
-        if not limit and s.model is not None:
-            limit = s.model.context_length
-        self.query_one("#context-label", Label).update(f"context {used:,} / {limit:,} tokens")
-        self.query_one("#context", ProgressBar).update(total=max(limit, 1), progress=used)
+        if m is not None:
+            self.query_one("#context", ProgressBar).update(
+                total=max(m.context_limit, 1), progress=m.context_used
+            )

@@ -16,7 +16,11 @@ class PromptInput(TextArea):
 
     def __init__(self, *, cursor_blink: bool = True, id: str | None = None) -> None:
         super().__init__(
-            "", id=id, soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
+            "",
+            id=id,
+            soft_wrap=True,
+            show_line_numbers=False,
+            tab_behavior="focus",
             highlight_cursor_line=False,
         )
         self.cursor_blink = cursor_blink

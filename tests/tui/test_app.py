@@ -1,0 +1,265 @@
+"""Pilot tests of the real app over a tiny random-weight model (and one with the default model)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Select, Static
+
+from engine.backend import LocalBackend
+from tui.app import LlamaTuiApp, make_app
+from tui.widgets.message import AssistantMessage, LoadBar, UserMessage
+from tui.widgets.metrics_pane import metric_lines
+from tui.widgets.prompt import PromptInput
+
+
+async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {cond.__doc__ or cond}")
+        await pilot.pause(0.05)
+
+
+def idle(app: LlamaTuiApp) -> Callable[[], bool]:
+    return lambda: app.chat.info is not None and not app.chat.busy
+
+
+def backend(app: LlamaTuiApp) -> LocalBackend:
+    assert isinstance(app.backend, LocalBackend)
+    return app.backend
+
+
+async def say(pilot: Pilot[None], text: str) -> AssistantMessage:
+    app = pilot.app
+    assert isinstance(app, LlamaTuiApp)
+    app.chat.query_one(PromptInput).focus()
+    await pilot.press(*text, "enter")
+    await wait_for(pilot, idle(app))
+    await pilot.pause(0.1)
+    reply = app.chat.conversation.last_reply()
+    assert reply is not None
+    return reply
+
+
+@pytest.fixture
+def app(tiny_config: Path) -> LlamaTuiApp:
+    return make_app(config_path=tiny_config, cursor_blink=False)
+
+
+async def test_prompt_streams_a_reply(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        updates: list[int] = []
+        original = app.chat._on_reply_events
+
+        async def spy(update):  # type: ignore[no-untyped-def]
+            updates.append(len(update.events))
+            await original(update)
+
+        app.chat._on_reply_events = spy  # type: ignore[method-assign]
+        reply = await say(pilot, "hello there")
+        assert [u.text for u in app.chat.query(UserMessage)] == ["hello there"]
+        session = backend(app).session
+        assert session is not None and session.messages[-1].content == reply.text
+        assert reply.text and reply.status == "reached max_new_tokens"
+        assert sum(updates) > 24  # Started, PrefillDone, 24 TokenEvents, Done, memory
+        assert app.chat.query_one(PromptInput).text == ""
+
+
+async def test_metrics_show_throughput_after_a_reply(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "count to ten")
+        rows = dict(metric_lines(app.chat.stats))
+        assert rows["decode"].endswith("tok/s") and float(rows["decode"].split()[0]) > 0
+        assert rows["RSS"].endswith("MiB")
+        assert "new" in rows["prompt"] and rows["TTFT"].endswith("ms")
+        await pilot.pause(0.3)  # the pane redraws on its timer
+        shown = str(app.chat.query_one("#figures").render())
+        assert "tok/s" in shown and "—" not in shown.splitlines()[0]
+        pane = app.chat.conversation
+        await wait_for(pilot, lambda: "tok/s" in str(pane.border_subtitle), timeout=3)
+
+
+async def test_escape_cancels_mid_stream_and_the_next_prompt_works(tiny_config: Path) -> None:
+    app = make_app("long", tiny_config, cursor_blink=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await pilot.press(*"go on forever", "enter")
+        await wait_for(pilot, lambda: app.chat.stats.tokens >= 3)
+        await pilot.press("escape")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        stopped = app.chat.conversation.last_reply()
+        assert stopped is not None and stopped.status == "stopped"
+        assert stopped.has_class("-stopped") and stopped.text
+        assert 3 <= app.chat.stats.last.generated_tokens < 4000  # type: ignore[union-attr]
+        app.chat.switch_profile("tiny")  # short replies again (sampling-only switch)
+        reply = await say(pilot, "next question")
+        assert reply is not stopped and reply.status == "reached max_new_tokens"
+        session = backend(app).session
+        assert session is not None and session.messages[1].content == stopped.text
+
+
+async def test_sampling_only_switch_does_not_reload(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "first")
+        loads = backend(app).loads
+        app.chat.query_one("#profile-picker", Select).value = "tiny-hot"  # as the picker does
+        await pilot.pause(0.2)
+        assert not app.chat.loads and backend(app).loads == loads
+        assert app.chat.profile is not None and app.chat.profile.sampling.temperature == 1.3
+        assert app.chat.state.name == "tiny-hot"
+        await say(pilot, "second")
+        assert backend(app).loads == loads
+        assert len(app.chat.query(AssistantMessage)) == 2
+
+
+async def test_weight_change_reloads_in_background_and_keeps_the_conversation(
+    app: LlamaTuiApp,
+) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        first = await say(pilot, "remember this")
+        bars: list[LoadBar] = []
+        show_load = app.chat.conversation.show_load
+
+        def spy(label: str) -> LoadBar:
+            bars.append(show_load(label))
+            return bars[-1]
+
+        app.chat.conversation.show_load = spy  # type: ignore[method-assign]
+        app.chat.switch_profile("tiny-bf16")
+        await wait_for(pilot, idle(app))
+        assert bars and bars[-1].bar.progress == bars[-1].bar.total  # progress reached the end
+        await pilot.pause(0.2)
+        assert not app.chat.query(LoadBar)  # and the bar is gone once the model is ready
+        assert backend(app).loads == 2 and app.chat.info is not None
+        assert app.chat.info.dtype == "bfloat16" and not app.chat.info.reused
+        assert first in app.chat.query(AssistantMessage)  # still on screen
+        await say(pilot, "and now?")
+        session = backend(app).session
+        assert session is not None and session.messages[0].content == "remember this"
+        # back to float32: the model cache still holds it
+        app.chat.switch_profile("tiny")
+        await wait_for(pilot, idle(app))
+        assert backend(app).loads == 2 and app.chat.info.reused
+
+
+async def test_bad_value_in_the_config_pane_is_refused_in_place(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        field = app.chat.query_one("#set-temperature", Input)
+        field.focus()
+        field.value = ""
+        await pilot.press(*"-1", "enter")
+        await pilot.pause(0.1)
+        error = str(app.chat.query_one("#config-error", Static).render())
+        assert "temperature = -1: must be >= 0" in error
+        assert field.has_class("-invalid") and field.value == "-1"
+        assert app.chat.profile is not None and app.chat.profile.sampling.temperature == 1.0
+        field.value = "abc"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert "must be a number" in str(app.chat.query_one("#config-error", Static).render())
+        field.value = "0.25"  # a good value applies at once, without a reload
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.chat.profile.sampling.temperature == 0.25
+        assert not field.has_class("-invalid") and backend(app).loads == 1
+        await say(pilot, "still alive")
+
+
+async def test_config_file_edits_show_up_live(app: LlamaTuiApp, tiny_config: Path) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        text = tiny_config.read_text().replace("[profiles.tiny]\n", "[profiles.tiny]\ntop_k = 7\n")
+        tiny_config.write_text(text + "\n[profiles.added]\ntemperature = 0.5\n")
+        await wait_for(pilot, lambda: "added" in app.chat.state.names, timeout=5)
+        picker = app.chat.query_one("#profile-picker", Select)
+        assert ("added", "added") in [(str(o[0]), o[1]) for o in picker._options]
+        profile = lambda: app.chat.profile  # noqa: E731
+        await wait_for(pilot, lambda: profile().sampling.top_k == 7, timeout=5)  # type: ignore
+        tiny_config.write_text(text + "\n[profiles.broken]\ntemperature = -3\n")
+        error = app.chat.query_one("#config-error", Static)
+        await wait_for(pilot, lambda: "not reloaded" in str(error.render()), timeout=5)
+        assert app.chat.profile.sampling.top_k == 7  # type: ignore[union-attr]
+
+
+async def test_prompt_history_newline_regenerate_and_clear(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "one")
+        await say(pilot, "two")
+        prompt = app.chat.query_one(PromptInput)
+        await pilot.press("up")
+        assert prompt.text == "two"
+        await pilot.press("up")
+        assert prompt.text == "one"
+        await pilot.press("down", "down")
+        assert prompt.text == ""
+        await pilot.press("a", "ctrl+j", "b")
+        assert prompt.text == "a\nb"
+        prompt.clear()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, idle(app))
+        assert len(app.chat.query(AssistantMessage)) == 2
+        session = backend(app).session
+        assert session is not None and len(session.messages) == 4
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        assert not app.chat.query(AssistantMessage) and session.messages == []
+
+
+async def test_palette_commands_and_themes(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for wanted in (
+            "Switch profile: tiny-hot",
+            "Switch theme: llama-light",
+            "New conversation",
+            "Copy last reply",
+            "Show keys",
+        ):
+            assert wanted in titles
+        assert app.theme == "llama-dark"
+        command = next(
+            c
+            for c in app.get_system_commands(app.screen)
+            if c.title == "Switch theme: llama-high-contrast"
+        )
+        command.callback()
+        assert app.theme == "llama-high-contrast"
+        await pilot.press("f1")
+        await pilot.pause(0.1)
+        assert app.screen.query("HelpPanel")
+
+
+async def test_narrow_terminal_hides_side_panes_until_toggled(app: LlamaTuiApp) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, idle(app))
+        assert not app.chat.query_one("#sidebar").display
+        await pilot.press("f3")
+        assert app.chat.query_one("#metrics").display and app.chat.query_one("#sidebar").display
+        await pilot.press("f3")
+        assert not app.chat.query_one("#sidebar").display
+
+
+@pytest.mark.slow
+async def test_default_model_chats(tmp_path: Path) -> None:
+    config = tmp_path / "llama-tui.toml"
+    config.write_text('[defaults]\nmax_new_tokens = 12\ntemperature = 0.0\ndtype = "float32"\n')
+    app = make_app(config_path=config, cursor_blink=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, idle(app), timeout=60)
+        assert app.chat.info is not None and "SmolLM2" in app.chat.info.name
+        reply = await say(pilot, "What is the capital of France?")
+        assert "Paris" in reply.text

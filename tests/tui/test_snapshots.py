@@ -1,0 +1,80 @@
+"""Snapshots of the main screen at 80x24 and 160x48 in every theme.
+
+Deterministic: the real app loads the tiny model, then the conversation and the metrics are
+replaced by a fixed replay of engine events (fixed text and timings), the cursor does not
+blink, and the model path is shown by file name only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from engine.backend import ModelInfo
+from engine.events import Done, PrefillDone, TokenEvent
+from engine.metrics import GenerationMetrics
+from engine.queue import MemoryStats, ModelReady, Started
+from tui.app import LlamaTuiApp, make_app
+from tui.messages import EngineUpdate
+
+THEMES = ("llama-dark", "llama-light", "llama-high-contrast")
+SIZES = ((80, 24), (160, 48))
+REPLY = [
+    "Use ",
+    "slicing",
+    ": ",
+    "`items[::-1]`",
+    " returns a reversed copy.\n\n",
+    "```python\n",
+    "items = [1, 2, 3]\n",
+    "print(items[::-1])  # [3, 2, 1]\n",
+    "```\n\n",
+    "To reverse **in place**, call `items.reverse()`.",
+]
+METRICS = GenerationMetrics(
+    prompt_tokens=42,
+    cached_tokens=30,
+    generated_tokens=len(REPLY),
+    decode_steps=len(REPLY) - 1,
+    ttft_s=0.125,
+    prefill_s=0.1,
+    decode_s=0.45,
+    context_used=52,
+    context_limit=512,
+)
+INFO = ModelInfo("tiny-llama.gguf", "tiny-llama.gguf", "cpu", "float32", 512, False, 0.5)
+
+
+async def replay(pilot: Pilot[None]) -> None:
+    app = pilot.app
+    assert isinstance(app, LlamaTuiApp)
+    end = time.monotonic() + 30
+    while app.chat.info is None or app.chat.busy:
+        assert time.monotonic() < end, "the tiny model did not load"
+        await pilot.pause(0.05)
+    chat = app.chat
+    await chat.conversation.clear_messages()
+    chat.stats.__init__()  # type: ignore[misc]
+    chat.loads[-1] = chat.state.profile()
+    await chat.on_engine_update(EngineUpdate(-1, [ModelReady("tiny", INFO)], finished=True))
+    chat.conversation.add_user("How do I reverse a list in Python?")
+    chat.replies[-2] = chat.conversation.add_assistant()
+    tokens = [TokenEvent(i, text, 0.125 + 0.05 * i) for i, text in enumerate(REPLY)]
+    done = Done("".join(REPLY), [], "stop", METRICS)
+    memory = MemoryStats(512 << 20, None, None)
+    events = [Started(-2), PrefillDone(42, 30, 0.1), *tokens, done, memory]
+    await chat.on_engine_update(EngineUpdate(-2, events, finished=True))
+    await pilot.pause(1.2)  # metrics and subtitle timers
+    await pilot.wait_for_scheduled_animations()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("theme", THEMES)
+def test_main_screen(snap_compare, tiny_config: Path, theme: str, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    text = tiny_config.read_text().replace('theme = "llama-dark"', f'theme = "{theme}"')
+    tiny_config.write_text(text)
+    app = make_app(config_path=tiny_config, cursor_blink=False)
+    assert snap_compare(app, terminal_size=size, run_before=replay)
