@@ -71,9 +71,9 @@ ModelKey = tuple[object, ...]
 def model_key(profile: Profile) -> ModelKey:
     """What a loaded model depends on, with "auto" device/dtype resolved (so "auto" and the
     dtype it picks share one cached model); quantization and offload join when they exist."""
-    model, device_name, dtype_name = weights_key(profile)
+    model, device_name, dtype_name, native_4bit = weights_key(profile)
     device = resolve_device(device_name)
-    return (model, str(device), str(resolve_dtype(dtype_name, device)))
+    return (model, str(device), str(resolve_dtype(dtype_name, device)), native_4bit)
 
 
 class LocalBackend:
@@ -106,6 +106,7 @@ class LocalBackend:
             device=device,
             dtype=dtype,
             context_length=profile.context_length,
+            native_4bit=profile.native_4bit,
             progress=progress,
         )
         self.loads += 1

@@ -54,6 +54,7 @@ class Profile:
     max_new_tokens: int = 512  # per reply; >= 1
     system_prompt: str | None = None  # None (TOML: "") = no system message
     chat_template: bool = True  # False = raw completion (no template)
+    native_4bit: bool = True  # bfloat16 on CPU: keep Q4_0/Q4_1 GGUF blocks 4-bit (int4 kernel)
     theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
     sampling: SamplingSettings = SamplingSettings()
 
@@ -83,6 +84,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
     "system_prompt": (str, lambda v: True, ""),
     "chat_template": (bool, lambda v: True, ""),
+    "native_4bit": (bool, lambda v: True, ""),
     "theme": (str, lambda v: v != "", "a non-empty theme name"),
     "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
@@ -176,9 +178,9 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     return flat
 
 
-def weights_key(profile: Profile) -> tuple[str | None, str, str]:
+def weights_key(profile: Profile) -> tuple[str | None, str, str, bool]:
     """What the loaded weights depend on; a change here means reloading the model."""
-    return (profile.model, profile.device, profile.dtype)
+    return (profile.model, profile.device, profile.dtype, profile.native_4bit)
 
 
 def sampling_changed_only(a: Profile, b: Profile) -> bool:

@@ -194,8 +194,24 @@ class Transformer(nn.Module):
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)
-        weight = self.tok_embeddings.weight if self.output is None else None
-        if weight is not None:
-            return F.linear(h, weight).float()
-        assert self.output is not None
-        return self.output(h).float()
+        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        logits = F.linear(h.to(weight.dtype), weight).float()  # [B, T, V]
+        if weight.dtype != torch.float32:
+            refine_top_logits(logits, h, weight)
+        return logits
+
+
+REFINE_K = 8
+
+
+def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
+    """Recompute the K largest logits in float32, in place.
+
+    A bfloat16 head rounds logits to 8 significant bits (steps of 0.125 near 25), which turns
+    near-ties between the top tokens into exact ties; greedy decoding would then pick by token
+    id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
+    """
+    # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
+    top = logits.topk(REFINE_K, dim=-1).indices  # [B, T, K]
+    exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
+    logits.scatter_(-1, top, exact)

@@ -3,7 +3,8 @@
 Each engine runs in its own fresh subprocess (``python -m tui.bench --worker ours|transformers``)
 so import caches, thread pools and peak RSS are per engine; the worker prints one JSON line.
 Both decode greedily from the same prompt token ids and ignore end-of-sequence, so every run
-decodes exactly ``--tokens`` tokens. Torch is imported lazily: the worker times its import.
+decodes exactly ``--tokens`` tokens. Nothing from torch or engine (whose package imports
+torch) is imported at module level, so the worker can time ``import torch``.
 """
 
 from __future__ import annotations
@@ -86,9 +87,16 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(w.threads)
     device = resolve_device(w.device)
-    dtype = resolve_dtype(w.dtype, device)
+    name, _, variant = w.dtype.partition("+")  # "bfloat16+int4": 4-bit blocks on the int4 kernel
+    dtype = resolve_dtype(name, device)
     t0 = time.perf_counter()
-    loaded = load_model(Path(w.model), device=device, dtype=dtype, context_length=w.context)
+    loaded = load_model(
+        Path(w.model),
+        device=device,
+        dtype=dtype,
+        context_length=w.context,
+        native_4bit=variant == "int4",
+    )
     load_s = time.perf_counter() - t0
     if loaded.chat_template is None:
         ids = loaded.tokenizer.encode(PROMPT)
@@ -120,7 +128,7 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
     figures, tokens = _timed(one_run, w)
     return {
         "engine": "llama-tui",
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch.") + ("+int4" if variant == "int4" else ""),
         "import_torch_s": import_s,
         "load_s": load_s,
         **figures,
@@ -214,8 +222,10 @@ def _spawn(kind: str, dtype: str, flags: list[str], ids: list[int] | None = None
     print(f"bench: running {kind} {dtype} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
+        from engine.errors import UserError
+
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"{kind} worker failed: {tail[0]}")
+        raise UserError(f"bench: {kind} {dtype} worker failed: {tail[0]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -279,23 +289,17 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("bench needs --tokens >= 2 and --runs >= 1")
     profile = load_profile(args)
     model = Path(profile.model) if profile.model else default_model_path()
-    dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16"]
+    dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16", "bfloat16+int4"]
     threads = args.threads or torch.get_num_threads()
-    flags = [
-        "--model",
-        str(model),
-        "--device",
-        profile.device,
-        "--threads",
-        str(threads),
-        "--context",
-        str(profile.context_length),
-        "--tokens",
-        str(args.tokens),
-        "--runs",
-        str(args.runs),
-    ]
-    load_1m = os.getloadavg()[0]
+    settings = {
+        "model": model,
+        "device": profile.device,
+        "threads": threads,
+        "context": profile.context_length,
+        "tokens": args.tokens,
+        "runs": args.runs,
+    }
+    flags = [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     ours = [_spawn("ours", d, flags) for d in dtypes]
     theirs = None
     note = ""
@@ -313,7 +317,6 @@ def run_bench(args: argparse.Namespace) -> int:
         "threads": threads,
         "torch": torch.__version__,
         "device": profile.device,
-        "loadavg_1m": load_1m,
     }
     parity = {o["dtype"]: _parity(o, theirs) for o in ours} if theirs else {}
     if args.json:

@@ -21,6 +21,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto")
     p.add_argument("--context-length", type=int, help="tokens the KV cache holds")
+    p.add_argument(
+        "--native-4bit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 on CPU: run Q4_0/Q4_1 blocks 4-bit on the int4 kernel (default on)",
+    )
     p.add_argument("--max-new-tokens", type=int, help="most tokens per reply")
     p.add_argument("--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-k", type=int)
@@ -53,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("model", "device", "dtype", "context_length", "max_new_tokens", "system_prompt")
+    keys = ("model", "device", "dtype", "context_length", "native_4bit", "max_new_tokens")
+    keys += ("system_prompt",)
     out: dict[str, Any] = {k: getattr(args, k) for k in keys + SAMPLING_FLAGS}
     if args.raw:
         out["chat_template"] = False

@@ -44,11 +44,12 @@ def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSes
         device=device,
         dtype=dtype,
         context_length=profile.context_length,
+        native_4bit=profile.native_4bit,
         progress=progress if show_progress else None,
     )
     if show_progress:
         print(
-            f"\rloaded {path.name} ({loaded.dtype}, {loaded.device}) in {loaded.load_s:.1f} s",
+            f"\rloaded {path.name} ({loaded.weights}, {loaded.device}) in {loaded.load_s:.1f} s",
             file=sys.stderr,
         )
     return ChatSession(loaded, profile.system_prompt)

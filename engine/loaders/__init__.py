@@ -31,6 +31,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int  # positions the rope tables (and KV caches) cover
+    weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
 
@@ -41,6 +42,7 @@ def load_model(
     device: torch.device,
     dtype: torch.dtype,
     context_length: int,
+    native_4bit: bool = False,
     progress: Progress | None = None,
 ) -> LoadedModel:
     t0 = time.perf_counter()
@@ -54,9 +56,12 @@ def load_model(
     gguf = GGUFFile(path)
     tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
-    model, args, freq_factors = load_gguf_weights(
-        gguf, device=device, dtype=dtype, progress=progress
+    model, args, freq_factors, n_4bit = load_gguf_weights(
+        gguf, device=device, dtype=dtype, native_4bit=native_4bit, progress=progress
     )
+    dtype_name = str(dtype).removeprefix("torch.")
+    if n_4bit:  # activations, norms, embeddings and the KV cache run in float32
+        dtype = torch.float32
     ctx = min(context_length, args.max_seq_len)
     model.init_rope(ctx, device, freq_factors)
     return LoadedModel(
@@ -68,6 +73,11 @@ def load_model(
         device=device,
         dtype=dtype,
         context_length=ctx,
+        weights=(
+            f"4-bit int4 kernel ({n_4bit} tensors), {dtype_name} head, float32 activations"
+            if n_4bit
+            else dtype_name
+        ),
         load_s=time.perf_counter() - t0,
         metadata=gguf.metadata,
     )

@@ -17,6 +17,7 @@ from engine.errors import ModelLoadError
 from engine.loaders.dequant import SUPPORTED, dequantize
 from engine.loaders.gguf_file import GGUFFile
 from engine.model import Transformer
+from engine.quantized import INT4_TYPES, int4_cpu_supported, int4_linear_from_gguf
 
 TOP_LEVEL = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -54,9 +55,18 @@ def load_gguf_weights(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    native_4bit: bool = False,
     progress: Progress | None = None,
-) -> tuple[Transformer, ModelArgs, torch.Tensor | None]:
-    """Build the model on the meta device and assign each dequantized tensor in place, once."""
+) -> tuple[Transformer, ModelArgs, torch.Tensor | None, int]:
+    """Build the model on the meta device and assign each dequantized tensor in place, once.
+
+    With ``native_4bit`` (bfloat16 on CPU only), Q4_0/Q4_1 projection weights stay 4-bit and
+    run on torch's int4 kernel (engine/quantized.py). Returns the model, its args, Llama 3.1
+    rope frequency factors (if the file has them) and how many tensors were kept 4-bit.
+    """
+    keep_4bit = (
+        native_4bit and dtype == torch.bfloat16 and device.type == "cpu" and int4_cpu_supported()
+    )
     src = gguf.path.name
     args = ModelArgs.from_gguf(
         gguf.metadata, has_output="output.weight" in gguf.tensors, source=src
@@ -64,6 +74,7 @@ def load_gguf_weights(
     model = Transformer(args, device="meta")
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
+    packed: dict[str, torch.nn.Module] = {}  # module name -> Int4Linear
     total = len(gguf.tensors)
     for done, (name, info) in enumerate(gguf.tensors.items(), 1):
         if name in IGNORED:
@@ -82,21 +93,33 @@ def load_gguf_weights(
                 f"{src}: tensor {name} has shape {list(info.shape)}, expected "
                 f"{list(expected[target])} from the metadata; the file is inconsistent"
             )
-        weight = dequantize(gguf.raw(name), info.ggml_type, info.shape)
-        state[target] = weight.to(device=device, dtype=dtype)
+        module = target.removesuffix(".weight")
+        if keep_4bit and info.ggml_type in INT4_TYPES and module.startswith("layers."):
+            packed[module] = int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+        else:
+            weight = dequantize(gguf.raw(name), info.ggml_type, info.shape)
+            # with 4-bit projections the small rest (norms, embeddings) stays float32, and so
+            # does the residual stream: only the big matmuls run in bfloat16
+            state[target] = weight.to(device=device, dtype=torch.float32 if keep_4bit else dtype)
         if progress is not None:
             progress(done, total)
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - {f"{m}.weight" for m in packed})
     if missing:
         raise ModelLoadError(
             f"{src}: missing tensors for {missing[0]} (and {len(missing) - 1} more)"
         )
-    model.load_state_dict(state, assign=True, strict=True)
+    for module, linear in packed.items():
+        model.set_submodule(module, linear)
+    model.load_state_dict(state, assign=True, strict=not packed)
+    if packed:  # the output head reads V x D per token: a bfloat16 copy halves that
+        head = state.get("output.weight", state["tok_embeddings.weight"])
+        model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
+        model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
     freq_factors = None
     if "rope_freqs.weight" in gguf.tensors:
         info = gguf.tensors["rope_freqs.weight"]
         freq_factors = dequantize(gguf.raw("rope_freqs.weight"), info.ggml_type, info.shape)
-    return model.eval(), args, freq_factors
+    return model.eval(), args, freq_factors, len(packed)
 
 
 def is_gguf(path: Path) -> bool:
