@@ -45,6 +45,7 @@ class ModelInfo:
     context_length: int  # tokens the conversation's KV cache holds
     reused: bool  # True = taken from the model cache, nothing was read from disk
     load_s: float  # seconds this load took (0 when reused)
+    quantization: str = "none"  # e.g. "GGUF 4-bit, int4 kernel" when blocks stay packed
 
 
 class Backend(Protocol):
@@ -141,6 +142,7 @@ class LocalBackend:
             context_length=loaded.context_length,
             reused=reused,
             load_s=0.0 if reused else loaded.load_s,
+            quantization="GGUF 4-bit, int4 kernel" if loaded.packed_4bit else "none",
         )
 
     def _active(self) -> ChatSession:

@@ -194,7 +194,8 @@ class Transformer(nn.Module):
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)
-        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        head = self.tok_embeddings if self.output is None else self.output
+        weight: torch.Tensor = head.weight  # type: ignore[assignment]
         logits = F.linear(h.to(weight.dtype), weight).float()  # [B, T, V]
         if weight.dtype != torch.float32:
             refine_top_logits(logits, h, weight)
@@ -212,6 +213,6 @@ def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tenso
     id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
     """
     # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
-    top = logits.topk(REFINE_K, dim=-1).indices  # [B, T, K]
+    top = logits.topk(min(REFINE_K, logits.shape[-1]), dim=-1).indices  # [B, T, K]
     exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
     logits.scatter_(-1, top, exact)

@@ -31,6 +31,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_length: int  # positions the rope tables (and KV caches) cover
+    packed_4bit: int  # projection matrices kept 4-bit on the int4 kernel (0 = none)
     weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
@@ -73,6 +74,7 @@ def load_model(
         device=device,
         dtype=dtype,
         context_length=ctx,
+        packed_4bit=n_4bit,
         weights=(
             f"4-bit int4 kernel ({n_4bit} tensors), {dtype_name} head, float32 activations"
             if n_4bit

@@ -65,7 +65,11 @@ def load_gguf_weights(
     rope frequency factors (if the file has them) and how many tensors were kept 4-bit.
     """
     keep_4bit = (
-        native_4bit and dtype == torch.bfloat16 and device.type == "cpu" and int4_cpu_supported()
+        native_4bit
+        and dtype == torch.bfloat16
+        and device.type == "cpu"
+        and int4_cpu_supported()
+        and any(i.ggml_type in INT4_TYPES for n, i in gguf.tensors.items() if n.startswith("blk."))
     )
     src = gguf.path.name
     args = ModelArgs.from_gguf(

@@ -63,7 +63,7 @@ def test_default_model_runs_4bit_and_agrees_with_float32(
 
 
 def test_refine_top_logits_breaks_bfloat16_ties_in_float32() -> None:
-    weight = torch.tensor([[1.0, 0.0], [1.0, 0.002], [0.0, 1.0]])  # rows 0 and 1: 25 vs 25.05
+    weight = torch.tensor([[1.0, 0.0], [1.0, 0.002], [0.0, 0.5]])  # rows 0 and 1: 25 vs 25.05
     h = torch.tensor([[[25.0, 25.0]]])
     coarse = F.linear(h.bfloat16(), weight.bfloat16()).float()
     assert coarse[0, 0, 0] == coarse[0, 0, 1]  # a bfloat16 tie
