@@ -12,14 +12,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal, Protocol
 
 from engine.config import Profile, SamplingSettings, weights_key
-from engine.default_model import default_model_path
 from engine.errors import UserError
 from engine.events import Event
-from engine.loaders import LoadedModel, load_model
+from engine.loaders import LoadedModel, load_profile_model
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
 
@@ -98,18 +96,8 @@ class LocalBackend:
                 self.models.move_to_end(key)
                 return replace(loaded, context_length=wanted), True
             del self.models[key]
-        device = resolve_device(profile.device)
-        dtype = resolve_dtype(profile.dtype, device)
-        path = Path(profile.model) if profile.model else default_model_path()
         self._evict(self.max_loaded_models - 1)
-        loaded = load_model(
-            path,
-            device=device,
-            dtype=dtype,
-            context_length=profile.context_length,
-            native_4bit=profile.native_4bit,
-            progress=progress,
-        )
+        loaded = load_profile_model(profile, progress)
         self.loads += 1
         self.models[key] = loaded
         return loaded, False

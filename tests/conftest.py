@@ -12,6 +12,8 @@ import torch
 
 from engine.default_model import default_model_path
 from engine.loaders import LoadedModel, load_model
+from engine.loaders.gguf_file import GGUFFile
+from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 from tests.gguf_writer import write_tiny_gguf
 
 CPU = torch.device("cpu")
@@ -56,3 +58,40 @@ def hf_model(default_path: Path) -> Any:
         str(default_path.parent), gguf_file=default_path.name, dtype=torch.float32
     )
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def gguf_path(default_path: Path) -> Path:
+    return default_path
+
+
+@pytest.fixture(scope="session")
+def metadata(default_path: Path) -> dict[str, Any]:
+    return GGUFFile(default_path).metadata
+
+
+@pytest.fixture(scope="session")
+def tok(metadata: dict[str, Any], default_path: Path) -> Tokenizer:
+    return load_tokenizer_from_gguf(metadata, default_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_tok(default_path: Path) -> Any:
+    """transformers' tokenizer from the same GGUF, with SmolLM2's published pre-tokenizer.
+
+    transformers' GGUF loader has no split for tokenizer.ggml.pre "smollm" and falls back to the
+    plain GPT-2 ByteLevel split; SmolLM2's tokenizer.json (and llama.cpp) split digits first.
+    """
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import pre_tokenizers
+
+    hf = transformers.AutoTokenizer.from_pretrained(
+        str(default_path.parent), gguf_file=default_path.name
+    )
+    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    return hf

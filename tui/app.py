@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,23 @@ from tui.bridge import EngineBridge
 from tui.profiles import ProfileState
 from tui.screens.chat import ChatScreen
 from tui.themes import DEFAULT_THEME, load_themes
+
+UI_NICE = 5  # scheduling niceness of the UI thread relative to the engine's threads
+
+
+def yield_cpu_to_engine() -> None:
+    """Lower the calling (UI) thread's priority, on Linux where niceness is per thread.
+
+    On a machine with few cores the engine's torch threads and the UI thread compete; a
+    parallel matmul waits for its slowest thread, so every redraw that preempts one of them
+    stalls the whole decode step. With the UI thread slightly nicer, redraws run in the gaps.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UI_NICE)
+    except OSError:  # not permitted in some sandboxes: keep the default priority
+        pass
 
 
 class LlamaTuiApp(App[None]):
@@ -40,7 +60,8 @@ class LlamaTuiApp(App[None]):
         self.theme = DEFAULT_THEME
 
     def on_mount(self) -> None:
-        self.queue = EngineQueue(self.backend)
+        self.queue = EngineQueue(self.backend)  # its engine thread keeps the normal priority
+        yield_cpu_to_engine()
         bridge = EngineBridge(self.queue)
         self.push_screen(ChatScreen(self.state, bridge, cursor_blink=self.cursor_blink))
 

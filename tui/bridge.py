@@ -16,7 +16,7 @@ from textual.worker import Worker
 from engine.queue import EngineQueue, Request, Ticket
 from tui.messages import EngineUpdate
 
-BATCH_S = 0.15  # at most ~7 UI updates a second per ticket; events in between are batched
+BATCH_S = 0.3  # at most ~3 UI updates a second per ticket; events in between are batched
 
 
 class EngineBridge:

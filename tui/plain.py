@@ -8,15 +8,12 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import Profile, find_config_path, load_config, resolve_profile
-from engine.default_model import default_model_path
 from engine.errors import UserError
 from engine.events import Done, Event, TokenEvent
-from engine.loaders import load_model
-from engine.placement import resolve_device, resolve_dtype
+from engine.loaders import load_profile_model
 from engine.session import ChatSession
 
 
@@ -29,27 +26,18 @@ def load_profile(args: argparse.Namespace) -> Profile:
 
 def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSession:
     """Load the profile's model (progress on stderr when it is a terminal) into a session."""
-    device = resolve_device(profile.device)
-    dtype = resolve_dtype(profile.dtype, device)
-    path = Path(profile.model) if profile.model else default_model_path()
     if show_progress is None:
         show_progress = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 16 == 0:
-            print(f"\rloading {path.name}: {100 * done // total:3d}%", end="", file=sys.stderr)
+            print(f"\rloading model: {100 * done // total:3d}%", end="", file=sys.stderr)
 
-    loaded = load_model(
-        path,
-        device=device,
-        dtype=dtype,
-        context_length=profile.context_length,
-        native_4bit=profile.native_4bit,
-        progress=progress if show_progress else None,
-    )
+    loaded = load_profile_model(profile, progress if show_progress else None)
     if show_progress:
         print(
-            f"\rloaded {path.name} ({loaded.weights}, {loaded.device}) in {loaded.load_s:.1f} s",
+            f"\rloaded {loaded.path.name} ({loaded.weights}, {loaded.device}) "
+            f"in {loaded.load_s:.1f} s",
             file=sys.stderr,
         )
     return ChatSession(loaded, profile.system_prompt)

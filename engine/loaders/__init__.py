@@ -12,10 +12,13 @@ import torch
 
 from engine.args import ModelArgs
 from engine.chat_format import ChatTemplate, chat_template_from_gguf
+from engine.config import Profile
+from engine.default_model import default_model_path
 from engine.errors import ModelLoadError
 from engine.loaders.gguf import is_gguf, load_gguf_weights
 from engine.loaders.gguf_file import GGUFFile
 from engine.model import Transformer
+from engine.placement import resolve_device, resolve_dtype
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
 Progress = Callable[[int, int], None]
@@ -82,4 +85,17 @@ def load_model(
         ),
         load_s=time.perf_counter() - t0,
         metadata=gguf.metadata,
+    )
+
+
+def load_profile_model(profile: Profile, progress: Progress | None = None) -> LoadedModel:
+    """The model a profile names (the embedded default when none), on its device and dtype."""
+    device = resolve_device(profile.device)
+    return load_model(
+        Path(profile.model) if profile.model else default_model_path(),
+        device=device,
+        dtype=resolve_dtype(profile.dtype, device),
+        context_length=profile.context_length,
+        native_4bit=profile.native_4bit,
+        progress=progress,
     )

@@ -15,9 +15,7 @@ from engine.chat_format import (
     encode_dialog,
     encode_raw,
 )
-from engine.default_model import default_model_path
 from engine.errors import ModelLoadError, UserError
-from engine.loaders.gguf_file import GGUFFile
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
 pytestmark = pytest.mark.slow
@@ -40,42 +38,10 @@ DIALOGS = {
 
 
 @pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def metadata(gguf_path: Path) -> dict[str, Any]:
-    return GGUFFile(gguf_path).metadata
-
-
-@pytest.fixture(scope="module")
-def tok(metadata: dict[str, Any]) -> Tokenizer:
-    return load_tokenizer_from_gguf(metadata)
-
-
-@pytest.fixture(scope="module")
 def template(metadata: dict[str, Any], gguf_path: Path) -> ChatTemplate:
     found = chat_template_from_gguf(metadata, gguf_path.name)
     assert found is not None
     return found
-
-
-@pytest.fixture(scope="module")
-def hf_tok(gguf_path: Path) -> Any:
-    """transformers' tokenizer from the GGUF, with SmolLM2's published digit-splitting pre-tokenizer
-    (transformers' GGUF loader knows no "smollm" split; see test_tokenizers.py)."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import pre_tokenizers
-
-    hf = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    return hf
 
 
 def as_dicts(messages: list[Message]) -> list[dict[str, str]]:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.default_model import default_model_path
 from engine.errors import ModelLoadError
-from engine.loaders.gguf_file import GGUFFile
 from engine.tokenizers import (
     PRE_TOKENIZER_PATTERNS,
     StreamDecoder,
@@ -79,41 +76,6 @@ FUZZ_POOL = [
 def fuzz_strings(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return ["".join(rng.choice(FUZZ_POOL) for _ in range(rng.randint(1, 40))) for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def metadata(gguf_path: Path) -> dict[str, Any]:
-    return GGUFFile(gguf_path).metadata
-
-
-@pytest.fixture(scope="module")
-def tok(metadata: dict[str, Any], gguf_path: Path) -> Tokenizer:
-    return load_tokenizer_from_gguf(metadata, gguf_path.name)
-
-
-@pytest.fixture(scope="module")
-def hf_tok(gguf_path: Path) -> Any:
-    """transformers' tokenizer from the same GGUF, with SmolLM2's published pre-tokenizer.
-
-    transformers' GGUF loader has no split for tokenizer.ggml.pre "smollm" and falls back to the
-    plain GPT-2 ByteLevel split; SmolLM2's tokenizer.json (and llama.cpp) split digits first.
-    """
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import pre_tokenizers
-
-    hf = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    return hf
 
 
 def test_golden_ids(tok: Tokenizer) -> None:
