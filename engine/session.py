@@ -54,15 +54,7 @@ class ChatSession:
         """
         messages = [*self.messages, Message("user", text)]
         ids = self.prompt_ids(messages)
-        for event in generate(
-            self.loaded.model,
-            self.loaded.tokenizer,
-            self.cache,
-            ids,
-            settings,
-            max_new_tokens,
-            cancel,
-        ):
+        for event in self._run(ids, settings, max_new_tokens, cancel):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
             yield event
@@ -99,15 +91,17 @@ class ChatSession:
         ids = encode_raw(self.loaded.tokenizer, text)
         if not ids:
             raise UserError("the prompt is empty: give some text to complete")
-        return generate(
-            self.loaded.model,
-            self.loaded.tokenizer,
-            self.cache,
-            ids,
-            settings,
-            max_new_tokens,
-            cancel,
-        )
+        return self._run(ids, settings, max_new_tokens, cancel)
+
+    def _run(
+        self,
+        ids: list[int],
+        settings: SamplingSettings,
+        max_new_tokens: int,
+        cancel: threading.Event | None,
+    ) -> Iterator[Event]:
+        m = self.loaded
+        return generate(m.model, m.tokenizer, self.cache, ids, settings, max_new_tokens, cancel)
 
     def clear(self) -> None:
         """New conversation; the cache keeps its tokens, so a shared prefix is still reused."""

@@ -5,7 +5,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test || exit 1
 VENV="${VENV:-.venv}"
-"$VENV/bin/lint-imports" --no-cache || exit 1
+"$VENV/bin/lint-imports" --no-cache || exit 1       # the engine never imports the TUI
+"$VENV/bin/ruff" check engine tui tests scripts || exit 1
+"$VENV/bin/mypy" || exit 1                          # typed engine (pyproject [tool.mypy])
 "$VENV/bin/python" -m pytest "$@"
 status=$?
 if [[ $status -eq 5 ]]; then
