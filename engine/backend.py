@@ -126,7 +126,11 @@ class LocalBackend:
             name=loaded.path.name,
             path=str(loaded.path),
             device=str(loaded.device),
-            dtype=str(loaded.dtype).removeprefix("torch."),
+            dtype=(
+                "bf16 matmuls, fp32 rest"
+                if loaded.packed_4bit
+                else str(loaded.dtype).removeprefix("torch.")
+            ),
             context_length=loaded.context_length,
             reused=reused,
             load_s=0.0 if reused else loaded.load_s,
