@@ -80,3 +80,96 @@ class ModelArgs:
             head_dim=int(meta.get("llama.attention.key_length", dim // n_heads)),
             tie_embeddings=not has_output,
         )
+
+    @classmethod
+    def from_params_json(
+        cls, params: Mapping[str, Any], *, vocab_size_hint: int | None, source: str = ""
+    ) -> ModelArgs:
+        """Meta's params.json (Llama 2, 3, 3.1, 3.2 checkpoints)."""
+
+        def need(key: str) -> Any:
+            if key not in params:
+                raise ModelLoadError(f"{source}: params.json lacks {key!r}")
+            return params[key]
+
+        dim = int(need("dim"))
+        n_heads = int(need("n_heads"))
+        vocab = int(params.get("vocab_size", -1))
+        if vocab <= 0:  # Llama 2 writes -1: the tokenizer decides
+            if not vocab_size_hint:
+                raise ModelLoadError(f"{source}: params.json has no vocab_size and none was given")
+            vocab = vocab_size_hint
+        # Meta's FeedForward width: 2/3 of 4*dim, scaled, rounded up to a multiple of multiple_of
+        multiple_of = int(params.get("multiple_of", 256))
+        hidden = int(2 * (4 * dim) / 3)
+        if params.get("ffn_dim_multiplier") is not None:
+            hidden = int(float(params["ffn_dim_multiplier"]) * hidden)
+        hidden = multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+        scaling = None
+        if params.get("use_scaled_rope"):
+            scaling = RopeScaling(factor=float(params.get("rope_scaling_factor") or 8.0))
+        return cls(
+            dim=dim,
+            n_layers=int(need("n_layers")),
+            n_heads=n_heads,
+            n_kv_heads=int(params.get("n_kv_heads") or n_heads),
+            vocab_size=vocab,
+            ffn_dim=hidden,
+            norm_eps=float(params.get("norm_eps", 1e-5)),
+            rope_theta=float(params.get("rope_theta", 10000.0)),
+            rope_scaling=scaling,
+            max_seq_len=int(params.get("max_seq_len", 4096)),
+            tie_embeddings=False,  # Meta checkpoints always carry output.weight
+        )
+
+    @classmethod
+    def from_hf_config(cls, cfg: Mapping[str, Any], source: str = "") -> ModelArgs:
+        """A Hugging Face config.json of a LlamaForCausalLM."""
+        archs = cfg.get("architectures") or []
+        if "LlamaForCausalLM" not in archs and cfg.get("model_type") != "llama":
+            what = ", ".join(archs) or cfg.get("model_type") or "unknown"
+            raise ModelLoadError(
+                f"{source}: config.json of another architecture ({what}); llama-tui runs "
+                "LlamaForCausalLM models"
+            )
+
+        def need(key: str) -> Any:
+            if key not in cfg:
+                raise ModelLoadError(f"{source}: config.json lacks {key!r}")
+            return cfg[key]
+
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ModelLoadError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported")
+        dim = int(need("hidden_size"))
+        n_heads = int(need("num_attention_heads"))
+        # transformers 5 writes rope settings as rope_parameters; 4.x as rope_theta + rope_scaling
+        rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+        theta = float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        scaling, linear = None, 1.0
+        if kind == "llama3":
+            scaling = RopeScaling(
+                factor=float(rope.get("factor", 8.0)),
+                low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                original_max_position=int(rope.get("original_max_position_embeddings", 8192)),
+            )
+        elif kind == "linear":
+            linear = float(rope.get("factor", 1.0))
+        elif kind != "default":
+            raise ModelLoadError(f"{source}: rope scaling {kind!r} is not supported yet")
+        return cls(
+            dim=dim,
+            n_layers=int(need("num_hidden_layers")),
+            n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            vocab_size=int(need("vocab_size")),
+            ffn_dim=int(need("intermediate_size")),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rope_linear_factor=linear,
+            max_seq_len=int(cfg.get("max_position_embeddings", 4096)),
+            head_dim=int(cfg.get("head_dim") or dim // n_heads),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )

@@ -70,9 +70,10 @@ ModelKey = tuple[object, ...]
 def model_key(profile: Profile) -> ModelKey:
     """What a loaded model depends on, with "auto" device/dtype resolved (so "auto" and the
     dtype it picks share one cached model); quantization and offload join when they exist."""
-    model, device_name, dtype_name, native_4bit = weights_key(profile)
+    model, device_name, dtype_name, native_4bit, tokenizer = weights_key(profile)
     device = resolve_device(device_name)
-    return (model, str(device), str(resolve_dtype(dtype_name, device)), native_4bit)
+    dtype = str(resolve_dtype(dtype_name, device))
+    return (model, str(device), dtype, native_4bit, tokenizer)
 
 
 class LocalBackend:
@@ -116,8 +117,9 @@ class LocalBackend:
             and (old.loaded.context_length == loaded.context_length)
         ):
             old.system_prompt = profile.system_prompt  # the cached prefix check handles it
+            old.set_chat_format(profile.chat_format)
         else:
-            session = ChatSession(loaded, profile.system_prompt)
+            session = ChatSession(loaded, profile.system_prompt, profile.chat_format)
             if old is not None:
                 session.messages = list(old.messages)  # the conversation survives a reload
             self.session = session

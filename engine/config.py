@@ -31,6 +31,7 @@ else:  # pragma: no cover
 CONFIG_FILE_NAME = "llama-tui.toml"
 DEFAULTS_NAME = "defaults"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+CHAT_FORMATS = ("auto", "template", "llama2", "llama3", "chatml", "raw")  # as engine.chat_format
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ class SamplingSettings:
 class Profile:
     name: str
     model: str | None = None  # GGUF path; None (TOML: "") = the embedded SmolLM2-135M-Instruct
+    tokenizer: str | None = None  # tokenizer file for Meta/HF folders; None = found beside them
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" | "auto"
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16" (auto: see placement.py)
     context_length: int = 4096  # tokens of context the KV cache holds; >= 16
     max_new_tokens: int = 512  # per reply; >= 1
     system_prompt: str | None = None  # None (TOML: "") = no system message
     chat_template: bool = True  # False = raw completion (no template)
+    chat_format: str = "auto"  # auto, template, llama2, llama3, chatml or raw (chat_format.py)
     native_4bit: bool = True  # bfloat16 on CPU: keep Q4_0/Q4_1 GGUF blocks 4-bit (int4 kernel)
     theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
     sampling: SamplingSettings = SamplingSettings()
@@ -78,12 +81,14 @@ _DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d+|auto")
 # key -> (type, check, what the value must be when the check fails)
 _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "model": (str, lambda v: True, ""),
+    "tokenizer": (str, lambda v: True, ""),
     "device": (str, lambda v: _DEVICE_RE.fullmatch(v) is not None, "cpu, cuda, cuda:N or auto"),
     "dtype": (str, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     "context_length": (int, lambda v: v >= 16, ">= 16"),
     "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
     "system_prompt": (str, lambda v: True, ""),
     "chat_template": (bool, lambda v: True, ""),
+    "chat_format": (str, lambda v: v in CHAT_FORMATS, "one of " + ", ".join(CHAT_FORMATS)),
     "native_4bit": (bool, lambda v: True, ""),
     "theme": (str, lambda v: v != "", "a non-empty theme name"),
     "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
@@ -155,11 +160,11 @@ def _unknown(key: str, valid: tuple[str, ...] | list[str]) -> str:
 
 def _normalize(key: str, value: Any, base: Path | None) -> Any:
     """Checked values mapped to the dataclass form: "" -> None, -1 seed -> None, model paths."""
-    if key in ("model", "system_prompt") and value == "":
+    if key in ("model", "tokenizer", "system_prompt") and value == "":
         return None
     if key == "seed" and value == -1:
         return None
-    if key == "model":
+    if key in ("model", "tokenizer"):
         path = Path(value).expanduser()
         return os.path.normpath(path if base is None else base / path)
     return value
@@ -178,9 +183,9 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     return flat
 
 
-def weights_key(profile: Profile) -> tuple[str | None, str, str, bool]:
+def weights_key(profile: Profile) -> tuple[str | None, str, str, bool, str | None]:
     """What the loaded weights depend on; a change here means reloading the model."""
-    return (profile.model, profile.device, profile.dtype, profile.native_4bit)
+    return (profile.model, profile.device, profile.dtype, profile.native_4bit, profile.tokenizer)
 
 
 def sampling_changed_only(a: Profile, b: Profile) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from engine.chat_format import Message, encode_dialog, encode_raw
+from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
 from engine.errors import UserError
 from engine.events import Done, Event
@@ -15,9 +15,14 @@ from engine.loaders import LoadedModel
 
 
 class ChatSession:
-    def __init__(self, loaded: LoadedModel, system_prompt: str | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, system_prompt: str | None = None, chat_format: str = "auto"
+    ) -> None:
         self.loaded = loaded
         self.system_prompt = system_prompt
+        self._format_name = ""
+        self.formatter: ChatFormatter | None = None
+        self.set_chat_format(chat_format)
         self.messages: list[Message] = []  # user/assistant turns, without the system prompt
         a = loaded.args
         self.cache = KVCache(
@@ -33,13 +38,20 @@ class ChatSession:
         system = [Message("system", self.system_prompt)] if self.system_prompt else []
         return system + messages
 
+    def set_chat_format(self, name: str) -> None:
+        """How dialogs become tokens: "auto" (the model's template, else a guess from its
+        tokenizer), "template", or a built-in format. Resolved at the next turn, so a choice
+        the model cannot serve fails that turn with a one-line error, not the session."""
+        if name != self._format_name:
+            self._format_name, self.formatter = name, None
+
     def prompt_ids(self, messages: list[Message]) -> list[int]:
-        template = self.loaded.chat_template
-        if template is None:
-            raise UserError(
-                f"{self.loaded.path.name} has no chat template: use --raw for free-form completion"
+        if self.formatter is None:
+            m = self.loaded
+            self.formatter = resolve_chat_format(
+                self._format_name, m.tokenizer, m.chat_template, m.path.name
             )
-        return encode_dialog(self.loaded.tokenizer, template, self.dialog(messages))
+        return self.formatter.encode(self.dialog(messages))
 
     def send(
         self,

@@ -5,20 +5,22 @@ are merge ranks and it merges the adjacent pair whose *concatenation* ranks lowe
 the listed *pair* ranked first in the merges list, and tiktoken also takes a whole piece that is a
 token as is. Ranking each merge result by its position in the merges list makes them agree
 whenever a vocabulary's merges are self-consistent (SmolLM2's are: every token, and fuzzed text,
-is checked against transformers in the tests). SentencePiece ("llama") comes in a later issue.
+is checked against transformers in the tests). SentencePiece vocabularies ("llama") run on
+sentencepiece (engine/tokenizer_spm.py); tokenizer files are read by engine/tokenizer_files.py.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import tiktoken
 
 from engine.errors import ModelLoadError
 
-# llama.cpp token types (tokenizer.ggml.token_type)
+# llama.cpp token types (tokenizer.ggml.token_type); SentencePiece numbers them the same
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # Texts of control tokens that end a turn or a document, across model families.
@@ -259,14 +261,13 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
     where = f" in {source}" if source else ""
     model = metadata.get("tokenizer.ggml.model")
     if model == "llama":
-        raise ModelLoadError(
-            f"SentencePiece vocabularies (tokenizer.ggml.model 'llama'){where} are not supported "
-            "yet: use a model with a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2')"
-        )
+        from engine.tokenizer_spm import load_sentencepiece_from_gguf
+
+        return load_sentencepiece_from_gguf(metadata, source)
     if model != "gpt2":
         raise ModelLoadError(
             f"unsupported tokenizer.ggml.model {model!r}{where}: "
-            "supported is 'gpt2' (byte-level BPE)"
+            "supported are 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"
         )
     pre = metadata.get("tokenizer.ggml.pre", "default")
     pattern = PRE_TOKENIZER_PATTERNS.get(pre)
@@ -307,3 +308,10 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
         name=f"gguf-{pre}",
         source=source,
     )
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizer file, by content: SentencePiece .model, Llama 3 tiktoken, tokenizer.json."""
+    from engine.tokenizer_files import load_tokenizer as load_file
+
+    return load_file(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
 from engine.default_model import default_model_path
 from engine.loaders.gguf_file import GGUFFile
@@ -72,7 +72,8 @@ def write_tiny_gguf(
     def t(name: str, *shape: int, scale: float = 0.05) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
         if raw_type is not None and len(shape) > 1:
-            raw = np.zeros((shape[0], shape[1] // 32 * 18), dtype=np.uint8)  # Q4_0-sized rows
+            block, nbytes = GGML_QUANT_SIZES[raw_type]
+            raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=raw_type)
         else:
             w.add_tensor(name, data)

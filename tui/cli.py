@@ -14,7 +14,17 @@ SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "s
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="GGUF model file (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        help="a .gguf file, a Meta checkpoint folder or a Hugging Face folder "
+        "(default: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--tokenizer", help="tokenizer file for a Meta/HF folder (default: beside it)")
+    p.add_argument(
+        "--chat-format",
+        help="auto | template | llama2 | llama3 | chatml | raw (auto: the model's template, "
+        "else from its tokenizer)",
+    )
     p.add_argument("--profile", help="profile name from the config file")
     p.add_argument("--config", type=Path, help="config file (default: ./llama-tui.toml)")
     p.add_argument("--system", dest="system_prompt", help="system prompt")
@@ -60,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "device", "dtype", "context_length", "native_4bit", "max_new_tokens")
-    keys += ("system_prompt",)
+    keys += ("system_prompt", "tokenizer", "chat_format")
     out: dict[str, Any] = {k: getattr(args, k) for k in keys + SAMPLING_FLAGS}
     if args.raw:
         out["chat_template"] = False

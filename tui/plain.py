@@ -40,7 +40,7 @@ def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSes
             f"in {loaded.load_s:.1f} s",
             file=sys.stderr,
         )
-    return ChatSession(loaded, profile.system_prompt)
+    return ChatSession(loaded, profile.system_prompt, profile.chat_format)
 
 
 def reply_record(done: Done) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from engine.default_model import default_model_path
 from engine.errors import ModelLoadError
 from engine.loaders.gguf import is_gguf, load_gguf_weights
 from engine.loaders.gguf_file import GGUFFile
+from engine.loaders.hf import chat_template_text, load_hf_weights, special_tokens
+from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
 from engine.placement import resolve_device, resolve_dtype
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
@@ -48,15 +50,34 @@ def load_model(
     context_length: int,
     native_4bit: bool = False,
     progress: Progress | None = None,
+    tokenizer: Path | None = None,
 ) -> LoadedModel:
-    t0 = time.perf_counter()
+    """A GGUF file, a Meta checkpoint folder or a Hugging Face folder, told apart by content.
+
+    ``tokenizer`` overrides where a folder's tokenizer is read from (GGUF files carry theirs).
+    """
     path = path.expanduser()
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (check --model or `model =`)")
-    if path.is_dir() or not is_gguf(path):
+    if path.is_dir():
+        return _load_folder(path, device, dtype, context_length, progress, tokenizer)
+    if not is_gguf(path):
         raise ModelLoadError(
-            f"{path} is not a GGUF file (no GGUF magic bytes); llama-tui loads .gguf models"
+            f"{path} is not a GGUF file (no GGUF magic bytes); llama-tui loads .gguf files, "
+            "Meta checkpoint folders (params.json) and Hugging Face folders (config.json)"
         )
+    return _load_gguf(path, device, dtype, context_length, native_4bit, progress)
+
+
+def _load_gguf(
+    path: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    context_length: int,
+    native_4bit: bool,
+    progress: Progress | None,
+) -> LoadedModel:
+    t0 = time.perf_counter()
     gguf = GGUFFile(path)
     tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
@@ -88,6 +109,83 @@ def load_model(
     )
 
 
+TOKENIZER_FILES = ("tokenizer.model", "original/tokenizer.model", "tokenizer.json")
+
+
+def find_tokenizer(folder: Path, explicit: Path | None) -> Path:
+    """The explicit path, else the first of TOKENIZER_FILES that exists in the folder."""
+    if explicit is not None:
+        explicit = explicit.expanduser()
+        if not explicit.is_file():
+            raise ModelLoadError(f"tokenizer file not found: {explicit} (check --tokenizer)")
+        return explicit
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelLoadError(
+        f"{folder}: no tokenizer found (looked for {', '.join(TOKENIZER_FILES)}); "
+        "pass one with --tokenizer"
+    )
+
+
+def _load_folder(
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    context_length: int,
+    progress: Progress | None,
+    tokenizer_path: Path | None,
+) -> LoadedModel:
+    t0 = time.perf_counter()
+    from engine.tokenizers import load_tokenizer
+
+    template: ChatTemplate | None = None
+    if (folder / "params.json").is_file():
+        tokenizer = load_tokenizer(find_tokenizer(folder, tokenizer_path))
+        model, args = load_meta_weights(folder, device=device, dtype=dtype, progress=progress)
+        metadata: dict[str, Any] = {"format": "meta"}
+    elif (folder / "config.json").is_file():
+        tokenizer = load_tokenizer(find_tokenizer(folder, tokenizer_path))
+        model, args = load_hf_weights(folder, device=device, dtype=dtype, progress=progress)
+        text = chat_template_text(folder)
+        if text is not None:
+            template = ChatTemplate(
+                text, special_tokens=special_tokens(folder), origin=f"{folder.name}/"
+            )
+        metadata = {"format": "huggingface"}
+    elif any(p.suffix == ".pth" for p in folder.iterdir()):
+        raise ModelLoadError(
+            f"{folder}: missing params.json beside the .pth checkpoint (Meta checkpoints "
+            "need the params.json they were published with)"
+        )
+    else:
+        raise ModelLoadError(
+            f"{folder}: not a model folder (looked for params.json + consolidated.NN.pth, or "
+            "config.json + model.safetensors); --model may also name a .gguf file"
+        )
+    if tokenizer.vocab_size > args.vocab_size:
+        raise ModelLoadError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
+            f"has {args.vocab_size} rows: it belongs to other weights (check --tokenizer)"
+        )
+    ctx = min(context_length, args.max_seq_len)
+    model.init_rope(ctx, device)
+    return LoadedModel(
+        path=folder,
+        model=model,
+        args=args,
+        tokenizer=tokenizer,
+        chat_template=template,
+        device=device,
+        dtype=dtype,
+        context_length=ctx,
+        packed_4bit=0,
+        weights=str(dtype).removeprefix("torch."),
+        load_s=time.perf_counter() - t0,
+        metadata=metadata,
+    )
+
+
 def load_profile_model(profile: Profile, progress: Progress | None = None) -> LoadedModel:
     """The model a profile names (the embedded default when none), on its device and dtype."""
     device = resolve_device(profile.device)
@@ -98,4 +196,5 @@ def load_profile_model(profile: Profile, progress: Progress | None = None) -> Lo
         context_length=profile.context_length,
         native_4bit=profile.native_4bit,
         progress=progress,
+        tokenizer=Path(profile.tokenizer) if profile.tokenizer else None,
     )

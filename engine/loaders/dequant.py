@@ -2,7 +2,7 @@
 
 The formats of the default model (Q4_0/Q4_1/Q8_0) and the float types are dequantized with
 vectorised torch ops (multi-threaded, ~10x faster than numpy); every other type the ``gguf``
-package knows goes through ``gguf.quants.dequantize``.
+package knows (K-quants, I-quants, ternary, MXFP4, ...) goes through ``gguf.quants.dequantize``.
 """
 
 from __future__ import annotations
@@ -12,24 +12,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
-# Types we promise to load; anything else is refused with a clear error.
-SUPPORTED = frozenset(
-    {
-        Q.F32,
-        Q.F16,
-        Q.BF16,
-        Q.Q8_0,
-        Q.Q4_0,
-        Q.Q4_1,
-        Q.Q5_0,
-        Q.Q5_1,
-        Q.Q2_K,
-        Q.Q3_K,
-        Q.Q4_K,
-        Q.Q5_K,
-        Q.Q6_K,
-    }
-)
+# Types we load: our fast paths plus every block format the gguf package can dequantize
+# (its private type table; public API only offers dequantize(), which raises for the rest).
+_FAST = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1})
+SUPPORTED = _FAST | frozenset(getattr(quants, "_type_traits", {}))
 
 
 def _f16(blocks: torch.Tensor, lo: int) -> torch.Tensor:

@@ -160,9 +160,9 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 
 
 def test_unsupported_quantization(tmp_path: Path) -> None:
-    path = write_tiny_gguf(tmp_path / "iq.gguf", raw_type=GGMLQuantizationType.IQ4_NL)
+    path = write_tiny_gguf(tmp_path / "q81.gguf", raw_type=GGMLQuantizationType.Q8_1)
     assert_one_line_error(
-        run(["ask", "--model", str(path), "hi"], tmp_path), "iq.gguf", "IQ4_NL", "cannot load"
+        run(["ask", "--model", str(path), "hi"], tmp_path), "q81.gguf", "Q8_1", "cannot load"
     )
 
 

@@ -360,8 +360,8 @@ def test_sampling_changed_only_and_weights_key(tmp_path: Path) -> None:
     a, b, c, d = (config.profiles[n] for n in "abcd")
     assert sampling_changed_only(a, b) and sampling_changed_only(a, a)
     assert not sampling_changed_only(a, c) and not sampling_changed_only(a, d)
-    assert weights_key(a) == weights_key(b) == weights_key(d) == (None, "cpu", "auto", True)
-    assert weights_key(c) == (None, "cpu", "bfloat16", True)
+    assert weights_key(a) == weights_key(b) == weights_key(d) == (None, "cpu", "auto", True, None)
+    assert weights_key(c) == (None, "cpu", "bfloat16", True, None)
 
 
 # --- the repository's example ---------------------------------------------------------

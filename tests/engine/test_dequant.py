@@ -46,3 +46,12 @@ def test_k_quants_dequantize_through_gguf_to_the_right_shape(qtype: Q) -> None:
     out = dequantize(raw, qtype, (2, 512))
     assert out.shape == (2, 512) and out.dtype == torch.float32
     assert qtype in SUPPORTED
+
+
+@pytest.mark.parametrize("qtype", [Q.IQ4_NL, Q.TQ2_0, Q.Q2_K])
+def test_any_type_the_gguf_package_dequantizes_is_accepted(qtype: Q) -> None:
+    block = GGML_QUANT_SIZES[qtype][0]
+    raw = random_blocks(qtype, 2, max(block, 256))
+    assert qtype in SUPPORTED
+    assert dequantize(raw, qtype, (2, max(block, 256))).shape == (2, max(block, 256))
+    assert Q.Q8_1 not in SUPPORTED  # gguf cannot dequantize it: refused at load

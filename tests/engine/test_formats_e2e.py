@@ -1,0 +1,111 @@
+"""Meta and Hugging Face folders end to end: weights + tokenizer + chat format through one path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.args import ModelArgs
+from engine.config import SamplingSettings
+from engine.errors import ModelLoadError
+from engine.events import Done
+from engine.loaders import load_model
+from engine.model import Transformer
+from engine.session import ChatSession
+from tests.engine.test_tokenizers_more import train_spm
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def spm_model() -> bytes:
+    return train_spm()
+
+
+def n_pieces(proto: bytes) -> int:
+    import sentencepiece
+
+    return int(sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size())
+
+
+def write_meta_folder(folder: Path, proto: bytes, vocab: int) -> Path:
+    params = {
+        "dim": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "vocab_size": vocab,
+        "multiple_of": 32,
+        "norm_eps": 1e-5,
+    }
+    args = ModelArgs.from_params_json(params, vocab_size_hint=None, source="test")
+    torch.manual_seed(0)
+    model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps(params))
+    torch.save(model.state_dict(), folder / "consolidated.00.pth")
+    (folder / "tokenizer.model").write_bytes(proto)
+    return folder
+
+
+def test_meta_folder_chats_with_llama2_format(tmp_path: Path, spm_model: bytes) -> None:
+    folder = write_meta_folder(tmp_path / "llama2-tiny", spm_model, n_pieces(spm_model))
+    loaded = load_model(folder, device=CPU, dtype=torch.float32, context_length=256)
+    assert loaded.chat_template is None and loaded.tokenizer.add_bos
+    session = ChatSession(loaded, system_prompt="Be brief.")
+    done = [e for e in session.send("hello world", GREEDY, 4) if isinstance(e, Done)][0]
+    assert done.metrics.prompt_tokens > 0
+    assert session.formatter is not None and session.formatter.name == "llama2"
+    ids = session.prompt_ids(session.messages[:1])
+    assert ids[0] == loaded.tokenizer.bos_id
+    assert "[INST]" in loaded.tokenizer.decode(ids) and "<<SYS>>" in loaded.tokenizer.decode(ids)
+
+
+def test_cli_loads_a_meta_folder_with_a_separate_tokenizer(
+    tmp_path: Path, spm_model: bytes
+) -> None:
+    folder = write_meta_folder(tmp_path / "ckpt", spm_model, n_pieces(spm_model))
+    tok = tmp_path / "elsewhere" / "spm.bin"
+    tok.parent.mkdir()
+    (folder / "tokenizer.model").rename(tok)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tui.cli",
+        "ask",
+        "--model",
+        str(folder),
+        "--json",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "3",
+        "--chat-format",
+        "chatml",
+    ]
+    missing = subprocess.run([*cmd, "hi"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no tokenizer found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    ok = subprocess.run(
+        [*cmd, "--tokenizer", str(tok), "hi"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["prompt_tokens"] > 0
+
+
+def test_tokenizer_that_does_not_fit_the_vocabulary(tmp_path: Path, spm_model: bytes) -> None:
+    folder = write_meta_folder(tmp_path / "small", spm_model, 64)
+    with pytest.raises(ModelLoadError, match="the tokenizer has .* tokens but the model's"):
+        load_model(folder, device=CPU, dtype=torch.float32, context_length=64)
