@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.args import ModelArgs
+from engine.chat_format import Message
 from engine.config import SamplingSettings
 from engine.errors import ModelLoadError
 from engine.events import Done
@@ -109,3 +110,32 @@ def test_tokenizer_that_does_not_fit_the_vocabulary(tmp_path: Path, spm_model: b
     folder = write_meta_folder(tmp_path / "small", spm_model, 64)
     with pytest.raises(ModelLoadError, match="the tokenizer has .* tokens but the model's"):
         load_model(folder, device=CPU, dtype=torch.float32, context_length=64)
+
+
+def test_hf_folder_through_load_model_matches_transformers(
+    tmp_path: Path, spm_model: bytes
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    vocab = n_pieces(spm_model)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(1)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path / "hf-tiny"
+    hf.save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer.model").write_bytes(spm_model)
+    loaded = load_model(folder, device=CPU, dtype=torch.float32, context_length=128)
+    session = ChatSession(loaded)
+    ids = session.prompt_ids([Message("user", "hi")])
+    with torch.inference_mode():
+        ours = loaded.model(torch.tensor([ids]))
+        theirs = hf(torch.tensor([ids])).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
