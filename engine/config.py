@@ -41,7 +41,13 @@ class SamplingSettings:
     top_p: float = 0.95  # (0, 1]; 1 = off
     min_p: float = 0.05  # [0, 1); 0 = off
     repeat_penalty: float = 1.1  # > 0; 1 = off
-    repeat_last_n: int = 64  # tokens the penalty looks back over; >= 0
+    repeat_last_n: int = 64  # tokens the penalties look back over; >= 0
+    presence_penalty: float = 0.0  # subtracted once from each token seen in the window; 0 = off
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the window; 0 = off
+    typical_p: float = 1.0  # locally typical sampling mass, (0, 1]; 1 = off
+    mirostat: int = 0  # 0 = off, 1 = Mirostat, 2 = Mirostat 2.0 (replace top-k/p, min-p, typical)
+    mirostat_tau: float = 5.0  # Mirostat target surprise (bits); > 0
+    mirostat_eta: float = 0.1  # Mirostat learning rate; > 0
     seed: int | None = None  # same seed + settings -> same tokens; None (TOML: -1) = random
 
 
@@ -97,6 +103,12 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "min_p": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
     "repeat_penalty": (float, lambda v: v > 0, "> 0 (1 = off)"),
     "repeat_last_n": (int, lambda v: v >= 0, ">= 0"),
+    "presence_penalty": (float, lambda v: True, ""),  # any finite number
+    "frequency_penalty": (float, lambda v: True, ""),  # any finite number
+    "typical_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+    "mirostat": (int, lambda v: v in (0, 1, 2), "0 (off), 1 (Mirostat) or 2 (Mirostat 2.0)"),
+    "mirostat_tau": (float, lambda v: v > 0, "> 0"),
+    "mirostat_eta": (float, lambda v: v > 0, "> 0"),
     "seed": (int, lambda v: -1 <= v < 2**64, "-1 (random) or in [0, 2**64)"),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

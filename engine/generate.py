@@ -14,7 +14,7 @@ from engine.events import Done, Event, PrefillDone, TokenEvent
 from engine.kv_cache import KVCache
 from engine.metrics import GenerationMetrics
 from engine.model import Transformer
-from engine.sampling import make_generator, sample
+from engine.sampling import MirostatState, make_generator, sample
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
@@ -52,6 +52,7 @@ def generate(
     settings: SamplingSettings,
     max_new_tokens: int,
     cancel: threading.Event | None = None,
+    sampler_state: MirostatState | None = None,
 ) -> Iterator[Event]:
     """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel."""
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def generate(
     t_first = t_prefill
     steps = 0
     while True:
-        token = sample(logits, settings, recent, generator)
+        token = sample(logits, settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
         if token in tokenizer.stop_ids:

@@ -2,7 +2,8 @@
 
 The cache remembers which token ids it holds, so a new prompt reuses the longest common prefix
 and only the rest is prefilled. Writes go through ``update(layer, start, k, v)``: no per-token
-concatenation, no reallocation.
+concatenation, no reallocation. ``shift`` drops a span of positions and moves the rest down,
+re-rotating their keys, so a trimmed dialogue keeps its cache warm (a "context shift").
 """
 
 from __future__ import annotations
@@ -60,6 +61,29 @@ class KVCache:
         """Record that keys/values for ``ids`` were just written after the current length."""
         self.tokens.extend(ids)
         assert len(self.tokens) <= self.max_len
+
+    def shift(self, start: int, end: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Remove positions [start, end); the entries after them move down by d = end - start.
+
+        Keys carry RoPE rotations by their position, so moved keys are rotated back by d:
+        ``cos``, ``sin`` [Dh/2] are the rope tables' row d (angle d * inv_freq), applied to the
+        interleaved pairs (x[2i], x[2i+1]) as engine.model.apply_rope does, with -angle. Values
+        carry no position and are only moved. (Deeper-layer entries still reflect attention to
+        the removed tokens: a shift approximates a recompute, as llama.cpp's context shift does.)
+        """
+        n = self.length - end
+        if not 0 <= start <= end <= self.length:
+            raise ValueError(f"cannot shift out [{start}, {end}) of {self.length} cached tokens")
+        if end == start:
+            return
+        c, s = cos.float(), sin.float()  # [Dh/2]
+        for k, v in zip(self.k, self.v, strict=True):
+            moved = k[:, :, end : end + n].float().unflatten(-1, (-1, 2))  # [B, KV, n, Dh/2, 2]
+            x0, x1 = moved[..., 0], moved[..., 1]
+            back = torch.stack((x0 * c + x1 * s, x1 * c - x0 * s), dim=-1).flatten(-2)
+            k[:, :, start : start + n] = back.to(k.dtype)
+            v[:, :, start : start + n] = v[:, :, end : end + n].clone()
+        del self.tokens[start:end]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

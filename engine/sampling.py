@@ -1,12 +1,21 @@
 """Next-token sampling as small pure functions over a logits vector.
 
-Order (as transformers applies its warpers): repetition penalty, temperature, top-k, top-p,
-min-p, then a draw from a seeded generator. Temperature 0 is greedy.
+Order (as transformers applies its warpers): repetition penalty, presence/frequency penalties
+(both over the last ``repeat_last_n`` tokens), temperature, top-k, typical-p, top-p, min-p,
+then a draw from a seeded generator. Temperature 0 is greedy (after the penalties).
+
+With ``mirostat`` 1 or 2 (as llama.cpp's chain): penalties, temperature, then Mirostat
+replaces top-k, typical-p, top-p and min-p. Mirostat keeps one number per conversation,
+``MirostatState.mu``, which the caller creates (``new_sampler_state``) and passes to every
+``sample`` call of that conversation; ``sample`` updates it after each draw.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +32,20 @@ def apply_repeat_penalty(
     seen = logits[ids]
     logits = logits.clone()
     logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits
+
+
+def apply_presence_frequency(
+    logits: torch.Tensor, recent: Sequence[int], presence: float, frequency: float
+) -> torch.Tensor:
+    # logits: [V]; logit -= presence * [count > 0] + frequency * count, counts over `recent`
+    if (presence == 0.0 and frequency == 0.0) or not recent:
+        return logits
+    counts = Counter(recent)
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)  # [U]
+    n = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)  # [U]
+    logits = logits.clone()
+    logits[ids] -= presence + frequency * n
     return logits
 
 
@@ -45,12 +68,78 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
 
 
+def typical_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    # locally typical sampling (Meister et al. 2022; transformers' TypicalLogitsWarper): rank
+    # tokens by |surprise - entropy| and keep the smallest set of them whose mass reaches p
+    if p >= 1.0:
+        return logits
+    logp = logits.log_softmax(-1)  # [V]
+    entropy = -(logp * logp.exp()).nansum()  # []; -inf * 0 = nan is left out
+    shifted = (-logp - entropy).abs()  # [V]
+    sorted_shifted, order = torch.sort(shifted)  # most typical first
+    cum = logits[order].softmax(-1).cumsum(-1)  # [V]
+    last = min(int((cum < p).sum()), logits.shape[-1] - 1)  # index of the token reaching p
+    drop = sorted_shifted > sorted_shifted[last]  # [V] in typical order
+    return logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+
+
 def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     # drop tokens whose probability is below p times the most likely token's
     if p <= 0.0:
         return logits
     probs = logits.softmax(-1)
     return logits.masked_fill(probs < p * probs.max(), float("-inf"))
+
+
+@dataclass
+class MirostatState:
+    mu: float  # current surprise bound (bits); starts at 2 * tau, moved by eta after each draw
+
+
+def new_sampler_state(settings: SamplingSettings) -> MirostatState:
+    """A fresh per-conversation Mirostat state: mu = 2 * tau (as llama.cpp)."""
+    return MirostatState(mu=2.0 * settings.mirostat_tau)
+
+
+MIROSTAT_M = 100  # Mirostat v1: tokens used to estimate the Zipf exponent (llama.cpp's m)
+
+
+def mirostat_v1_k(logits: torch.Tensor, mu: float, m: int = MIROSTAT_M) -> int:
+    # logits: [V] -> k for top-k: estimate Zipf's exponent s_hat from the m most likely tokens,
+    # then k = (eps * 2^mu / (1 - V^-eps))^(1/s_hat), eps = s_hat - 1 (llama.cpp mirostat)
+    vocab = logits.shape[-1]
+    probs = torch.topk(logits.double().softmax(-1), min(m, vocab)).values  # [m], descending
+    i = torch.arange(probs.shape[-1] - 1, dtype=torch.float64, device=probs.device)  # [m-1]
+    t = torch.log((i + 2) / (i + 1))  # [m-1]
+    b = torch.log(probs[:-1] / probs[1:])  # [m-1]
+    s_hat = float((t * b).sum() / (t * t).sum())
+    eps = s_hat - 1.0
+    try:
+        k = (eps * 2.0**mu / (1.0 - vocab ** (-eps))) ** (1.0 / s_hat)
+    except (OverflowError, ZeroDivisionError):
+        k = math.inf
+    if isinstance(k, complex) or math.isnan(k):
+        k = math.inf  # a degenerate estimate (flat or one-token distribution): keep all
+    return max(int(min(k, vocab)), 1)
+
+
+def mirostat_v1(logits: torch.Tensor, mu: float, m: int = MIROSTAT_M) -> torch.Tensor:
+    # logits: [V]; top-k with the k that Mirostat computes for this mu
+    return top_k(logits, mirostat_v1_k(logits, mu, m))
+
+
+def mirostat_v2(logits: torch.Tensor, mu: float) -> torch.Tensor:
+    # logits: [V]; drop tokens whose surprise -log2 p exceeds mu, always keeping the top token
+    surprise = -torch.log2(logits.softmax(-1))  # [V]
+    drop = surprise > mu
+    drop[torch.argmax(logits)] = False
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def mirostat_update(mu: float, p_chosen: float, tau: float, eta: float) -> float:
+    # mu_new = mu - eta * (observed surprise - tau), surprise = -log2 of the chosen token's
+    # probability among the kept tokens
+    return mu - eta * (-math.log2(p_chosen) - tau)
 
 
 def greedy(logits: torch.Tensor) -> int:
@@ -62,17 +151,37 @@ def sample(
     settings: SamplingSettings,
     recent: Sequence[int],
     generator: torch.Generator,
+    state: MirostatState | None = None,
 ) -> int:
-    """logits: [V] float32 for the next position -> chosen token id."""
-    logits = apply_repeat_penalty(
-        logits,
-        recent[-settings.repeat_last_n :] if settings.repeat_last_n else [],
-        settings.repeat_penalty,
+    """logits: [V] float32 for the next position -> chosen token id.
+
+    With ``settings.mirostat`` 1 or 2, ``state.mu`` is read and updated after the draw;
+    ``state`` None means a fresh state for this call only (nothing carried over). Temperature
+    0 is greedy and leaves ``state`` untouched.
+    """
+    window = recent[-settings.repeat_last_n :] if settings.repeat_last_n else []
+    logits = apply_repeat_penalty(logits, window, settings.repeat_penalty)
+    logits = apply_presence_frequency(
+        logits, window, settings.presence_penalty, settings.frequency_penalty
     )
     if settings.temperature == 0.0:
         return greedy(logits)
     logits = logits / settings.temperature
-    logits = min_p(top_p(top_k(logits, settings.top_k), settings.top_p), settings.min_p)
+    if settings.mirostat:
+        state = state if state is not None else new_sampler_state(settings)
+        if settings.mirostat == 1:
+            logits = mirostat_v1(logits, state.mu)
+        else:
+            logits = mirostat_v2(logits, state.mu)
+        probs = logits.softmax(-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        state.mu = mirostat_update(
+            state.mu, float(probs[token]), settings.mirostat_tau, settings.mirostat_eta
+        )
+        return token
+    logits = top_k(logits, settings.top_k)
+    logits = typical_p(logits, settings.typical_p)
+    logits = min_p(top_p(logits, settings.top_p), settings.min_p)
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 

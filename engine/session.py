@@ -10,8 +10,10 @@ from engine.config import SamplingSettings
 from engine.errors import UserError
 from engine.events import Done, Event
 from engine.generate import generate
+from engine.history import TARGET_FRACTION, choose_cut, kept_indexes, pair_cut_points, prompt_budget
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel
+from engine.sampling import MirostatState, new_sampler_state
 
 
 class ChatSession:
@@ -24,6 +26,13 @@ class ChatSession:
         self.formatter: ChatFormatter | None = None
         self.set_chat_format(chat_format)
         self.messages: list[Message] = []  # user/assistant turns, without the system prompt
+        self.pinned: set[int] = set()  # indexes into messages that trimming never drops
+        self.context_start = 0  # messages[:context_start] left the context (except pinned)
+        self.target_fraction = TARGET_FRACTION  # a trim brings the prompt under this share
+        self.context_shift = True  # after a trim, move cached K/V instead of recomputing
+        self.last_notice: str | None = None  # one line for the user about the last turn's trim
+        self.sampler_state: MirostatState | None = None  # Mirostat's mu, per conversation
+        self._sampler_key: tuple[int, float] | None = None
         a = loaded.args
         self.cache = KVCache(
             a.n_layers,
@@ -45,6 +54,20 @@ class ChatSession:
         if name != self._format_name:
             self._format_name, self.formatter = name, None
 
+    @property
+    def dropped_messages(self) -> int:
+        """Messages of this conversation no longer in the model's context."""
+        return sum(1 for i in range(self.context_start) if i not in self.pinned)
+
+    def pin(self, index: int) -> None:
+        """Keep messages[index] in context whatever trimming drops."""
+        self.pinned.add(index)
+
+    def visible(self, messages: list[Message], cut: int | None = None) -> list[Message]:
+        """The messages still in context when messages[:cut] (except pinned) are dropped."""
+        cut = self.context_start if cut is None else cut
+        return [messages[i] for i in kept_indexes(len(messages), cut, self.pinned)]
+
     def prompt_ids(self, messages: list[Message]) -> list[int]:
         if self.formatter is None:
             m = self.loaded
@@ -65,7 +88,7 @@ class ChatSession:
         A stopped or cancelled reply is kept (partial text) so nothing the user saw is lost.
         """
         messages = [*self.messages, Message("user", text)]
-        ids = self.prompt_ids(messages)
+        ids = self._fit(messages, max_new_tokens)
         for event in self._run(ids, settings, max_new_tokens, cancel):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
@@ -90,6 +113,8 @@ class ChatSession:
             raise UserError("there is no user message to regenerate or edit yet")
         new_text = self.messages[last_user].content if text is None else text
         self.messages = self.messages[:last_user]
+        self.context_start = min(self.context_start, last_user)
+        self.pinned = {i for i in self.pinned if i < last_user}
         return self.send(new_text, settings, max_new_tokens, cancel)
 
     def complete(
@@ -112,9 +137,77 @@ class ChatSession:
         max_new_tokens: int,
         cancel: threading.Event | None,
     ) -> Iterator[Event]:
+        key = (settings.mirostat, settings.mirostat_tau)
+        if self.sampler_state is None or key != self._sampler_key:  # new mode/tau: mu = 2 tau
+            self.sampler_state, self._sampler_key = new_sampler_state(settings), key
         m = self.loaded
-        return generate(m.model, m.tokenizer, self.cache, ids, settings, max_new_tokens, cancel)
+        return generate(
+            m.model,
+            m.tokenizer,
+            self.cache,
+            ids,
+            settings,
+            max_new_tokens,
+            cancel,
+            sampler_state=self.sampler_state,
+        )
 
     def clear(self) -> None:
         """New conversation; the cache keeps its tokens, so a shared prefix is still reused."""
         self.messages = []
+        self.pinned = set()
+        self.context_start = 0
+        self.sampler_state = None
+
+    def _fit(self, messages: list[Message], max_new_tokens: int) -> list[int]:
+        """Prompt ids for messages, dropping the oldest pairs when they exceed the budget.
+
+        After a trim the cached K/V of the kept turns are shifted into place (see
+        ``_shift_cache``), so generate() prefills only what the cache cannot supply.
+        """
+        self.last_notice = None
+        self.context_start = min(self.context_start, len(messages) - 1)
+        before = self.prompt_ids(self.visible(messages))
+        budget = prompt_budget(self.cache.max_len, max_new_tokens)
+        if len(before) <= budget:
+            return before
+        lengths = {self.context_start: len(before)}
+
+        def prompt_len(cut: int) -> int:
+            if cut not in lengths:
+                lengths[cut] = len(self.prompt_ids(self.visible(messages, cut)))
+            return lengths[cut]
+
+        points = pair_cut_points([m.role for m in messages], self.context_start)
+        cut = choose_cut(prompt_len, points, budget, self.target_fraction)
+        dropped = sum(1 for i in range(self.context_start, cut) if i not in self.pinned)
+        self.context_start = cut
+        ids = self.prompt_ids(self.visible(messages))
+        self.last_notice = (
+            f"{dropped} older message(s) left the context ({len(ids)} of {budget} tokens)"
+        )
+        if self.context_shift:
+            self._shift_cache(before, ids)
+        return ids
+
+    def _shift_cache(self, before: list[int], after: list[int]) -> None:
+        """Reuse cached K/V across a dropped span: the cache holds (a prefix of) ``before``;
+        ``after`` is the same dialog without the dropped turns. If after = P + K where the cache
+        holds P + D + K' and K starts with K', cut D out of the cache and re-rotate K'.
+        Anything that does not line up is left to generate()'s prefix reuse + recompute."""
+        cache = self.cache
+        p = cache.common_prefix(after)
+        d = len(before) - len(after)  # tokens of the dropped turns, if tokenization is stable
+        if d <= 0 or p + d >= cache.length:
+            return
+        kept = cache.tokens[p + d :]
+        m = 0
+        for a, b in zip(kept, after[p:], strict=False):
+            if a != b:
+                break
+            m += 1
+        if m == 0:
+            return
+        model = self.loaded.model
+        cache.shift(p, p + d, model.rope_cos[d], model.rope_sin[d])
+        cache.truncate(p + m)

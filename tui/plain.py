@@ -43,9 +43,9 @@ def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSes
     return ChatSession(loaded, profile.system_prompt, profile.chat_format)
 
 
-def reply_record(done: Done) -> dict[str, Any]:
+def reply_record(done: Done, session: ChatSession | None = None) -> dict[str, Any]:
     m = done.metrics
-    return {
+    record: dict[str, Any] = {
         "text": done.text,
         "token_ids": done.token_ids,
         "prompt_tokens": m.prompt_tokens,
@@ -57,10 +57,19 @@ def reply_record(done: Done) -> dict[str, Any]:
         "context_used": m.context_used,
         "context_limit": m.context_limit,
         "stop_reason": done.stop_reason,
+        "context_tokens": m.context_used,  # tokens in context after the turn
+        "computed_tokens": m.computed_tokens,  # prompt tokens run through the model this turn
     }
+    if session is not None:
+        record["dropped_messages"] = session.dropped_messages  # messages outside the context
+        if session.last_notice:
+            record["notice"] = session.last_notice
+    return record
 
 
-def stream(events: Iterator[Event], as_json: bool, out: TextIO) -> Done:
+def stream(
+    events: Iterator[Event], as_json: bool, out: TextIO, session: ChatSession | None = None
+) -> Done:
     """Print a reply as it streams (or one JSON object at the end); returns the Done event."""
     for event in events:
         if isinstance(event, TokenEvent) and not as_json:
@@ -68,7 +77,7 @@ def stream(events: Iterator[Event], as_json: bool, out: TextIO) -> Done:
             out.flush()
         elif isinstance(event, Done):
             if as_json:
-                out.write(json.dumps(reply_record(event), ensure_ascii=False) + "\n")
+                out.write(json.dumps(reply_record(event, session), ensure_ascii=False) + "\n")
             else:
                 out.write("\n" if event.stop_reason != "cancelled" else " [stopped]\n")
             out.flush()
@@ -85,7 +94,7 @@ def run_ask(args: argparse.Namespace) -> int:
         events = session.send(prompt, s, n)
     else:
         events = session.complete(prompt, s, n)
-    stream(events, args.json, sys.stdout)
+    stream(events, args.json, sys.stdout, session)
     return 0
 
 
@@ -109,7 +118,7 @@ def run_chat(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGINT, lambda *_, c=cancel: c.set())  # Ctrl-C: stop reply
         try:
             if profile.chat_template:
-                stream(session.send(text, s, n, cancel), args.json, sys.stdout)
+                stream(session.send(text, s, n, cancel), args.json, sys.stdout, session)
             else:
                 stream(session.complete(text, s, n, cancel), args.json, sys.stdout)
         except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive

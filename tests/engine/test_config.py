@@ -388,3 +388,36 @@ def test_max_loaded_models_is_a_positive_integer(tmp_path: Path) -> None:
     path.write_text("max_loaded_models = 0\n")
     with pytest.raises(ConfigError, match="max_loaded_models = 0: must be an integer >= 1"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("typical_p", "0", "in (0, 1] (1 = off)"),
+        ("typical_p", "1.5", "in (0, 1] (1 = off)"),
+        ("presence_penalty", "nan", "finite"),
+        ("frequency_penalty", "inf", "finite"),
+        ("presence_penalty", '"high"', "must be a number"),
+        ("mirostat", "3", "0 (off), 1 (Mirostat) or 2 (Mirostat 2.0)"),
+        ("mirostat", "1.0", "must be an integer"),
+        ("mirostat_tau", "0", "> 0"),
+        ("mirostat_eta", "-0.1", "> 0"),
+    ],
+)
+def test_new_sampling_keys_out_of_range(tmp_path: Path, key: str, value: str, expect: str) -> None:
+    message = load_error(tmp_path, f"[defaults]\n{key} = {value}\n")
+    assert f"defaults.{key} = {value}" in message
+    assert expect in message
+
+
+def test_new_sampling_keys_load_and_override(tmp_path: Path) -> None:
+    text = (
+        "[defaults]\ntypical_p = 0.9\npresence_penalty = -0.5\nfrequency_penalty = 1\n"
+        "mirostat = 2\nmirostat_tau = 3\nmirostat_eta = 0.2\n"
+    )
+    s = load_config(write(tmp_path, text)).defaults.sampling
+    assert (s.typical_p, s.presence_penalty, s.frequency_penalty) == (0.9, -0.5, 1.0)
+    assert (s.mirostat, s.mirostat_tau, s.mirostat_eta) == (2, 3.0, 0.2)
+    assert SamplingSettings().mirostat == 0 and SamplingSettings().typical_p == 1.0
+    with pytest.raises(ConfigError, match=r"^--mirostat 5: must be 0 \(off\)"):
+        resolve_profile(load_config(None), None, {"mirostat": "5"})

@@ -1,0 +1,82 @@
+"""Token-aware trimming: which old turns leave the context when the next prompt would not fit.
+
+The prompt budget is ``context_length - max_new_tokens``. When a prompt exceeds it, whole
+user+assistant pairs are dropped from the oldest end -- never the system prompt, never the
+newest user message, never a pinned message -- down to ``TARGET_FRACTION`` of the budget, so
+the next several turns fit again and reuse the (shifted) KV cache instead of trimming each turn.
+Pure functions: the session supplies exact token counts from its chat formatter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+TARGET_FRACTION = 0.75  # after a trim the prompt takes at most this share of the budget
+
+
+def prompt_budget(context_length: int, max_new_tokens: int) -> int:
+    """Tokens a prompt may take: room is left for a reply, but never more than half the context
+    (a reply longer than that stops with stop_reason "context" instead)."""
+    return context_length - min(max_new_tokens, context_length // 2)
+
+
+def choose_cut(
+    prompt_len: Callable[[int], int],
+    cut_points: Sequence[int],
+    budget: int,
+    target_fraction: float = TARGET_FRACTION,
+) -> int:
+    """Pick a cut point from ``cut_points`` (ascending; the first means "drop nothing").
+
+    ``prompt_len(c)`` is the prompt's token count when the droppable messages before index c
+    are dropped. Nothing is dropped while the prompt fits the budget; otherwise the smallest
+    cut that brings it under ``target_fraction * budget``, else the last (drop all droppable).
+    """
+    if prompt_len(cut_points[0]) <= budget:
+        return cut_points[0]
+    target = int(budget * target_fraction)
+    for c in cut_points[1:]:
+        if prompt_len(c) <= target:
+            return c
+    return cut_points[-1]
+
+
+def pair_cut_points(roles: Sequence[str], keep_first: int) -> list[int]:
+    """Indexes where a cut keeps whole pairs: keep_first, each later user message, and the
+    newest user message (the last index, which is never dropped)."""
+    last = len(roles) - 1
+    points = [keep_first]
+    points += [i for i in range(keep_first + 1, last) if roles[i] == "user"]
+    if last > keep_first:
+        points.append(last)
+    return points
+
+
+def plan_trim(
+    lengths: Sequence[int],
+    budget: int,
+    keep_first: int = 0,
+    pinned: frozenset[int] | set[int] = frozenset(),
+    target_fraction: float = TARGET_FRACTION,
+    roles: Sequence[str] | None = None,
+) -> int:
+    """Cut index for messages whose token lengths are known one by one.
+
+    Messages ``keep_first..cut-1`` that are not pinned leave the context; the first
+    ``keep_first`` (the system prompt, earlier drops) and the last (the newest user message)
+    always stay. With ``roles`` cuts fall only before user messages (whole pairs).
+    """
+    roles = roles if roles is not None else ["user"] * len(lengths)
+    points = pair_cut_points(roles, keep_first)
+
+    def prompt_len(cut: int) -> int:
+        return sum(n for i, n in enumerate(lengths) if not keep_first <= i < cut or i in pinned)
+
+    return choose_cut(prompt_len, points, budget, target_fraction)
+
+
+def kept_indexes(
+    n: int, cut: int, pinned: frozenset[int] | set[int], keep_first: int = 0
+) -> list[int]:
+    """Indexes of the n messages still in context after a cut at ``cut``."""
+    return [i for i in range(n) if not keep_first <= i < cut or i in pinned]

@@ -1,0 +1,193 @@
+"""Trimming old turns to fit the context, and shifting the KV cache instead of recomputing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import SamplingSettings
+from engine.events import Done
+from engine.generate import decode_one_token, prefill
+from engine.history import plan_trim, prompt_budget
+from engine.kv_cache import KVCache
+from engine.loaders import LoadedModel, load_model
+from engine.metrics import GenerationMetrics
+from engine.model import apply_rope
+from engine.session import ChatSession
+
+GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ["system", "user", "assistant", "user", "assistant", "user", "assistant", "user"]
+
+
+def new_cache(m: LoadedModel) -> KVCache:
+    a = m.args
+    return KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length, dtype=m.dtype)
+
+
+def test_nothing_is_dropped_while_the_prompt_fits() -> None:
+    assert plan_trim([10] * 8, 80, keep_first=1, roles=ROLES) == 1
+
+
+def test_whole_pairs_go_oldest_first_down_to_the_target_fraction() -> None:
+    # 8 x 10 = 80 > 70: one pair -> 60 (> 0.75 * 70 = 52), two pairs -> 40
+    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES) == 5
+    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES, target_fraction=0.9) == 3
+
+
+def test_system_and_newest_user_message_are_never_dropped() -> None:
+    lengths = [5, 30, 30, 30, 30, 30, 30, 20]
+    assert plan_trim(lengths, 30, keep_first=1, roles=ROLES) == 7  # all droppable go: 25 left
+
+
+def test_pinned_messages_stay() -> None:
+    lengths = [10] * 8
+    # without the pin two pairs would do (40 <= 52); with message 1 pinned, 50 still fits
+    assert plan_trim(lengths, 70, keep_first=1, roles=ROLES, pinned={1}) == 5
+    # a pinned heavy message forces the cut further
+    heavy = [10, 30, 10, 10, 10, 10, 10, 10]
+    assert plan_trim(heavy, 80, keep_first=1, roles=ROLES, pinned={1}) == 7
+
+
+def test_budget_leaves_room_for_the_reply() -> None:
+    assert prompt_budget(4096, 512) == 3584
+    assert prompt_budget(96, 512) == 48  # never more than half the context for the reply
+
+
+def rotate_forward(cache: KVCache, m: LoadedModel, start: int, n: int, d: int) -> KVCache:
+    """A copy of cache whose positions [start, start+n) sit at start+d.. with keys rotated by +d
+    (engine.model.apply_rope, the model's own convention), and garbage in the gap."""
+    out = new_cache(m)
+    cos, sin = m.model.rope_cos[d : d + 1], m.model.rope_sin[d : d + 1]
+    for layer in range(len(cache.k)):
+        k, v = cache.k[layer], cache.v[layer]
+        out.k[layer][:, :, :start] = k[:, :, :start]
+        out.v[layer][:, :, :start] = v[:, :, :start]
+        out.k[layer][:, :, start : start + d] = torch.randn_like(k[:, :, :d])
+        out.v[layer][:, :, start : start + d] = torch.randn_like(v[:, :, :d])
+        moved = k[:, :, start : start + n].transpose(1, 2)  # [B, n, KV, Dh]
+        rot = apply_rope(moved, cos.expand(n, -1), sin.expand(n, -1)).transpose(1, 2)
+        out.k[layer][:, :, start + d : start + d + n] = rot
+        out.v[layer][:, :, start + d : start + d + n] = v[:, :, start : start + n]
+    out.tokens = cache.tokens[:start] + [0] * d + cache.tokens[start : start + n]
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "default_model"])
+def test_shift_then_decode_equals_a_fresh_prefill(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    m: LoadedModel = request.getfixturevalue(fixture)
+    ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4)
+    prefix, d = 5, 23
+    fresh = new_cache(m)
+    prefill(m.model, fresh, ids[:-1], 0)
+    shifted = rotate_forward(fresh, m, prefix, len(ids) - 1 - prefix, d)
+    shifted.shift(prefix, prefix + d, m.model.rope_cos[d], m.model.rope_sin[d])
+    assert shifted.tokens == fresh.tokens
+    want = decode_one_token(m.model, fresh, ids[-1])
+    got = decode_one_token(m.model, shifted, ids[-1])
+    # measured max |diff| in float32: tiny model 4e-6, default model 2e-5
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_shift_of_a_real_span_matches_fresh_layer_zero_keys(tiny_model: LoadedModel) -> None:
+    """Layer-0 keys depend only on token and position: after cutting a span they equal those
+    of a fresh prefill of the kept tokens (deeper layers still reflect the dropped span)."""
+    m = tiny_model
+    ids = m.tokenizer.encode("one two three four five six seven eight nine ten eleven twelve")
+    prefix, d = 3, 6
+    cache = new_cache(m)
+    prefill(m.model, cache, ids, 0)
+    cache.shift(prefix, prefix + d, m.model.rope_cos[d], m.model.rope_sin[d])
+    kept = ids[:prefix] + ids[prefix + d :]
+    assert cache.tokens == kept
+    fresh = new_cache(m)
+    prefill(m.model, fresh, kept, 0)
+    n = len(kept)
+    torch.testing.assert_close(cache.k[0][:, :, :n], fresh.k[0][:, :, :n], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache.v[0][:, :, :n], fresh.v[0][:, :, :n], rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_context_model(tiny_gguf: Path) -> LoadedModel:
+    return load_model(tiny_gguf, device=torch.device("cpu"), dtype=torch.float32, context_length=96)
+
+
+def turn(s: ChatSession, text: str) -> Done:
+    found = [e for e in s.send(text, GREEDY, 8) if isinstance(e, Done)]
+    assert len(found) == 1
+    return found[0]
+
+
+def chat(s: ChatSession, turns: int) -> tuple[list[GenerationMetrics], list[GenerationMetrics]]:
+    """Run a scripted chat; returns the metrics of turns that trimmed and of those that did not."""
+    trimmed, plain = [], []
+    dropped = 0
+    for i in range(turns):
+        mt = turn(s, f"message number {i} about apples and pears").metrics
+        assert mt.prompt_tokens <= prompt_budget(96, 8)
+        assert s.dropped_messages >= dropped
+        if s.dropped_messages > dropped:
+            assert s.last_notice is not None
+            trimmed.append(mt)
+        elif i > 0:
+            plain.append(mt)
+        dropped = s.dropped_messages
+    return trimmed, plain
+
+
+def test_long_chat_trims_and_keeps_the_cache_warm(small_context_model: LoadedModel) -> None:
+    s = ChatSession(small_context_model, system_prompt="be brief")
+    trimmed, plain = chat(s, 14)
+    assert len(trimmed) >= 2  # several trims, each in chunks
+    assert s.dropped_messages >= 4 and s.dropped_messages % 2 == 0  # whole pairs
+    # the shifted cache supplies the kept turns: a trim turn computes no more than a plain
+    # turn (the new user message and the reply's retokenized tail), well under its prompt
+    normal = max(mt.computed_tokens for mt in plain)
+    for mt in trimmed:
+        assert mt.computed_tokens <= normal + 2, mt
+        assert mt.computed_tokens < 0.6 * mt.prompt_tokens, mt
+
+
+def test_without_shift_a_trim_recomputes_the_kept_turns(small_context_model: LoadedModel) -> None:
+    s = ChatSession(small_context_model, system_prompt="be brief")
+    s.context_shift = False
+    trimmed, plain = chat(s, 8)
+    normal = max(mt.computed_tokens for mt in plain)
+    assert trimmed and all(mt.computed_tokens > normal + 10 for mt in trimmed)
+
+
+def test_pinned_message_survives_trims(small_context_model: LoadedModel) -> None:
+    s = ChatSession(small_context_model)
+    turn(s, "remember: the code is 42")
+    s.pin(0)
+    for i in range(10):
+        turn(s, f"filler turn {i} with some words")
+    assert s.dropped_messages > 0
+    assert s.visible(s.messages)[0].content == "remember: the code is 42"
+
+
+def test_plain_json_reports_context_fields(tiny_gguf: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    args = ["--model", str(tiny_gguf), "--temperature", "0", "--max-new-tokens", "8"]
+    lines = "".join(f"turn {i} says a few more words\n" for i in range(10))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "chat", "--plain", "--json", *args,
+         "--context-length", "64"],
+        cwd=tmp_path, env=env, input=lines, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    turns = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(turns) == 10
+    for t in turns:
+        assert {"context_tokens", "computed_tokens", "dropped_messages"} <= set(t)
+        assert t["computed_tokens"] == t["prompt_tokens"] - t["cached_tokens"]
+    assert turns[-1]["dropped_messages"] > 0
