@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     names = pyfuncitem._fixtureinfo.argnames
     asyncio.run(pyfuncitem.obj(**{n: pyfuncitem.funcargs[n] for n in names}))
     return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conversations saved by tests (and their subprocesses) stay out of the user's data dir."""
+    path = tmp_path_factory.mktemp("data")
+    os.environ["LLAMA_TUI_DATA_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

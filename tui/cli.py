@@ -48,6 +48,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per reply")
 
 
+def _data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where conversations are saved (default: $LLAMA_TUI_DATA_DIR, else the user data dir)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-tui", description="Chat with Llama-family models in the terminal."
@@ -59,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat; --plain for line mode (one stdin line per turn)")
     _common(chat)
     chat.add_argument("--plain", action="store_true", help="line mode for pipes and dumb terminals")
+    chat.add_argument("--no-save", action="store_true", help="--plain: do not save the chat")
+    _data_dir(chat)
+    history = sub.add_parser("history", help="list, show or export saved conversations")
+    hsub = history.add_subparsers(dest="history_command", required=True)
+    _data_dir(hsub.add_parser("list", help="one saved conversation per line, newest first"))
+    show = hsub.add_parser("show", help="print a conversation's messages")
+    show.add_argument("id", type=int)
+    _data_dir(show)
+    export = hsub.add_parser("export", help="print a conversation as Markdown or JSON")
+    export.add_argument("id", type=int)
+    export.add_argument("--format", choices=("md", "json"), default="md")
+    _data_dir(export)
     bench = sub.add_parser("bench", help="measure load, prefill and decode speed vs transformers")
     _common(bench)
     bench.add_argument("--tokens", type=int, default=128, help="tokens to decode")
@@ -94,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args)
         if args.command == "chat":
             return plain.run_chat(args)
+        if args.command == "history":
+            return plain.run_history(args)
         if args.command == "bench":
             from tui import bench
 

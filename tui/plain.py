@@ -7,7 +7,11 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from engine.config import Profile, find_config_path, load_config, resolve_profile
@@ -15,6 +19,10 @@ from engine.errors import UserError
 from engine.events import Done, Event, TokenEvent
 from engine.loaders import load_profile_model
 from engine.session import ChatSession
+from engine.store import ConversationStore, open_store
+
+SAVE_INTERVAL_S = 1.0  # a streaming reply is written to disk at least this often
+TITLE_CHARS = 60
 
 
 def load_profile(args: argparse.Namespace) -> Profile:
@@ -105,6 +113,8 @@ def run_chat(args: argparse.Namespace) -> int:
     if interactive:
         print("one line per turn; Ctrl-D quits, Ctrl-C stops a reply", file=sys.stderr)
     s, n = profile.sampling, profile.max_new_tokens
+    store = None if getattr(args, "no_save", False) else open_store(args.data_dir)
+    conv: int | None = None
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -118,12 +128,77 @@ def run_chat(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGINT, lambda *_, c=cancel: c.set())  # Ctrl-C: stop reply
         try:
             if profile.chat_template:
-                stream(session.send(text, s, n, cancel), args.json, sys.stdout, session)
+                events = session.send(text, s, n, cancel)
             else:
-                stream(session.complete(text, s, n, cancel), args.json, sys.stdout)
+                events = session.complete(text, s, n, cancel)
+            if store is not None:
+                if conv is None:
+                    conv = store.new_conversation(title_of(text), asdict(profile))
+                store.add_message(conv, "user", text)
+                events = saving(events, store, conv)
+            stream(events, args.json, sys.stdout, session if profile.chat_template else None)
         except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
             print(f"llama-tui: error: {exc}", file=sys.stderr)
             if not interactive:
                 return 2
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def title_of(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def saving(
+    events: Iterator[Event], store: ConversationStore, conv: int, interval: float = SAVE_INTERVAL_S
+) -> Iterator[Event]:
+    """Pass events through, saving the reply: created at the first token, rewritten at least
+    every ``interval`` seconds while it streams, and finally with its metrics at Done."""
+    msg: int | None = None
+    parts: list[str] = []
+    last = time.monotonic()
+    for event in events:
+        if isinstance(event, TokenEvent):
+            parts.append(event.text)
+            now = time.monotonic()
+            if msg is None:
+                msg, last = store.add_message(conv, "assistant", "".join(parts)), now
+            elif now - last >= interval:
+                store.update_message(msg, "".join(parts))
+                last = now
+        elif isinstance(event, Done):
+            metrics = reply_record(event)
+            del metrics["text"], metrics["token_ids"]
+            stopped = event.stop_reason == "cancelled"
+            if msg is None:
+                msg = store.add_message(conv, "assistant", event.text)
+            store.update_message(msg, event.text, metrics, stopped)
+        yield event
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """`llama-tui history list | show ID | export ID [--format md|json]`."""
+    data_dir: Path | None = args.data_dir
+    store = open_store(data_dir)
+    out = sys.stdout
+    if args.history_command == "list":
+        for c in store.list_conversations():
+            out.write(
+                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}\n"
+            )
+    elif args.history_command == "show":
+        for m in store.messages(args.id):
+            stopped = " [stopped]" if m["stopped"] else ""
+            out.write(f"{m['role']}: {m['content']}{stopped}\n")
+    elif args.history_command == "export":
+        if args.format == "json":
+            out.write(json.dumps(store.export_json(args.id), ensure_ascii=False, indent=2) + "\n")
+        else:
+            out.write(store.export_markdown(args.id))
+    store.close()
+    return 0

@@ -1,0 +1,125 @@
+"""Saved chats: `chat --plain` writes each turn, `history` reads them back, kill -9 is safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.store import DB_NAME, ConversationStore
+from tests.cli.test_cli import ROOT, assert_one_line_error, run
+
+
+def test_chat_saves_and_history_reads_back(tiny_gguf: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    flags = ["--model", str(tiny_gguf), "--temperature", "0", "--max-new-tokens", "4"]
+    proc = run(
+        ["chat", "--plain", "--json", *flags, "--data-dir", str(data)],
+        tmp_path,
+        stdin="hi there\nhow are you?\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line)["text"] for line in proc.stdout.splitlines()]
+    assert len(replies) == 2
+
+    listed = run(["history", "list", "--data-dir", str(data)], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [line] = listed.stdout.splitlines()
+    conv = line.split("\t")[0]
+    assert conv.isdigit() and "4 msgs" in line and line.endswith("hi there")
+
+    shown = run(["history", "show", conv, "--data-dir", str(data)], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "user: hi there" in shown.stdout and "user: how are you?" in shown.stdout
+
+    exported = run(
+        ["history", "export", conv, "--format", "json", "--data-dir", str(data)], tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr
+    doc = json.loads(exported.stdout)
+    assert [(m["role"], m["content"]) for m in doc["messages"]] == [
+        ("user", "hi there"),
+        ("assistant", replies[0]),
+        ("user", "how are you?"),
+        ("assistant", replies[1]),
+    ]
+    assert doc["messages"][1]["metrics"]["generated_tokens"] >= 1
+    assert doc["messages"][1]["stopped"] is False
+
+    md = run(["history", "export", conv, "--data-dir", str(data)], tmp_path)
+    assert md.returncode == 0 and md.stdout.startswith("# hi there\n")
+    assert "## user\n\nhow are you?\n" in md.stdout
+
+    assert_one_line_error(run(["history", "show", "999", "--data-dir", str(data)], tmp_path), "999")
+
+
+def test_no_save_writes_nothing(tiny_gguf: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    flags = ["--model", str(tiny_gguf), "--max-new-tokens", "2", "--data-dir", str(data)]
+    proc = run(["chat", "--plain", "--no-save", *flags], tmp_path, stdin="hi\n")
+    assert proc.returncode == 0, proc.stderr
+    assert not (data / DB_NAME).exists()
+
+
+def test_corrupt_store_is_one_line_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / DB_NAME).write_bytes(b"garbage" * 1000)
+    assert_one_line_error(run(["history", "list", "--data-dir", str(data)], tmp_path), DB_NAME)
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_the_streamed_reply(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    args = ["chat", "--plain", "--data-dir", str(data), "--max-new-tokens", "400"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", *args, "--temperature", "0.8", "--seed", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    printed = bytearray()
+    first = threading.Event()
+
+    def read(fd: int) -> None:
+        while chunk := os.read(fd, 4096):
+            printed.extend(chunk)
+            first.set()
+
+    reader = threading.Thread(target=read, args=(proc.stdout.fileno(),), daemon=True)
+    reader.start()
+    prompt = "Write a very long story about a dragon who learns to bake bread."
+    proc.stdin.write(prompt.encode() + b"\n")
+    proc.stdin.flush()
+    try:
+        assert first.wait(120), "no reply streamed"
+        time.sleep(1.3)
+        early = bytes(printed)  # what was on screen more than 1 s before the kill
+        time.sleep(1.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    shown = bytes(printed).decode("utf-8", "replace")
+
+    store = ConversationStore(data / DB_NAME)
+    [conv] = store.list_conversations()
+    msgs = store.messages(conv["id"])
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert msgs[0]["content"] == prompt
+    saved = msgs[1]["content"]
+    assert saved and shown.startswith(saved)
+    assert len(saved.encode()) >= len(early), "more than the last second of the reply was lost"

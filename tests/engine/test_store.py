@@ -1,0 +1,115 @@
+"""ConversationStore: WAL on, round trip, incremental reply saves, exports, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.store import DB_NAME, ConversationStore, data_dir
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ConversationStore:
+    return ConversationStore(tmp_path / DB_NAME)
+
+
+def test_wal_mode_on(store: ConversationStore) -> None:
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_round_trip_survives_reopen(store: ConversationStore, tmp_path: Path) -> None:
+    conv = store.new_conversation("greeting", {"model": None, "temperature": 0.0})
+    store.add_message(conv, "user", "hi")
+    store.add_message(conv, "assistant", "hello there", {"generated_tokens": 3})
+    store.close()
+    again = ConversationStore(tmp_path / DB_NAME)
+    [row] = again.list_conversations()
+    assert (row["id"], row["title"], row["message_count"]) == (conv, "greeting", 2)
+    msgs = again.messages(conv)
+    assert [(m["seq"], m["role"], m["content"]) for m in msgs] == [
+        (0, "user", "hi"),
+        (1, "assistant", "hello there"),
+    ]
+    assert json.loads(msgs[1]["metrics_json"]) == {"generated_tokens": 3}
+    assert msgs[0]["metrics_json"] is None
+
+
+def test_incremental_update_visible_to_another_connection(
+    store: ConversationStore, tmp_path: Path
+) -> None:
+    conv = store.new_conversation("t", {})
+    msg = store.add_message(conv, "assistant", "Hel")
+    reader = sqlite3.connect(tmp_path / DB_NAME)
+    assert reader.execute("SELECT content FROM messages WHERE id=?", (msg,)).fetchone() == ("Hel",)
+    store.update_message(msg, "Hello wor")
+    assert reader.execute(
+        "SELECT content, stopped FROM messages WHERE id=?", (msg,)
+    ).fetchone() == (
+        "Hello wor",
+        0,
+    )
+    store.update_message(msg, "Hello world", {"stop_reason": "cancelled"}, stopped=True)
+    [m] = store.messages(conv)
+    assert (m["content"], m["stopped"]) == ("Hello world", 1)
+    assert json.loads(m["metrics_json"]) == {"stop_reason": "cancelled"}
+
+
+def test_exports(store: ConversationStore) -> None:
+    conv = store.new_conversation("Two turns", {"name": "defaults"})
+    store.add_message(conv, "user", "What is 2+2?")
+    a = store.add_message(conv, "assistant", "4")
+    store.update_message(a, "4.", {"generated_tokens": 2}, stopped=True)
+    md = store.export_markdown(conv)
+    assert md.startswith("# Two turns\n")
+    assert "## user\n\nWhat is 2+2?\n" in md
+    assert "## assistant (stopped)\n\n4.\n" in md
+    data = store.export_json(conv)
+    json.dumps(data)  # serialisable as is
+    assert data["title"] == "Two turns" and data["profile"] == {"name": "defaults"}
+    assert [(m["role"], m["content"], m["stopped"]) for m in data["messages"]] == [
+        ("user", "What is 2+2?", False),
+        ("assistant", "4.", True),
+    ]
+    assert data["messages"][1]["metrics"] == {"generated_tokens": 2}
+
+
+def test_rename_and_delete(store: ConversationStore) -> None:
+    a = store.new_conversation("a", {})
+    b = store.new_conversation("b", {})
+    store.add_message(a, "user", "x")
+    store.rename(b, "renamed")
+    store.delete(a)
+    assert [(r["id"], r["title"]) for r in store.list_conversations()] == [(b, "renamed")]
+    assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    with pytest.raises(UserError, match=f"no conversation with id {a}"):
+        store.messages(a)
+
+
+def test_corrupt_file_is_a_one_line_user_error(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(UserError) as info:
+        ConversationStore(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unwritable_dir_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = blocker / "sub" / DB_NAME  # a parent that is a file cannot be created
+    with pytest.raises(UserError, match=re.escape(str(path))):
+        ConversationStore(path)
+
+
+def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_TUI_DATA_DIR", str(tmp_path / "env"))
+    assert data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("LLAMA_TUI_DATA_DIR")
+    assert data_dir(None).name == "llama-tui"
