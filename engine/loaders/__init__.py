@@ -85,27 +85,24 @@ def _load_gguf(
         gguf, device=device, dtype=dtype, native_4bit=native_4bit, progress=progress
     )
     dtype_name = str(dtype).removeprefix("torch.")
+    weights = dtype_name
     if n_4bit:  # activations, norms, embeddings and the KV cache run in float32
         dtype = torch.float32
-    ctx = min(context_length, args.max_seq_len)
-    model.init_rope(ctx, device, freq_factors)
-    return LoadedModel(
-        path=path,
-        model=model,
-        args=args,
-        tokenizer=tokenizer,
-        chat_template=template,
-        device=device,
-        dtype=dtype,
-        context_length=ctx,
+        weights = f"4-bit int4 kernel ({n_4bit} tensors), {dtype_name} head, float32 activations"
+    return _loaded(
+        path,
+        model,
+        args,
+        tokenizer,
+        template,
+        device,
+        dtype,
+        context_length,
+        t0,
+        gguf.metadata,
+        freq_factors=freq_factors,
         packed_4bit=n_4bit,
-        weights=(
-            f"4-bit int4 kernel ({n_4bit} tensors), {dtype_name} head, float32 activations"
-            if n_4bit
-            else dtype_name
-        ),
-        load_s=time.perf_counter() - t0,
-        metadata=gguf.metadata,
+        weights=weights,
     )
 
 
@@ -168,10 +165,32 @@ def _load_folder(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
             f"has {args.vocab_size} rows: it belongs to other weights (check --tokenizer)"
         )
+    return _loaded(
+        folder, model, args, tokenizer, template, device, dtype, context_length, t0, metadata
+    )
+
+
+def _loaded(
+    path: Path,
+    model: Transformer,
+    args: ModelArgs,
+    tokenizer: Tokenizer,
+    template: ChatTemplate | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    context_length: int,
+    t0: float,
+    metadata: dict[str, Any],
+    *,
+    freq_factors: torch.Tensor | None = None,
+    packed_4bit: int = 0,
+    weights: str | None = None,
+) -> LoadedModel:
+    """Rope tables for the context asked for (capped at the trained length), then the record."""
     ctx = min(context_length, args.max_seq_len)
-    model.init_rope(ctx, device)
+    model.init_rope(ctx, device, freq_factors)
     return LoadedModel(
-        path=folder,
+        path=path,
         model=model,
         args=args,
         tokenizer=tokenizer,
@@ -179,8 +198,8 @@ def _load_folder(
         device=device,
         dtype=dtype,
         context_length=ctx,
-        packed_4bit=0,
-        weights=str(dtype).removeprefix("torch."),
+        packed_4bit=packed_4bit,
+        weights=weights or str(dtype).removeprefix("torch."),
         load_s=time.perf_counter() - t0,
         metadata=metadata,
     )

@@ -16,6 +16,7 @@ from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.loaders.dequant import SUPPORTED, dequantize
 from engine.loaders.gguf_file import GGUFFile
+from engine.loaders.state import check_complete, map_name
 from engine.model import Transformer
 from engine.quantized import INT4_TYPES, int4_cpu_supported, int4_linear_from_gguf
 
@@ -42,12 +43,7 @@ Progress = Callable[[int, int], None]  # (tensors done, tensors total)
 
 
 def internal_name(gguf_name: str) -> str | None:
-    if gguf_name in TOP_LEVEL:
-        return TOP_LEVEL[gguf_name]
-    m = _LAYER_NAME.fullmatch(gguf_name)
-    if m and m.group(2) in PER_LAYER:
-        return f"layers.{m.group(1)}.{PER_LAYER[m.group(2)]}.weight"
-    return None
+    return map_name(gguf_name, TOP_LEVEL, _LAYER_NAME, PER_LAYER)
 
 
 def load_gguf_weights(
@@ -107,11 +103,7 @@ def load_gguf_weights(
             state[target] = weight.to(device=device, dtype=torch.float32 if keep_4bit else dtype)
         if progress is not None:
             progress(done, total)
-    missing = sorted(set(expected) - set(state) - {f"{m}.weight" for m in packed})
-    if missing:
-        raise ModelLoadError(
-            f"{src}: missing tensors for {missing[0]} (and {len(missing) - 1} more)"
-        )
+    check_complete(expected, [*state, *(f"{m}.weight" for m in packed)], src)
     for module, linear in packed.items():
         model.set_submodule(module, linear)
     model.load_state_dict(state, assign=True, strict=not packed)

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
-from engine.loaders.state import assign_state
+from engine.loaders.state import assign_state, map_name
 from engine.model import Transformer
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors total)
@@ -44,12 +44,7 @@ IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # 
 
 
 def internal_name(hf_name: str) -> str | None:
-    if hf_name in TOP_LEVEL:
-        return TOP_LEVEL[hf_name]
-    m = _LAYER_NAME.fullmatch(hf_name)
-    if m and m.group(2) in PER_LAYER:
-        return f"layers.{m.group(1)}.{PER_LAYER[m.group(2)]}.weight"
-    return None
+    return map_name(hf_name, TOP_LEVEL, _LAYER_NAME, PER_LAYER)
 
 
 def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:

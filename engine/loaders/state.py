@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
+
 import torch
 
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.model import Transformer
+
+
+def map_name(
+    name: str,
+    top_level: Mapping[str, str],
+    layer_name: re.Pattern[str],
+    per_layer: Mapping[str, str],
+) -> str | None:
+    """A checkpoint's tensor name in our naming, through a loader's two tables (None: unknown).
+
+    ``layer_name`` captures the layer number and the per-layer part of a block's weight name.
+    """
+    if name in top_level:
+        return top_level[name]
+    m = layer_name.fullmatch(name)
+    if m and m.group(2) in per_layer:
+        return f"layers.{m.group(1)}.{per_layer[m.group(2)]}.weight"
+    return None
+
+
+def check_complete(expected: Iterable[str], present: Iterable[str], source: str) -> None:
+    """One line naming the first weight the model needs that the checkpoint lacks."""
+    missing = sorted(set(expected) - set(present))
+    if missing:
+        raise ModelLoadError(
+            f"{source}: missing tensors for {missing[0]} (and {len(missing) - 1} more)"
+        )
 
 
 def assign_state(
@@ -29,11 +59,7 @@ def assign_state(
                 f"{source}: tensor {name} has shape {list(tensor.shape)}, expected "
                 f"{list(expected[name])} from the config; the checkpoint is inconsistent"
             )
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ModelLoadError(
-            f"{source}: missing tensors for {missing[0]} (and {len(missing) - 1} more)"
-        )
+    check_complete(expected, state, source)
     converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(converted, assign=True)
     return model.eval()
