@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from engine.config import Profile, SamplingSettings, weights_key
+from engine.config import WEIGHT_KEYS, Profile, SamplingSettings, weights_key
 from engine.errors import UserError
 from engine.events import Event
 from engine.loaders import LoadedModel, load_profile_model
@@ -68,12 +68,12 @@ ModelKey = tuple[object, ...]
 
 
 def model_key(profile: Profile) -> ModelKey:
-    """What a loaded model depends on, with "auto" device/dtype resolved (so "auto" and the
-    dtype it picks share one cached model); quantization and offload join when they exist."""
-    model, device_name, dtype_name, native_4bit, tokenizer = weights_key(profile)
-    device = resolve_device(device_name)
-    dtype = str(resolve_dtype(dtype_name, device))
-    return (model, str(device), dtype, native_4bit, tokenizer)
+    """What a loaded model depends on (config.WEIGHT_KEYS), with "auto" device and dtype
+    resolved, so "auto" and the dtype it picks share one cached model."""
+    key = dict(zip(WEIGHT_KEYS, weights_key(profile), strict=True))
+    device = resolve_device(profile.device)
+    key.update(device=str(device), dtype=str(resolve_dtype(profile.dtype, device)))
+    return tuple(key.values())
 
 
 class LocalBackend:

@@ -32,6 +32,9 @@ CONFIG_FILE_NAME = "llama-tui.toml"
 DEFAULTS_NAME = "defaults"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 CHAT_FORMATS = ("auto", "template", "llama2", "llama3", "chatml", "raw")  # as engine.chat_format
+QUANTIZATIONS = ("none", "int8", "nf4")  # bitsandbytes Linear8bitLt / Linear4bit
+# Per-block weights that `offload_exclusion` may keep resident on the GPU (Meta's names).
+OFFLOAD_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "attention_norm", "ffn_norm")
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,11 @@ class Profile:
     name: str
     model: str | None = None  # GGUF path; None (TOML: "") = the embedded SmolLM2-135M-Instruct
     tokenizer: str | None = None  # tokenizer file for Meta/HF folders; None = found beside them
-    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" | "auto"
+    device: str = "auto"  # "cpu" | "cuda" | "cuda:N" | "auto" (auto: CUDA when present)
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16" (auto: see placement.py)
+    quantization: str = "none"  # "none" | "int8" | "nf4": bitsandbytes linear layers
+    offload: bool = False  # CUDA: blocks' weights in pinned CPU memory, streamed to the GPU
+    offload_exclusion: tuple[str, ...] = ()  # with offload: block weights kept on the GPU
     context_length: int = 4096  # tokens of context the KV cache holds; >= 16
     max_new_tokens: int = 512  # per reply; >= 1
     system_prompt: str | None = None  # None (TOML: "") = no system message
@@ -96,6 +102,13 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "chat_template": (bool, lambda v: True, ""),
     "chat_format": (str, lambda v: v in CHAT_FORMATS, "one of " + ", ".join(CHAT_FORMATS)),
     "native_4bit": (bool, lambda v: True, ""),
+    "quantization": (str, lambda v: v in QUANTIZATIONS, "one of " + ", ".join(QUANTIZATIONS)),
+    "offload": (bool, lambda v: True, ""),
+    "offload_exclusion": (
+        tuple,
+        lambda v: all(n in OFFLOAD_NAMES for n in v),
+        "names from " + ", ".join(OFFLOAD_NAMES),
+    ),
     "theme": (str, lambda v: v != "", "a non-empty theme name"),
     "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
@@ -111,7 +124,13 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "mirostat_eta": (float, lambda v: v > 0, "> 0"),
     "seed": (int, lambda v: -1 <= v < 2**64, "-1 (random) or in [0, 2**64)"),
 }
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    tuple: "an array of strings",
+}
 _VALUE_NAMES = {**_TYPE_NAMES, bool: "a boolean", dict: "a table", list: "an array"}
 
 
@@ -124,6 +143,13 @@ def _check(key: str, value: Any) -> Any:
     kind, ok, must = _RULES[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is tuple and isinstance(value, list | tuple):
+        if not all(isinstance(v, str) for v in value):
+            raise _Invalid("must be an array of strings")
+        unknown = [v for v in value if v not in OFFLOAD_NAMES]
+        if unknown:
+            raise _Invalid(f"unknown name {unknown[0]!r}; {_unknown(unknown[0], OFFLOAD_NAMES)}")
+        value = tuple(dict.fromkeys(value))  # in order, without repeats
     if type(value) is not kind:  # exact: a bool is not an int, an int is not a bool
         raise _Invalid(f"must be {_TYPE_NAMES[kind]}, not {_type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -143,6 +169,8 @@ def _parse_flag(key: str, text: str) -> Any:
             return float(text)
     except ValueError:
         raise _Invalid(f"must be {_TYPE_NAMES[kind]}") from None
+    if kind is tuple:  # --offload-exclusion w1,w2,w3
+        return [part.strip() for part in text.split(",") if part.strip()]
     if kind is bool:
         word = text.strip().lower()
         if word not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
@@ -160,6 +188,8 @@ def _toml_repr(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
     return str(value)
 
 
@@ -184,20 +214,34 @@ def _normalize(key: str, value: Any, base: Path | None) -> Any:
 
 def _from_flat(name: str, flat: Mapping[str, Any]) -> Profile:
     sampling = SamplingSettings(**{k: flat[k] for k in _SAMPLING_KEYS})
-    return Profile(name=name, sampling=sampling, **{k: flat[k] for k in _PROFILE_KEYS})
+    keys: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+    return Profile(name=name, sampling=sampling, **{k: keys[k] for k in _PROFILE_KEYS})
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
     """Flat view for display and JSON: name, then every key in `KEYS` order."""
     flat: dict[str, Any] = {"name": profile.name}
     flat.update({k: getattr(profile, k) for k in _PROFILE_KEYS})
+    flat["offload_exclusion"] = list(profile.offload_exclusion)  # JSON has no tuples
     flat.update({k: getattr(profile.sampling, k) for k in _SAMPLING_KEYS})
     return flat
 
 
-def weights_key(profile: Profile) -> tuple[str | None, str, str, bool, str | None]:
-    """What the loaded weights depend on; a change here means reloading the model."""
-    return (profile.model, profile.device, profile.dtype, profile.native_4bit, profile.tokenizer)
+WEIGHT_KEYS = (
+    "model",
+    "tokenizer",
+    "device",
+    "dtype",
+    "native_4bit",
+    "quantization",
+    "offload",
+    "offload_exclusion",
+)
+
+
+def weights_key(profile: Profile) -> tuple[Any, ...]:
+    """What the loaded weights depend on (WEIGHT_KEYS); a change here means reloading."""
+    return tuple(getattr(profile, k) for k in WEIGHT_KEYS)
 
 
 def sampling_changed_only(a: Profile, b: Profile) -> bool:

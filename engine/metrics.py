@@ -20,6 +20,14 @@ class GenerationMetrics:
     decode_s: float = 0.0  # time for the tokens after the first
     context_used: int = 0  # tokens in the KV cache after the reply
     context_limit: int = 0
+    offload_bytes_per_token: float = 0.0  # offload: weight bytes copied to the GPU per decode step
+    offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
+
+    @property
+    def offload_gb_s(self) -> float:
+        """Host->GPU copy rate during decode (GB/s), 0 without offload."""
+        moved = self.offload_bytes_per_token * self.decode_steps
+        return moved / self.decode_s / 1e9 if self.decode_s > 0 else 0.0
 
     @property
     def computed_tokens(self) -> int:
@@ -37,6 +45,8 @@ class GenerationMetrics:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(prefill_tok_s=self.prefill_tok_s, decode_tok_s=self.decode_tok_s)
+        if self.offload_bytes_per_token:
+            d["offload_gb_s"] = self.offload_gb_s
         return d
 
 

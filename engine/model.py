@@ -8,6 +8,7 @@ feed_forward.w1/w2/w3, norm, output). Rotary embeddings rotate interleaved pairs
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,15 @@ from engine.args import ModelArgs
 from engine.kv_cache import KVCache
 
 Device = torch.device | str | None
+
+
+class Streamer(Protocol):
+    """Offload (engine/offload.py): makes block i's weights present before it runs."""
+
+    bytes_copied: int  # host->device weight bytes since load
+    wait_s: float  # time spent waiting for those copies
+
+    def fetch(self, layer: int) -> None: ...
 
 
 def make_linear(in_features: int, out_features: int, device: Device = None) -> nn.Module:
@@ -159,6 +169,7 @@ class Transformer(nn.Module):
         )
         self.rope_cos = torch.empty(0)
         self.rope_sin = torch.empty(0)
+        self.streamer: Streamer | None = None  # set when blocks' weights are offloaded
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None
@@ -189,7 +200,9 @@ class Transformer(nn.Module):
                 q_pos = q_pos - start
             mask = k_pos[None, :] <= q_pos[:, None]  # [T, S] True = may attend
         h = self.tok_embeddings(tokens)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if self.streamer is not None:
+                self.streamer.fetch(i)
             h = layer(h, cos, sin, mask, cache, start)
         if last_only:
             h = h[:, -1:]

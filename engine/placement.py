@@ -1,10 +1,22 @@
-"""Device and dtype choices, validated with one-line errors."""
+"""Where the weights live: device, dtype, bitsandbytes layers, CPU->GPU offload.
+
+``Placement`` is the validated choice; a ``Placer`` applies it while a loader materialises the
+weights, one tensor at a time, straight into its final place and form (so loading never holds
+two full copies of the model).
+"""
 
 from __future__ import annotations
 
-import torch
+import re
+from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from engine.args import ModelArgs
+from engine.config import OFFLOAD_NAMES, QUANTIZATIONS
 from engine.errors import UserError
+from engine.model import Transformer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,3 +61,90 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"dtype {name!r} is not one of {', '.join(DTYPES)}, auto")
     return DTYPES[name]
+
+
+_PROJECTION = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight")
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device  # where the model computes
+    dtype: torch.dtype  # weights (unless quantized) and activations
+    quantization: str = "none"  # "none" | "int8" | "nf4": block projections on bitsandbytes
+    offload: bool = False  # block weights in pinned host memory, streamed to `device`
+    offload_exclusion: frozenset[str] = frozenset()  # block weights that stay on `device`
+    native_4bit: bool = False  # GGUF Q4_0/Q4_1 on the CPU int4 kernel (bfloat16, CPU, no bnb)
+
+    def describe(self) -> str:
+        """For the user: "float16", "float16, nf4", "float16, offload (except w1, w2)"."""
+        parts = [str(self.dtype).removeprefix("torch.")]
+        if self.quantization != "none":
+            parts.append(self.quantization)
+        if self.offload:
+            kept = sorted(self.offload_exclusion)
+            parts.append("offload" + (f" (except {', '.join(kept)})" if kept else ""))
+        return ", ".join(parts)
+
+
+def resolve_placement(
+    device: str,
+    dtype: str,
+    quantization: str = "none",
+    offload: bool = False,
+    offload_exclusion: tuple[str, ...] = (),
+    native_4bit: bool = False,
+) -> Placement:
+    """A profile's settings checked against this machine; every mistake is one line."""
+    dev = resolve_device(device)
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if offload and dev.type != "cuda":
+        why = "this machine has no CUDA GPU" if not torch.cuda.is_available() else "device is cpu"
+        raise UserError(
+            "offload = true streams weights from CPU memory to a CUDA GPU, but "
+            f'{why}: set offload = false (or device = "cuda")'
+        )
+    if quantization != "none":
+        from engine.bnb_linear import require_bitsandbytes
+
+        require_bitsandbytes(quantization)
+    return Placement(
+        device=dev,
+        dtype=resolve_dtype(dtype, dev),
+        quantization=quantization,
+        offload=offload,
+        offload_exclusion=frozenset(offload_exclusion),
+        native_4bit=native_4bit and quantization == "none" and not offload,
+    )
+
+
+class Placer:
+    """Applies a Placement to one model's weights as a loader produces them."""
+
+    def __init__(self, placement: Placement, args: ModelArgs) -> None:
+        from engine.offload import OffloadStore
+
+        self.placement = placement
+        self.store = (
+            OffloadStore(args, placement.offload_exclusion, placement.device, placement.dtype)
+            if placement.offload and not placement.offload_exclusion >= set(OFFLOAD_NAMES)
+            else None
+        )
+
+    def put(self, name: str, weight: torch.Tensor) -> torch.Tensor | nn.Module:
+        """A tensor in its final place and dtype, or a bitsandbytes layer for a projection."""
+        p = self.placement
+        if self.store is not None and self.store.offloaded(name):
+            return self.store.put(name, weight)
+        if p.quantization != "none" and _PROJECTION.fullmatch(name):
+            from engine.bnb_linear import bnb_linear
+
+            return bnb_linear(weight, p.quantization, p.device, p.dtype)
+        return weight.to(device=p.device, dtype=p.dtype)
+
+    def finish(self, model: Transformer) -> None:
+        """Start streaming offloaded blocks (the model calls the streamer before each block)."""
+        if self.store is not None:
+            from engine.offload import BlockStreamer
+
+            model.streamer = BlockStreamer(self.store)

@@ -14,6 +14,7 @@ import torch
 from engine.default_model import default_model_path
 from engine.loaders import LoadedModel, load_model
 from engine.loaders.gguf_file import GGUFFile
+from engine.placement import Placement
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 from tests.gguf_writer import write_tiny_gguf
 
@@ -46,7 +47,7 @@ def default_path() -> Path:
 @pytest.fixture(scope="session")
 def default_model(default_path: Path) -> LoadedModel:
     """The embedded SmolLM2-135M-Instruct in float32 (shared: tests must not keep cache state)."""
-    return load_model(default_path, device=CPU, dtype=torch.float32, context_length=2048)
+    return load_model(default_path, placement=Placement(CPU, torch.float32), context_length=2048)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_gguf: Path) -> LoadedModel:
-    return load_model(tiny_gguf, device=CPU, dtype=torch.float32, context_length=256)
+    return load_model(tiny_gguf, placement=Placement(CPU, torch.float32), context_length=256)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", dest="system_prompt", help="system prompt")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument(
+        "--quantization",
+        help="none | int8 | nf4: bitsandbytes layers for the block projections "
+        "(pip install 'llama-tui[bnb]')",
+    )
+    p.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CUDA: keep the blocks' weights in CPU memory and stream them to the GPU",
+    )
+    p.add_argument(
+        "--offload-exclusion",
+        metavar="W1,W2",
+        help="with --offload: block weights kept on the GPU (wq wk wv wo w1 w2 w3 "
+        "attention_norm ffn_norm), comma-separated",
+    )
     p.add_argument("--context-length", type=int, help="tokens the KV cache holds")
     p.add_argument(
         "--native-4bit",
@@ -85,11 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--no-peers", action="store_true", help="skip the transformers run")
     bench.add_argument("--threads", type=int, help="torch threads for both engines")
+    bench.add_argument(
+        "--shape",
+        help="placement table on a random-weight model of these Llama dimensions "
+        "(7b, 13b, 1b, tiny) instead of the speed comparison",
+    )
+    bench.add_argument(
+        "--modes",
+        help="with --shape: comma-separated modes (gpu, int8, nf4, off_all, off_ff, off_att, "
+        "off_att_int8, cpu, cpu_bf16, cpu_int8, cpu_nf4); default: all for this machine",
+    )
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape")
     return parser
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "device", "dtype", "context_length", "native_4bit", "max_new_tokens")
+    keys += ("quantization", "offload", "offload_exclusion")
     keys += ("system_prompt", "tokenizer", "chat_format")
     out: dict[str, Any] = {k: getattr(args, k) for k in keys + SAMPLING_FLAGS}
     if args.raw:
@@ -116,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return plain.run_chat(args)
         if args.command == "history":
             return plain.run_history(args)
+        if args.command == "bench" and args.shape:
+            from tui.bench_placement import run_placement_bench
+
+            return run_placement_bench(args)
         if args.command == "bench":
             from tui import bench
 

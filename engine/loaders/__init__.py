@@ -20,7 +20,7 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.hf import chat_template_text, load_hf_weights, special_tokens
 from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
-from engine.placement import resolve_device, resolve_dtype
+from engine.placement import Placement, resolve_placement
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
 Progress = Callable[[int, int], None]
@@ -37,6 +37,7 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int  # positions the rope tables (and KV caches) cover
     packed_4bit: int  # projection matrices kept 4-bit on the int4 kernel (0 = none)
+    placement: Placement  # device, dtype, quantization and offload as asked for
     weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
@@ -45,14 +46,13 @@ class LoadedModel:
 def load_model(
     path: Path,
     *,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     context_length: int,
-    native_4bit: bool = False,
     progress: Progress | None = None,
     tokenizer: Path | None = None,
 ) -> LoadedModel:
-    """A GGUF file, a Meta checkpoint folder or a Hugging Face folder, told apart by content.
+    """A GGUF file, a Meta checkpoint folder or a Hugging Face folder, told apart by content,
+    with its weights placed as ``placement`` says (device, dtype, quantization, offload).
 
     ``tokenizer`` overrides where a folder's tokenizer is read from (GGUF files carry theirs).
     """
@@ -60,49 +60,43 @@ def load_model(
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (check --model or `model =`)")
     if path.is_dir():
-        return _load_folder(path, device, dtype, context_length, progress, tokenizer)
+        return _load_folder(path, placement, context_length, progress, tokenizer)
     if not is_gguf(path):
         raise ModelLoadError(
             f"{path} is not a GGUF file (no GGUF magic bytes); llama-tui loads .gguf files, "
             "Meta checkpoint folders (params.json) and Hugging Face folders (config.json)"
         )
-    return _load_gguf(path, device, dtype, context_length, native_4bit, progress)
+    return _load_gguf(path, placement, context_length, progress)
 
 
 def _load_gguf(
-    path: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    context_length: int,
-    native_4bit: bool,
-    progress: Progress | None,
+    path: Path, placement: Placement, context_length: int, progress: Progress | None
 ) -> LoadedModel:
     t0 = time.perf_counter()
     gguf = GGUFFile(path)
     tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
     model, args, freq_factors, n_4bit = load_gguf_weights(
-        gguf, device=device, dtype=dtype, native_4bit=native_4bit, progress=progress
+        gguf, placement=placement, progress=progress
     )
-    dtype_name = str(dtype).removeprefix("torch.")
-    weights = dtype_name
+    dtype, weights = placement.dtype, placement.describe()
     if n_4bit:  # activations, norms, embeddings and the KV cache run in float32
+        weights = f"4-bit int4 kernel ({n_4bit} tensors), {weights} head, float32 activations"
         dtype = torch.float32
-        weights = f"4-bit int4 kernel ({n_4bit} tensors), {dtype_name} head, float32 activations"
     return _loaded(
         path,
         model,
         args,
         tokenizer,
         template,
-        device,
-        dtype,
+        placement,
         context_length,
         t0,
         gguf.metadata,
         freq_factors=freq_factors,
         packed_4bit=n_4bit,
         weights=weights,
+        dtype=dtype,
     )
 
 
@@ -127,8 +121,7 @@ def find_tokenizer(folder: Path, explicit: Path | None) -> Path:
 
 def _load_folder(
     folder: Path,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     context_length: int,
     progress: Progress | None,
     tokenizer_path: Path | None,
@@ -139,11 +132,11 @@ def _load_folder(
     template: ChatTemplate | None = None
     if (folder / "params.json").is_file():
         tokenizer = load_tokenizer(find_tokenizer(folder, tokenizer_path))
-        model, args = load_meta_weights(folder, device=device, dtype=dtype, progress=progress)
+        model, args = load_meta_weights(folder, placement=placement, progress=progress)
         metadata: dict[str, Any] = {"format": "meta"}
     elif (folder / "config.json").is_file():
         tokenizer = load_tokenizer(find_tokenizer(folder, tokenizer_path))
-        model, args = load_hf_weights(folder, device=device, dtype=dtype, progress=progress)
+        model, args = load_hf_weights(folder, placement=placement, progress=progress)
         text = chat_template_text(folder)
         if text is not None:
             template = ChatTemplate(
@@ -166,7 +159,7 @@ def _load_folder(
             f"has {args.vocab_size} rows: it belongs to other weights (check --tokenizer)"
         )
     return _loaded(
-        folder, model, args, tokenizer, template, device, dtype, context_length, t0, metadata
+        folder, model, args, tokenizer, template, placement, context_length, t0, metadata
     )
 
 
@@ -176,8 +169,7 @@ def _loaded(
     args: ModelArgs,
     tokenizer: Tokenizer,
     template: ChatTemplate | None,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     context_length: int,
     t0: float,
     metadata: dict[str, Any],
@@ -185,9 +177,11 @@ def _loaded(
     freq_factors: torch.Tensor | None = None,
     packed_4bit: int = 0,
     weights: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     """Rope tables for the context asked for (capped at the trained length), then the record."""
     ctx = min(context_length, args.max_seq_len)
+    device = placement.device
     model.init_rope(ctx, device, freq_factors)
     return LoadedModel(
         path=path,
@@ -196,10 +190,11 @@ def _loaded(
         tokenizer=tokenizer,
         chat_template=template,
         device=device,
-        dtype=dtype,
+        dtype=dtype or placement.dtype,
         context_length=ctx,
         packed_4bit=packed_4bit,
-        weights=weights or str(dtype).removeprefix("torch."),
+        weights=weights or placement.describe(),
+        placement=placement,
         load_s=time.perf_counter() - t0,
         metadata=metadata,
     )
@@ -207,13 +202,18 @@ def _loaded(
 
 def load_profile_model(profile: Profile, progress: Progress | None = None) -> LoadedModel:
     """The model a profile names (the embedded default when none), on its device and dtype."""
-    device = resolve_device(profile.device)
+    placement = resolve_placement(
+        profile.device,
+        profile.dtype,
+        profile.quantization,
+        profile.offload,
+        profile.offload_exclusion,
+        profile.native_4bit,
+    )
     return load_model(
         Path(profile.model) if profile.model else default_model_path(),
-        device=device,
-        dtype=resolve_dtype(profile.dtype, device),
+        placement=placement,
         context_length=profile.context_length,
-        native_4bit=profile.native_4bit,
         progress=progress,
         tokenizer=Path(profile.tokenizer) if profile.tokenizer else None,
     )

@@ -16,8 +16,9 @@ from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.loaders.dequant import SUPPORTED, dequantize
 from engine.loaders.gguf_file import GGUFFile
-from engine.loaders.state import check_complete, map_name
+from engine.loaders.state import check_complete, install, map_name
 from engine.model import Transformer
+from engine.placement import Placement, Placer
 from engine.quantized import INT4_TYPES, int4_cpu_supported, int4_linear_from_gguf
 
 TOP_LEVEL = {
@@ -49,21 +50,21 @@ def internal_name(gguf_name: str) -> str | None:
 def load_gguf_weights(
     gguf: GGUFFile,
     *,
-    device: torch.device,
-    dtype: torch.dtype,
-    native_4bit: bool = False,
+    placement: Placement,
     progress: Progress | None = None,
 ) -> tuple[Transformer, ModelArgs, torch.Tensor | None, int]:
-    """Build the model on the meta device and assign each dequantized tensor in place, once.
+    """Build the model on the meta device and place each dequantized tensor, once.
 
-    With ``native_4bit`` (bfloat16 on CPU only), Q4_0/Q4_1 projection weights stay 4-bit and
-    run on torch's int4 kernel (engine/quantized.py). Returns the model, its args, Llama 3.1
-    rope frequency factors (if the file has them) and how many tensors were kept 4-bit.
+    With ``placement.native_4bit`` (bfloat16 on CPU only), Q4_0/Q4_1 projection weights stay
+    4-bit and run on torch's int4 kernel (engine/quantized.py). Returns the model, its args,
+    Llama 3.1 rope frequency factors (if the file has them) and how many tensors were kept
+    4-bit.
     """
+    p = placement
     keep_4bit = (
-        native_4bit
-        and dtype == torch.bfloat16
-        and device.type == "cpu"
+        p.native_4bit
+        and p.dtype == torch.bfloat16
+        and p.device.type == "cpu"
         and int4_cpu_supported()
         and any(i.ggml_type in INT4_TYPES for n, i in gguf.tensors.items() if n.startswith("blk."))
     )
@@ -73,8 +74,8 @@ def load_gguf_weights(
     )
     model = Transformer(args, device="meta")
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    state: dict[str, torch.Tensor] = {}
-    packed: dict[str, torch.nn.Module] = {}  # module name -> Int4Linear
+    placer = Placer(placement, args)
+    placed: dict[str, torch.Tensor | torch.nn.Module] = {}
     total = len(gguf.tensors)
     for done, (name, info) in enumerate(gguf.tensors.items(), 1):
         if name in IGNORED:
@@ -93,29 +94,31 @@ def load_gguf_weights(
                 f"{src}: tensor {name} has shape {list(info.shape)}, expected "
                 f"{list(expected[target])} from the metadata; the file is inconsistent"
             )
-        module = target.removesuffix(".weight")
-        if keep_4bit and info.ggml_type in INT4_TYPES and module.startswith("layers."):
-            packed[module] = int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
-        else:
-            weight = dequantize(gguf.raw(name), info.ggml_type, info.shape)
+        if keep_4bit and info.ggml_type in INT4_TYPES and target.startswith("layers."):
+            placed[target] = int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+        elif keep_4bit:
             # with 4-bit projections the small rest (norms, embeddings) stays float32, and so
             # does the residual stream: only the big matmuls run in bfloat16
-            state[target] = weight.to(device=device, dtype=torch.float32 if keep_4bit else dtype)
+            placed[target] = dequantize(gguf.raw(name), info.ggml_type, info.shape).float()
+        else:
+            placed[target] = placer.put(
+                target, dequantize(gguf.raw(name), info.ggml_type, info.shape)
+            )
         if progress is not None:
             progress(done, total)
-    check_complete(expected, [*state, *(f"{m}.weight" for m in packed)], src)
-    for module, linear in packed.items():
-        model.set_submodule(module, linear)
-    model.load_state_dict(state, assign=True, strict=not packed)
-    if packed:  # the output head reads V x D per token: a bfloat16 copy halves that
-        head = state.get("output.weight", state["tok_embeddings.weight"])
+    check_complete(expected, placed, src)
+    model = install(model, placed, placer)
+    n_4bit = sum(isinstance(v, torch.nn.Module) for v in placed.values()) if keep_4bit else 0
+    if n_4bit:  # the output head reads V x D per token: a bfloat16 copy halves that
+        head = placed.get("output.weight", placed["tok_embeddings.weight"])
+        assert isinstance(head, torch.Tensor)
         model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
         model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
     freq_factors = None
     if "rope_freqs.weight" in gguf.tensors:
         info = gguf.tensors["rope_freqs.weight"]
         freq_factors = dequantize(gguf.raw("rope_freqs.weight"), info.ggml_type, info.shape)
-    return model.eval(), args, freq_factors, len(packed)
+    return model, args, freq_factors, n_4bit
 
 
 def is_gguf(path: Path) -> bool:

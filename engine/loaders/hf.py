@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.loaders.state import assign_state, map_name
 from engine.model import Transformer
+from engine.placement import Placement
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors total)
 
@@ -94,16 +95,23 @@ def weight_files(folder: Path) -> dict[str, Path]:
 def load_hf_weights(
     folder: Path,
     *,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     progress: Progress | None = None,
 ) -> tuple[Transformer, ModelArgs]:
     args = ModelArgs.from_hf_config(_read_json(folder / "config.json"), source="config.json")
     files = weight_files(folder)
+    src = next(iter(files.values())).name if files else folder.name
+    named = _read_tensors(args, files, progress)
+    return assign_state(args, named, placement=placement, source=src), args
+
+
+def _read_tensors(
+    args: ModelArgs, files: dict[str, Path], progress: Progress | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, tensor) one at a time, shard by shard, q/k rows back in Meta's layout."""
     by_file: dict[Path, list[str]] = {}
     for name, path in files.items():
         by_file.setdefault(path, []).append(name)
-    state: dict[str, torch.Tensor] = {}
     done, total = 0, len(files)
     for path, names in sorted(by_file.items()):
         try:
@@ -127,16 +135,13 @@ def load_hf_weights(
                         tensor = unpermute_rope(tensor, args.n_heads)
                     elif target.endswith("attention.wk.weight"):
                         tensor = unpermute_rope(tensor, args.n_kv_heads)
-                    state[target] = tensor.to(device=device, dtype=dtype)
+                    yield target, tensor
                     if progress is not None:
                         progress(done, total)
         except SafetensorError as exc:
             raise ModelLoadError(
                 f"{path.name} is not a readable safetensors file ({exc})"
             ) from None
-    src = next(iter(by_file)).name if by_file else folder.name
-    model = assign_state(args, state, device=device, dtype=dtype, source=src)
-    return model, args
 
 
 def chat_template_text(folder: Path) -> str | None:

@@ -19,6 +19,7 @@ from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.loaders.state import assign_state
 from engine.model import Transformer
+from engine.placement import Placement
 
 Progress = Callable[[int, int], None]  # (shards done, shards total)
 
@@ -107,8 +108,7 @@ def merge_shards(
 def load_meta_weights(
     folder: Path,
     *,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     vocab_size_hint: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[Transformer, ModelArgs]:
@@ -132,5 +132,6 @@ def load_meta_weights(
     hint = int(emb.shape[0]) if emb is not None else vocab_size_hint  # the tensor decides
     args = ModelArgs.from_params_json(params, vocab_size_hint=hint, source=params_path.name)
     src = files[0].name if len(files) == 1 else f"{files[0].name}..{files[-1].name}"
-    model = assign_state(args, state, device=device, dtype=dtype, source=src)
+    named = ((name, state.pop(name)) for name in list(state))
+    model = assign_state(args, named, placement=placement, source=src)
     return model, args

@@ -6,10 +6,12 @@ import re
 from collections.abc import Iterable, Mapping
 
 import torch
+from torch import nn
 
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.model import Transformer
+from engine.placement import Placement, Placer
 
 
 def map_name(
@@ -41,17 +43,18 @@ def check_complete(expected: Iterable[str], present: Iterable[str], source: str)
 
 def assign_state(
     args: ModelArgs,
-    state: dict[str, torch.Tensor],
+    named: Iterable[tuple[str, torch.Tensor]],
     *,
-    device: torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     source: str,
 ) -> Transformer:
-    """Build the skeleton on meta, check names and shapes, assign the tensors (no copy if
-    dtype and device already match, so mmap'd checkpoints stay mapped)."""
+    """Build the skeleton on meta, then check and place each tensor as it is read, so the
+    checkpoint's copy of one tensor is released once its placed copy exists."""
     model = Transformer(args, device="meta")
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    for name, tensor in state.items():
+    placer = Placer(placement, args)
+    placed: dict[str, torch.Tensor | nn.Module] = {}
+    for name, tensor in named:
         if name not in expected:
             raise ModelLoadError(f"{source}: unexpected tensor {name}; is this a Llama model?")
         if tuple(tensor.shape) != expected[name]:
@@ -59,7 +62,20 @@ def assign_state(
                 f"{source}: tensor {name} has shape {list(tensor.shape)}, expected "
                 f"{list(expected[name])} from the config; the checkpoint is inconsistent"
             )
-    check_complete(expected, state, source)
-    converted = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(converted, assign=True)
+        placed[name] = placer.put(name, tensor)
+    check_complete(expected, placed, source)
+    return install(model, placed, placer)
+
+
+def install(
+    model: Transformer, placed: Mapping[str, torch.Tensor | nn.Module], placer: Placer
+) -> Transformer:
+    """Assign placed tensors, swap in placed layers (bitsandbytes, int4) by their names, and
+    start the offload streamer if the placement has one."""
+    tensors = {n: v for n, v in placed.items() if isinstance(v, torch.Tensor)}
+    for name, value in placed.items():
+        if isinstance(value, nn.Module):
+            model.set_submodule(name.removesuffix(".weight"), value)
+    model.load_state_dict(tensors, assign=True, strict=len(tensors) == len(placed))
+    placer.finish(model)
     return model.eval()

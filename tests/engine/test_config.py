@@ -49,7 +49,7 @@ def test_no_file_gives_builtin_defaults() -> None:
     profile = resolve_profile(config, None, {})
     assert profile == Profile(name="defaults")
     assert profile.sampling == SamplingSettings()
-    assert (profile.model, profile.device, profile.dtype) == (None, "cpu", "auto")
+    assert (profile.model, profile.device, profile.dtype) == (None, "auto", "auto")
 
 
 def test_empty_file_loads_builtin_defaults(tmp_path: Path) -> None:
@@ -360,8 +360,9 @@ def test_sampling_changed_only_and_weights_key(tmp_path: Path) -> None:
     a, b, c, d = (config.profiles[n] for n in "abcd")
     assert sampling_changed_only(a, b) and sampling_changed_only(a, a)
     assert not sampling_changed_only(a, c) and not sampling_changed_only(a, d)
-    assert weights_key(a) == weights_key(b) == weights_key(d) == (None, "cpu", "auto", True, None)
-    assert weights_key(c) == (None, "cpu", "bfloat16", True, None)
+    base = (None, None, "auto", "auto", True, "none", False, ())
+    assert weights_key(a) == weights_key(b) == weights_key(d) == base
+    assert weights_key(c) == (None, None, "auto", "bfloat16", True, "none", False, ())
 
 
 # --- the repository's example ---------------------------------------------------------

@@ -29,6 +29,7 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.hf import load_hf_weights, unpermute_rope
 from engine.loaders.meta import SPLIT_DIM, load_meta_weights
 from engine.model import Transformer
+from engine.placement import Placement
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -205,14 +206,14 @@ def write_gguf(path: Path, state: dict[str, torch.Tensor], qtype: GGMLQuantizati
 
 def test_meta_single_shard(models_dir: Path, state: Any, reference: torch.Tensor) -> None:
     folder = write_meta(models_dir / "meta1", [state])
-    model, args = load_meta_weights(folder, device=CPU, dtype=F32)
+    model, args = load_meta_weights(folder, placement=Placement(CPU, F32))
     assert args.ffn_dim == 192 and not args.tie_embeddings
     assert (logits_of(model) - reference).abs().max().item() <= EXACT
 
 
 def test_meta_two_shards(models_dir: Path, state: Any, reference: torch.Tensor) -> None:
     folder = write_meta(models_dir / "meta2", split_like_model_parallel(state, 2))
-    model, _ = load_meta_weights(folder, device=CPU, dtype=F32)
+    model, _ = load_meta_weights(folder, placement=Placement(CPU, F32))
     assert (logits_of(model) - reference).abs().max().item() <= EXACT
 
 
@@ -221,13 +222,13 @@ def test_meta_shards_in_numeric_order(models_dir: Path, state: Any, reference: A
     folder = write_meta(models_dir / "meta-order", split_like_model_parallel(state, 2))
     (folder / "consolidated.00.pth").rename(folder / "consolidated.2.pth")
     (folder / "consolidated.01.pth").rename(folder / "consolidated.10.pth")
-    model, _ = load_meta_weights(folder, device=CPU, dtype=F32)
+    model, _ = load_meta_weights(folder, placement=Placement(CPU, F32))
     assert (logits_of(model) - reference).abs().max().item() <= EXACT
 
 
 def test_meta_bfloat16(models_dir: Path, state: Any, reference: torch.Tensor) -> None:
     folder = write_meta(models_dir / "meta1bf", [state])
-    model, _ = load_meta_weights(folder, device=CPU, dtype=torch.bfloat16)
+    model, _ = load_meta_weights(folder, placement=Placement(CPU, torch.bfloat16))
     assert model.tok_embeddings.weight.dtype == torch.bfloat16
     assert (logits_of(model) - reference).abs().max().item() < 0.05
 
@@ -242,7 +243,7 @@ def test_hf_safetensors(
     hf_model.save_pretrained(folder, safe_serialization=True, **kwargs)
     sharded = (folder / "model.safetensors.index.json").is_file()
     assert sharded == (shard_size is not None)
-    model, args = load_hf_weights(folder, device=CPU, dtype=F32)
+    model, args = load_hf_weights(folder, placement=Placement(CPU, F32))
     assert args.ffn_dim == 192 and args.n_kv_heads == 2
     ours = logits_of(model)
     assert (ours - reference).abs().max().item() <= EXACT
@@ -276,7 +277,7 @@ def test_hf_tied_embeddings(models_dir: Path, state: Any) -> None:
     hf_state = {k: v for k, v in to_hf_state(state).items() if k != "lm_head.weight"}
     hf.load_state_dict(hf_state, strict=False)
     hf.save_pretrained(models_dir / "hf-tied", safe_serialization=True)
-    model, args = load_hf_weights(models_dir / "hf-tied", device=CPU, dtype=F32)
+    model, args = load_hf_weights(models_dir / "hf-tied", placement=Placement(CPU, F32))
     assert args.tie_embeddings and model.output is None
     with torch.inference_mode():
         theirs = hf(TOKENS).logits.float()
@@ -300,7 +301,7 @@ def test_gguf(
     atol: float,
 ) -> None:
     path = write_gguf(models_dir / f"tiny-{qtype.name}.gguf", state, qtype)
-    model, _, _, _ = load_gguf_weights(GGUFFile(path), device=CPU, dtype=F32)
+    model, _, _, _ = load_gguf_weights(GGUFFile(path), placement=Placement(CPU, F32))
     diff = (logits_of(model) - reference).abs().max().item()
     assert diff <= atol
     if qtype != GGMLQuantizationType.F32:
@@ -381,10 +382,10 @@ def test_missing_params_json(models_dir: Path, state: Any) -> None:
     folder.mkdir()
     torch.save(state, folder / "consolidated.00.pth")
     with pytest.raises(ModelLoadError) as exc:
-        load_meta_weights(folder, device=CPU, dtype=F32)
+        load_meta_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "params.json", "no-params")
     with pytest.raises(ModelLoadError) as exc:  # the dispatcher says the same, before tokenizers
-        load_model(folder, device=CPU, dtype=F32, context_length=64)
+        load_model(folder, placement=Placement(CPU, F32), context_length=64)
     one_line_error(exc, "missing params.json", "no-params")
 
 
@@ -393,7 +394,7 @@ def test_folder_of_nothing_known(models_dir: Path) -> None:
     folder.mkdir()
     (folder / "notes.txt").write_text("hi")
     with pytest.raises(ModelLoadError) as exc:
-        load_model(folder, device=CPU, dtype=F32, context_length=64)
+        load_model(folder, placement=Placement(CPU, F32), context_length=64)
     one_line_error(exc, "params.json", "config.json", "empty")
 
 
@@ -402,7 +403,7 @@ def test_shards_that_disagree(models_dir: Path, state: Any) -> None:
     shards[1]["layers.0.feed_forward.w1.weight"] = torch.zeros(96, 32)  # wrong input width
     folder = write_meta(models_dir / "bad-shards", shards)
     with pytest.raises(ModelLoadError) as exc:
-        load_meta_weights(folder, device=CPU, dtype=F32)
+        load_meta_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "consolidated.01.pth", "consolidated.00.pth", "feed_forward.w1")
 
 
@@ -411,7 +412,7 @@ def test_shards_with_different_tensors(models_dir: Path, state: Any) -> None:
     del shards[1]["norm.weight"]
     folder = write_meta(models_dir / "odd-shards", shards)
     with pytest.raises(ModelLoadError) as exc:
-        load_meta_weights(folder, device=CPU, dtype=F32)
+        load_meta_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "consolidated.01.pth", "norm.weight")
 
 
@@ -421,7 +422,7 @@ def test_other_architecture_refused(models_dir: Path) -> None:
     cfg = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 64}
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError) as exc:
-        load_hf_weights(folder, device=CPU, dtype=F32)
+        load_hf_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "config.json", "MistralForCausalLM")
 
 
@@ -437,7 +438,7 @@ def test_pickle_with_code_refused(
 ) -> None:
     folder = write_meta(models_dir / "evil", [{**state, "extra": Payload()}])
     with pytest.raises(ModelLoadError) as exc:
-        load_meta_weights(folder, device=CPU, dtype=F32)
+        load_meta_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "consolidated.00.pth", "pickled Python objects")
     assert "pwned" not in capsys.readouterr().out
 
@@ -451,5 +452,5 @@ def test_hf_unknown_tensor_named(models_dir: Path, hf_model: Any) -> None:
     tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
     with pytest.raises(ModelLoadError) as exc:
-        load_hf_weights(folder, device=CPU, dtype=F32)
+        load_hf_weights(folder, placement=Placement(CPU, F32))
     one_line_error(exc, "model.safetensors", "q_proj.bias")

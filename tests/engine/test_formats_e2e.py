@@ -18,6 +18,7 @@ from engine.errors import ModelLoadError
 from engine.events import Done
 from engine.loaders import load_model
 from engine.model import Transformer
+from engine.placement import Placement
 from engine.session import ChatSession
 from tests.engine.test_tokenizers_more import train_spm
 
@@ -62,7 +63,7 @@ def write_meta_folder(folder: Path, proto: bytes, vocab: int) -> Path:
 
 def test_meta_folder_chats_with_llama2_format(tmp_path: Path, spm_model: bytes) -> None:
     folder = write_meta_folder(tmp_path / "llama2-tiny", spm_model, n_pieces(spm_model))
-    loaded = load_model(folder, device=CPU, dtype=torch.float32, context_length=256)
+    loaded = load_model(folder, placement=Placement(CPU, torch.float32), context_length=256)
     assert loaded.chat_template is None and loaded.tokenizer.add_bos
     session = ChatSession(loaded, system_prompt="Be brief.")
     done = [e for e in session.send("hello world", GREEDY, 4) if isinstance(e, Done)][0]
@@ -109,7 +110,7 @@ def test_cli_loads_a_meta_folder_with_a_separate_tokenizer(
 def test_tokenizer_that_does_not_fit_the_vocabulary(tmp_path: Path, spm_model: bytes) -> None:
     folder = write_meta_folder(tmp_path / "small", spm_model, 64)
     with pytest.raises(ModelLoadError, match="the tokenizer has .* tokens but the model's"):
-        load_model(folder, device=CPU, dtype=torch.float32, context_length=64)
+        load_model(folder, placement=Placement(CPU, torch.float32), context_length=64)
 
 
 def test_hf_folder_through_load_model_matches_transformers(
@@ -132,7 +133,7 @@ def test_hf_folder_through_load_model_matches_transformers(
     folder = tmp_path / "hf-tiny"
     hf.save_pretrained(folder, safe_serialization=True)
     (folder / "tokenizer.model").write_bytes(spm_model)
-    loaded = load_model(folder, device=CPU, dtype=torch.float32, context_length=128)
+    loaded = load_model(folder, placement=Placement(CPU, torch.float32), context_length=128)
     session = ChatSession(loaded)
     ids = session.prompt_ids([Message("user", "hi")])
     with torch.inference_mode():

@@ -18,6 +18,7 @@ from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.metrics import GenerationMetrics
 from engine.model import apply_rope
+from engine.placement import Placement
 from engine.session import ChatSession
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
@@ -116,7 +117,9 @@ def test_shift_of_a_real_span_matches_fresh_layer_zero_keys(tiny_model: LoadedMo
 
 @pytest.fixture(scope="module")
 def small_context_model(tiny_gguf: Path) -> LoadedModel:
-    return load_model(tiny_gguf, device=torch.device("cpu"), dtype=torch.float32, context_length=96)
+    return load_model(
+        tiny_gguf, placement=Placement(torch.device("cpu"), torch.float32), context_length=96
+    )
 
 
 def turn(s: ChatSession, text: str) -> Done:

@@ -13,6 +13,7 @@ from engine.chat_format import Message, encode_dialog
 from engine.loaders import LoadedModel, load_model
 from engine.loaders.dequant import dequantize
 from engine.model import refine_top_logits
+from engine.placement import Placement
 from engine.quantized import Int4Linear, int4_cpu_supported, int4_linear_from_gguf
 from tests.engine.test_dequant import random_blocks
 
@@ -41,7 +42,7 @@ def test_default_model_runs_4bit_and_agrees_with_float32(
     default_path: Path, default_model: LoadedModel
 ) -> None:
     packed = load_model(
-        default_path, device=CPU, dtype=torch.bfloat16, context_length=256, native_4bit=True
+        default_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=256
     )
     assert packed.weights.startswith("4-bit int4 kernel (210 tensors), bfloat16 head")
     assert packed.dtype == torch.float32  # activations and KV cache
@@ -72,6 +73,8 @@ def test_refine_top_logits_breaks_bfloat16_ties_in_float32() -> None:
 
 
 def test_float32_keeps_dense_weights(tiny_gguf: Path) -> None:
-    m = load_model(tiny_gguf, device=CPU, dtype=torch.float32, context_length=64, native_4bit=True)
+    m = load_model(
+        tiny_gguf, placement=Placement(CPU, torch.float32, native_4bit=True), context_length=64
+    )
     assert not any(isinstance(x, Int4Linear) for x in m.model.modules())
     assert m.weights == "float32"

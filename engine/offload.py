@@ -1,0 +1,203 @@
+"""CPU->GPU weight offload: blocks' weights live in pinned host memory and are streamed in.
+
+Each transformer block's offloaded weights (all of wq wk wv wo w1 w2 w3 attention_norm ffn_norm
+except the excluded ones) are packed into one flat host buffer per block, so moving a block is
+one large copy. The GPU holds two block-sized slots; block i computes from slot i % 2 (its
+parameters are permanent views into that slot), and while it computes, block i+1 is copied
+into the other slot on a side CUDA stream (double buffering). The copy of block 0 for the next
+token starts while the last block, the head and the sampler run. Events order the two streams:
+a slot is refilled only after the compute that read it, and read only after its copy landed.
+
+With the compute device set to CPU the same machinery runs with plain copies (no streams);
+the tests use that to check placement, buffer reuse and prefetch order on any machine.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from engine.args import ModelArgs
+
+# offload_exclusion names (config.OFFLOAD_NAMES) -> parameter paths inside a block
+BLOCK_WEIGHTS = {
+    "wq": "attention.wq.weight",
+    "wk": "attention.wk.weight",
+    "wv": "attention.wv.weight",
+    "wo": "attention.wo.weight",
+    "w1": "feed_forward.w1.weight",
+    "w2": "feed_forward.w2.weight",
+    "w3": "feed_forward.w3.weight",
+    "attention_norm": "attention_norm.weight",
+    "ffn_norm": "ffn_norm.weight",
+}
+ALIGN = 128  # elements: keeps every view 256-byte aligned in 16-bit dtypes
+
+
+def weight_shape(args: ModelArgs, short: str) -> tuple[int, ...]:
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    return {
+        "wq": (q, args.dim),
+        "wk": (kv, args.dim),
+        "wv": (kv, args.dim),
+        "wo": (args.dim, q),
+        "w1": (args.ffn_dim, args.dim),
+        "w2": (args.dim, args.ffn_dim),
+        "w3": (args.ffn_dim, args.dim),
+        "attention_norm": (args.dim,),
+        "ffn_norm": (args.dim,),
+    }[short]
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # inside a block, e.g. "attention.wq.weight"
+    offset: int  # elements into the block's flat buffer
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def block_layout(args: ModelArgs, exclusion: frozenset[str]) -> tuple[list[Entry], int]:
+    """The offloaded weights of one block in a flat buffer, and the buffer's length."""
+    entries, offset = [], 0
+    for short, path in BLOCK_WEIGHTS.items():
+        if short in exclusion:
+            continue
+        entry = Entry(path, offset, weight_shape(args, short))
+        entries.append(entry)
+        offset += -(-entry.numel // ALIGN) * ALIGN
+    return entries, offset
+
+
+def split_layer_name(name: str) -> tuple[int, str] | None:
+    """ "layers.3.attention.wq.weight" -> (3, "attention.wq.weight"); None outside blocks."""
+    if not name.startswith("layers."):
+        return None
+    index, _, path = name.removeprefix("layers.").partition(".")
+    return int(index), path
+
+
+def pinned_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked host memory of exactly this size (cudaHostRegister on a plain allocation:
+    torch's pinned allocator would round each block up to a power of two)."""
+    t = torch.empty(numel, dtype=dtype)
+    cudart = torch.cuda.cudart()
+    ptr, size = t.data_ptr(), numel * t.element_size()
+    if int(cudart.cudaHostRegister(ptr, size, 0)) != 0:
+        return t.pin_memory()  # registration refused: the allocator's (rounded) pinned memory
+    weakref.finalize(t, cudart.cudaHostUnregister, ptr)
+    return t
+
+
+class OffloadStore:
+    """Built while loading: each offloaded weight is written once into its block's host buffer;
+    the model's parameter is a view into the GPU slot that block computes from."""
+
+    def __init__(
+        self, args: ModelArgs, exclusion: frozenset[str], device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.n_layers = args.n_layers
+        self.device, self.dtype = device, dtype
+        self.entries, self.block_numel = block_layout(args, exclusion)
+        self.by_path = {e.path: e for e in self.entries}
+        self.slots = [
+            torch.empty(self.block_numel, dtype=dtype, device=device)
+            for _ in range(min(2, args.n_layers))
+        ]
+        self.host: list[torch.Tensor | None] = [None] * args.n_layers
+        self.pin = device.type == "cuda"
+
+    def offloaded(self, name: str) -> bool:
+        where = split_layer_name(name)
+        return where is not None and where[1] in self.by_path
+
+    def slot_of(self, layer: int) -> int:
+        return layer % len(self.slots)
+
+    def put(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """Copy ``weight`` into host memory; return the GPU view the parameter becomes."""
+        where = split_layer_name(name)
+        assert where is not None and where[1] in self.by_path, name
+        layer, path = where
+        entry = self.by_path[path]
+        host = self.host[layer]
+        if host is None:
+            n = self.block_numel
+            host = pinned_empty(n, self.dtype) if self.pin else torch.empty(n, dtype=self.dtype)
+            host.zero_()  # the alignment gaps too, so copies move defined bytes
+            self.host[layer] = host
+        host[entry.offset : entry.offset + entry.numel].view(entry.shape).copy_(weight)
+        slot = self.slots[self.slot_of(layer)]
+        return slot[entry.offset : entry.offset + entry.numel].view(entry.shape)
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block_numel * self.dtype.itemsize
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(h.numel() * h.element_size() for h in self.host if h is not None)
+
+
+class BlockStreamer:
+    """Called by the model before each block: makes that block's weights present in its slot
+    and starts copying the next block into the other slot."""
+
+    def __init__(self, store: OffloadStore) -> None:
+        missing = [i for i, h in enumerate(store.host) if h is None]
+        if missing:
+            raise ValueError(f"offload store lacks the weights of block {missing[0]}")
+        self.store = store
+        self.host: list[torch.Tensor] = [h for h in store.host if h is not None]
+        self.slots = store.slots
+        self.resident: list[int | None] = [None] * len(self.slots)  # block in (or bound for) slot
+        self.cuda = store.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(store.device) if self.cuda else None
+        self.copied = [torch.cuda.Event() for _ in self.slots] if self.cuda else []
+        self.bytes_copied = 0  # since load
+        self.wait_s = 0.0  # host time spent waiting for a block's copy to land
+        self.trace: deque[tuple[int, int]] = deque(maxlen=4096)  # (block, slot) per copy
+
+    def fetch(self, layer: int) -> None:
+        s = self.store.slot_of(layer)
+        if self.resident[s] != layer:
+            self._copy(layer, s)  # cold: the first token, or an odd block count wrapping round
+        nxt = (layer + 1) % len(self.host)  # after the last block: block 0 of the next token
+        ns = self.store.slot_of(nxt)
+        if ns != s and self.resident[ns] != nxt:
+            self._copy(nxt, ns)  # prefetch: overlaps this block's compute
+        self._wait(s)
+
+    def _copy(self, layer: int, slot: int) -> None:
+        self.resident[slot] = layer
+        self.bytes_copied += self.store.block_bytes
+        self.trace.append((layer, slot))
+        if self.copy_stream is None:
+            self.slots[slot].copy_(self.host[layer])
+            return
+        free = torch.cuda.Event()
+        free.record()  # after every kernel already queued, i.e. the last reader of this slot
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(free)
+            self.slots[slot].copy_(self.host[layer], non_blocking=True)
+            self.copied[slot].record(self.copy_stream)
+
+    def _wait(self, slot: int) -> None:
+        if not self.cuda:
+            return
+        event = self.copied[slot]
+        if not event.query():
+            t0 = time.perf_counter()
+            event.synchronize()
+            self.wait_s += time.perf_counter() - t0
+        torch.cuda.current_stream().wait_event(event)

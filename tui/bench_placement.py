@@ -1,0 +1,319 @@
+"""`llama-tui bench --shape 7b`: the placement table (GPU, CPU, int8, NF4, offload variants).
+
+A model of real Llama dimensions with random weights (no download) is built straight into each
+placement, one mode per fresh subprocess (``python -m tui.bench_placement MODE``), so VRAM and
+RSS figures belong to that mode alone. Each mode reports decode and prefill tokens/s, VRAM,
+RSS and, for offload, the bytes copied per token and the time spent waiting on copies, next to
+its physical limit: HBM (or DRAM) bandwidth over the bytes read per token for resident weights,
+PCIe bandwidth over the bytes copied per token for offloaded ones. Both bandwidths are measured
+in the worker with plain copies, not taken from a data sheet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
+    "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
+    "13b": dict(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32000, ffn_dim=13824),
+    "1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, vocab_size=32000, ffn_dim=5632),
+    "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=512, ffn_dim=512),
+}
+ATTENTION = ("wq", "wk", "wv", "wo", "attention_norm")
+FEED_FORWARD = ("w1", "w2", "w3", "ffn_norm")
+
+
+@dataclass(frozen=True)
+class Mode:
+    device: str  # "cuda" | "cpu"
+    dtype: str
+    quantization: str = "none"
+    offload: bool = False
+    exclusion: tuple[str, ...] = ()  # kept resident with offload
+
+
+# the seed's columns: GPU, CPU, 8bit, Off_ALL, Off_FF (feed-forward streamed, attention
+# resident), Off_ATT (attention streamed, feed-forward resident); plus NF4 and CPU bf16
+MODES = {
+    "gpu": Mode("cuda", "float16"),
+    "int8": Mode("cuda", "float16", "int8"),
+    "nf4": Mode("cuda", "float16", "nf4"),
+    "off_all": Mode("cuda", "float16", offload=True),
+    "off_ff": Mode("cuda", "float16", offload=True, exclusion=ATTENTION),
+    "off_att": Mode("cuda", "float16", offload=True, exclusion=FEED_FORWARD),
+    "off_att_int8": Mode("cuda", "float16", "int8", offload=True, exclusion=FEED_FORWARD),
+    "cpu": Mode("cpu", "float32"),
+    "cpu_bf16": Mode("cpu", "bfloat16"),
+    "cpu_int8": Mode("cpu", "float32", "int8"),
+    "cpu_nf4": Mode("cpu", "float32", "nf4"),
+}
+GPU_MODES = ("gpu", "int8", "nf4", "off_all", "off_ff", "off_att", "off_att_int8", "cpu_bf16")
+CPU_MODES = ("cpu", "cpu_bf16", "cpu_int8", "cpu_nf4")
+
+
+# --- worker ------------------------------------------------------------------------------
+
+
+def _bandwidths(device: Any) -> dict[str, float]:
+    """Measured GB/s: device memory (bytes read + written by a large copy) and, on CUDA,
+    host->device from pinned memory."""
+    import torch
+
+    n = 1 << 28 if device.type == "cuda" else 1 << 26  # 512 MiB / 128 MiB of fp16
+    a = torch.empty(n, dtype=torch.float16, device=device)
+    b = torch.empty_like(a)
+    out: dict[str, float] = {}
+
+    def timed(fn: Any, reps: int = 5) -> float:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    out["memory_gb_s"] = 2 * a.nbytes / timed(lambda: b.copy_(a)) / 1e9
+    if device.type == "cuda":
+        host = torch.empty(n, dtype=torch.float16, pin_memory=True)
+        out["pcie_gb_s"] = a.nbytes / timed(lambda: a.copy_(host, non_blocking=True)) / 1e9
+    return out
+
+
+def _random_weights(args: Any, device: Any, dtype: Any, seed: int) -> Any:
+    """(name, tensor) for every weight of the meta model: N(0, 0.02), norms 1."""
+    import torch
+
+    from engine.model import Transformer
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in Transformer(args, device="meta").state_dict().items():
+        if name.endswith("norm.weight"):
+            yield name, torch.ones(p.shape, dtype=dtype, device=device)
+        else:
+            w = torch.randn(p.shape, generator=gen, dtype=dtype, device=device)
+            yield name, w.mul_(0.02)
+
+
+def _resident_read_bytes(model: Any, device: Any) -> int:
+    """Bytes of weights on `device` read per decode step (the embedding table reads one row)."""
+    emb = model.tok_embeddings.weight
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == device.type and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+        state = getattr(t, "quant_state", None)  # NF4 block scales
+        if state is not None and getattr(state, "absmax", None) is not None:
+            total += state.absmax.numel() * state.absmax.element_size()
+    if model.output is not None and emb.device.type == device.type:
+        total -= emb.numel() * emb.element_size()
+    streamer = model.streamer
+    if streamer is not None:  # the two slots are read once per block each, i.e. block bytes
+        total -= sum(s.numel() * s.element_size() for s in streamer.slots)
+        total += streamer.store.block_bytes * len(streamer.host)
+    return total
+
+
+def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> dict[str, Any]:
+    import torch
+
+    from engine.args import ModelArgs
+    from engine.generate import decode_one_token, prefill
+    from engine.kv_cache import KVCache
+    from engine.loaders.state import assign_state
+    from engine.metrics import peak_rss_bytes, rss_bytes
+    from engine.placement import resolve_placement
+
+    mode = MODES[name]
+    rss0 = rss_bytes()
+    placement = resolve_placement(
+        mode.device, mode.dtype, mode.quantization, mode.offload, mode.exclusion
+    )
+    device, dtype = placement.device, placement.dtype
+    args = ModelArgs(**SHAPES[shape], max_seq_len=prompt_len + tokens + 8)
+    t0 = time.perf_counter()
+    model = assign_state(
+        args, _random_weights(args, device, dtype, 0), placement=placement, source=shape
+    )
+    model.init_rope(args.max_seq_len, device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    ids = torch.randint(
+        0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(1)
+    )
+    prompt = ids.tolist()
+    cache = KVCache(
+        args.n_layers, args.n_kv_heads, args.head_dim, args.max_seq_len, dtype=dtype, device=device
+    )
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def one_run(n: int) -> dict[str, float]:
+        cache.truncate(0)
+        sync()
+        t0 = time.perf_counter()
+        logits = prefill(model, cache, prompt, 0)
+        token = int(logits.argmax())
+        t1 = time.perf_counter()
+        s = model.streamer
+        copied0, wait0 = (s.bytes_copied, s.wait_s) if s else (0, 0.0)
+        for _ in range(n - 1):
+            token = int(decode_one_token(model, cache, token).argmax())
+        t2 = time.perf_counter()
+        steps = n - 1
+        return {
+            "prefill_tok_s": prompt_len / (t1 - t0),
+            "decode_tok_s": steps / (t2 - t1),
+            "offload_bytes_per_token": (s.bytes_copied - copied0) / steps if s else 0.0,
+            "offload_wait_share": (s.wait_s - wait0) / (t2 - t1) if s else 0.0,
+        }
+
+    one_run(min(4, tokens))  # warm-up: kernels, allocator, first copies
+    timed = [one_run(tokens) for _ in range(runs)]
+    figures = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    result: dict[str, Any] = {
+        "mode": name,
+        "placement": placement.describe(),
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "load_s": load_s,
+        **figures,
+        "read_bytes_per_token": _resident_read_bytes(model, device),
+        "rss_bytes": rss_bytes() - rss0,
+        "peak_rss_bytes": peak_rss_bytes(),
+        **_bandwidths(device),
+    }
+    if cuda:
+        result["vram_allocated_bytes"] = torch.cuda.memory_allocated()
+        result["vram_peak_bytes"] = torch.cuda.max_memory_allocated()
+        result["vram_reserved_bytes"] = torch.cuda.memory_reserved()
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} threads)"
+    except OSError:
+        pass
+    return "CPU"
+
+
+# --- parent ------------------------------------------------------------------------------
+
+
+def limit_tok_s(r: dict[str, Any]) -> float:
+    """The physical bound: resident bytes over memory bandwidth plus copied bytes over PCIe."""
+    s = r["read_bytes_per_token"] / (r["memory_gb_s"] * 1e9)
+    if r["offload_bytes_per_token"]:
+        s = max(s, r["offload_bytes_per_token"] / (r["pcie_gb_s"] * 1e9))
+    return 1 / s if s > 0 else 0.0
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    gib = 2**30
+    head = [
+        "mode",
+        "weights",
+        "decode tok/s",
+        "limit tok/s",
+        "of limit",
+        "prefill tok/s",
+        "VRAM alloc / peak / reserved GiB",
+        "peak RSS GiB",
+        "copied per token GiB",
+        "decode time waiting on copies",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in results:
+        limit = limit_tok_s(r)
+        vram = "-"
+        if "vram_allocated_bytes" in r:
+            vram = " / ".join(
+                f"{r[k] / gib:.1f}"
+                for k in ("vram_allocated_bytes", "vram_peak_bytes", "vram_reserved_bytes")
+            )
+        copied = r["offload_bytes_per_token"]
+        row = [
+            r["mode"],
+            r["placement"],
+            f"{r['decode_tok_s']:.1f}",
+            f"{limit:.1f}",
+            f"{r['decode_tok_s'] / limit:.0%}" if limit else "-",
+            f"{r['prefill_tok_s']:.0f}",
+            vram,
+            f"{r['peak_rss_bytes'] / gib:.1f}",
+            f"{copied / gib:.2f}" if copied else "-",
+            f"{r['offload_wait_share']:.0%}" if copied else "-",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def run_placement_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.errors import UserError
+
+    if args.shape not in SHAPES:
+        raise UserError(f"--shape {args.shape!r}: one of {', '.join(SHAPES)}")
+    names = args.modes.split(",") if args.modes else None
+    if names is None:
+        names = list(GPU_MODES if torch.cuda.is_available() else CPU_MODES)
+    unknown = [n for n in names if n not in MODES]
+    if unknown:
+        raise UserError(f"--modes: unknown mode {unknown[0]!r}; one of {', '.join(MODES)}")
+    results = []
+    for name in names:
+        print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", "tui.bench_placement", name, args.shape]
+        cmd += [str(args.tokens), str(args.runs), str(args.prompt_tokens)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            print(f"bench: {name} failed: {tail}", file=sys.stderr)
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if args.json:
+            print(proc.stdout.strip().splitlines()[-1], flush=True)
+    if not results:
+        raise UserError("bench: every mode failed (see the lines above)")
+    if not args.json:
+        r0 = results[0]
+        print(
+            f"{args.shape}-shaped Llama, random weights, {args.prompt_tokens}-token prompt, "
+            f"{args.tokens} greedy tokens, median of {args.runs}; {r0['device_name']}; "
+            f"torch {torch.__version__}"
+        )
+        bw = [f"{r['mode']}: memory {r['memory_gb_s']:.0f} GB/s" for r in results[:1]]
+        if "pcie_gb_s" in r0:
+            bw.append(f"PCIe host->device {r0['pcie_gb_s']:.1f} GB/s (pinned)")
+        print("measured bandwidth: " + ", ".join(bw))
+        print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    mode, shape, tokens, runs, prompt_len = sys.argv[1:6]
+    print(json.dumps(worker(mode, shape, int(tokens), int(runs), int(prompt_len))))
