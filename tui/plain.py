@@ -18,6 +18,7 @@ from engine.config import Profile, find_config_path, load_config, resolve_profil
 from engine.errors import UserError
 from engine.events import Done, Event, TokenEvent
 from engine.loaders import load_profile_model
+from engine.metrics import gpu_memory_bytes, rss_bytes
 from engine.session import ChatSession
 from engine.store import ConversationStore, open_store
 
@@ -68,6 +69,14 @@ def reply_record(done: Done, session: ChatSession | None = None) -> dict[str, An
         "context_tokens": m.context_used,  # tokens in context after the turn
         "computed_tokens": m.computed_tokens,  # prompt tokens run through the model this turn
     }
+    if m.offload_bytes_per_token:  # weights streamed from CPU memory this reply
+        record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
+        record["offload_gb_s"] = round(m.offload_gb_s, 2)
+        record["offload_wait_s"] = round(m.offload_wait_s, 4)
+    record["rss_bytes"] = rss_bytes()
+    gpu = gpu_memory_bytes()
+    if gpu is not None:
+        record["vram_allocated_bytes"], record["vram_reserved_bytes"] = gpu
     if session is not None:
         record["dropped_messages"] = session.dropped_messages  # messages outside the context
         if session.last_notice:

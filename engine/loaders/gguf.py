@@ -104,6 +104,7 @@ def load_gguf_weights(
             placed[target] = placer.put(
                 target, dequantize(gguf.raw(name), info.ggml_type, info.shape)
             )
+        gguf.release(name)
         if progress is not None:
             progress(done, total)
     check_complete(expected, placed, src)

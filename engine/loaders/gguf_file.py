@@ -7,6 +7,7 @@ Type codes, block sizes and dequantization come from the ``gguf`` package.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,9 @@ class GGUFFile:
                 raise ModelLoadError(
                     f"{path} is not a GGUF file (no GGUF magic bytes): pass a .gguf model file"
                 )
-        self._data = np.memmap(path, dtype=np.uint8, mode="r")
+        with open(path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._data = np.frombuffer(self._map, dtype=np.uint8)
         try:
             self.version, self.metadata, self.tensors, self.data_offset = self._parse()
         except _Truncated:
@@ -174,3 +177,14 @@ class GGUFFile:
         flat = self._data[info.offset : info.offset + info.n_bytes]
         rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
         return flat.reshape(rows, -1)
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's file pages from this process's resident memory once its weights
+        are placed, so RSS while loading tracks the placed weights, not placed + file. Pages
+        still in use (a float32 tensor used in place) are read back from the file on access."""
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        end = (info.offset + info.n_bytes) // page * page
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
