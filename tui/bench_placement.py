@@ -28,6 +28,7 @@ SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
     "13b": dict(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32000, ffn_dim=13824),
     "1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, vocab_size=32000, ffn_dim=5632),
+    "135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, ffn_dim=1536),
     "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=512, ffn_dim=512),
 }
 ATTENTION = ("wq", "wk", "wv", "wo", "attention_norm")
@@ -41,6 +42,7 @@ class Mode:
     quantization: str = "none"
     offload: bool = False
     exclusion: tuple[str, ...] = ()  # kept resident with offload
+    peer: bool = False  # transformers' LlamaForCausalLM (eager, its default cache) instead
 
 
 # the seed's columns: GPU, CPU, 8bit, Off_ALL, Off_FF (feed-forward streamed, attention
@@ -53,13 +55,15 @@ MODES = {
     "off_ff": Mode("cuda", "float16", offload=True, exclusion=ATTENTION),
     "off_att": Mode("cuda", "float16", offload=True, exclusion=FEED_FORWARD),
     "off_att_int8": Mode("cuda", "float16", "int8", offload=True, exclusion=FEED_FORWARD),
+    "hf_gpu": Mode("cuda", "float16", peer=True),
     "cpu": Mode("cpu", "float32"),
+    "hf_cpu": Mode("cpu", "float32", peer=True),
     "cpu_bf16": Mode("cpu", "bfloat16"),
     "cpu_int8": Mode("cpu", "float32", "int8"),
     "cpu_nf4": Mode("cpu", "float32", "nf4"),
 }
-GPU_MODES = ("gpu", "int8", "nf4", "off_all", "off_ff", "off_att", "off_att_int8", "cpu_bf16")
-CPU_MODES = ("cpu", "cpu_bf16", "cpu_int8", "cpu_nf4")
+GPU_MODES = ("gpu", "hf_gpu", "int8", "nf4", "off_all", "off_ff", "off_att", "off_att_int8")
+CPU_MODES = ("cpu", "hf_cpu", "cpu_bf16", "cpu_int8", "cpu_nf4")
 
 
 # --- worker ------------------------------------------------------------------------------
@@ -128,6 +132,34 @@ def _resident_read_bytes(model: Any, device: Any) -> int:
     return total
 
 
+def _peer_model(shape: str, device: Any, dtype: Any) -> Any:
+    """transformers' Llama with the same dimensions and random weights, as a decode step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = SHAPES[shape]
+    config = LlamaConfig(
+        hidden_size=d["dim"],
+        num_hidden_layers=d["n_layers"],
+        num_attention_heads=d["n_heads"],
+        num_key_value_heads=d["n_kv_heads"],
+        vocab_size=d["vocab_size"],
+        intermediate_size=d["ffn_dim"],
+        tie_word_embeddings=shape == "135m",
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device=device).to(dtype).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, 0.02, generator=gen)
+    return model
+
+
 def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> dict[str, Any]:
     import torch
 
@@ -135,7 +167,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
     from engine.generate import decode_one_token, prefill
     from engine.kv_cache import KVCache
     from engine.loaders.state import assign_state
-    from engine.metrics import peak_rss_bytes, rss_bytes
+    from engine.metrics import rss_bytes
     from engine.placement import resolve_placement
 
     mode = MODES[name]
@@ -144,8 +176,11 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         mode.device, mode.dtype, mode.quantization, mode.offload, mode.exclusion
     )
     device, dtype = placement.device, placement.dtype
-    args = ModelArgs(**SHAPES[shape], max_seq_len=prompt_len + tokens + 8)
+    dims: dict[str, Any] = dict(SHAPES[shape])
+    args = ModelArgs(**dims, max_seq_len=prompt_len + tokens + 8, tie_embeddings=shape == "135m")
     t0 = time.perf_counter()
+    if mode.peer:
+        return _peer_worker(name, shape, tokens, runs, prompt_len, device, dtype, rss0)
     model = assign_state(
         args, _random_weights(args, device, dtype, 0), placement=placement, source=shape
     )
@@ -186,16 +221,44 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
             "offload_wait_share": (s.wait_s - wait0) / (t2 - t1) if s else 0.0,
         }
 
+    return _result(
+        name,
+        placement.describe(),
+        device,
+        load_s,
+        _median_runs(one_run, tokens, runs),
+        _resident_read_bytes(model, device),
+        rss0,
+    )
+
+
+def _median_runs(one_run: Any, tokens: int, runs: int) -> dict[str, float]:
     one_run(min(4, tokens))  # warm-up: kernels, allocator, first copies
     timed = [one_run(tokens) for _ in range(runs)]
-    figures = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    return {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+
+
+def _result(
+    name: str,
+    placement: str,
+    device: Any,
+    load_s: float,
+    figures: dict[str, float],
+    read_bytes: int,
+    rss0: int,
+) -> dict[str, Any]:
+    import torch
+
+    from engine.metrics import peak_rss_bytes, rss_bytes
+
+    cuda = device.type == "cuda"
     result: dict[str, Any] = {
         "mode": name,
-        "placement": placement.describe(),
+        "placement": placement,
         "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
         "load_s": load_s,
         **figures,
-        "read_bytes_per_token": _resident_read_bytes(model, device),
+        "read_bytes_per_token": read_bytes,
         "rss_bytes": rss_bytes() - rss0,
         "peak_rss_bytes": peak_rss_bytes(),
         **_bandwidths(device),
@@ -205,6 +268,62 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         result["vram_peak_bytes"] = torch.cuda.max_memory_allocated()
         result["vram_reserved_bytes"] = torch.cuda.memory_reserved()
     return result
+
+
+def _peer_worker(
+    name: str,
+    shape: str,
+    tokens: int,
+    runs: int,
+    prompt_len: int,
+    device: Any,
+    dtype: Any,
+    rss0: int,
+) -> dict[str, Any]:
+    """The same measurement for transformers: prefill, then one forward per token with its
+    default (dynamic) KV cache, greedy, as generate() does without sampling."""
+    import torch
+
+    t0 = time.perf_counter()
+    model = _peer_model(shape, device, dtype)
+    load_s = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, SHAPES[shape]["vocab_size"], (1, prompt_len), generator=gen).to(device)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    @torch.inference_mode()
+    def one_run(n: int) -> dict[str, float]:
+        sync()
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        int(token)
+        t1 = time.perf_counter()
+        cache = out.past_key_values
+        for _ in range(n - 1):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            int(token)
+        t2 = time.perf_counter()
+        return {
+            "prefill_tok_s": prompt_len / (t1 - t0),
+            "decode_tok_s": (n - 1) / (t2 - t1),
+            "offload_bytes_per_token": 0.0,
+            "offload_wait_share": 0.0,
+        }
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb = model.model.embed_tokens.weight
+    tied = model.config.tie_word_embeddings
+    read = weights - (0 if tied else emb.numel() * emb.element_size())
+    figures = _median_runs(one_run, tokens, runs)
+    kind = f"transformers {str(dtype).removeprefix('torch.')}"
+    return _result(name, kind, device, load_s, figures, read, rss0)
 
 
 def _cpu_name() -> str:

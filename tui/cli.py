@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--shape",
         help="placement table on a random-weight model of these Llama dimensions "
-        "(7b, 13b, 1b, tiny) instead of the speed comparison",
+        "(7b, 13b, 1b, 135m, tiny) instead of the speed comparison",
     )
     bench.add_argument(
         "--modes",
