@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.chat_format import Message
 from engine.config import SamplingSettings
+from engine.errors import UserError
 from engine.events import Done
 from engine.generate import decode_one_token, prefill
-from engine.history import plan_trim, prompt_budget
+from engine.history import CUT_MARKER, keep_recent, plan_trim, prompt_budget, split_keep
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.metrics import GenerationMetrics
@@ -57,6 +59,18 @@ def test_pinned_messages_stay() -> None:
 def test_budget_leaves_room_for_the_reply() -> None:
     assert prompt_budget(4096, 512) == 3584
     assert prompt_budget(96, 512) == 48  # never more than half the context for the reply
+
+
+def test_split_keep_gives_a_quarter_to_the_start() -> None:
+    assert split_keep(10, 20) == (10, 0)  # fits: nothing cut
+    assert split_keep(100, 40) == (10, 30)
+    assert split_keep(100, 3) == (0, 3)
+
+
+def test_keep_recent_keeps_bos_and_the_newest_tokens() -> None:
+    assert keep_recent([1, 2, 3], 5, 1) == [1, 2, 3]
+    assert keep_recent([1, 10, 11, 12, 13, 14], 4, 1) == [1, 12, 13, 14]
+    assert keep_recent([10, 11, 12, 13], 2) == [12, 13]
 
 
 def rotate_forward(cache: KVCache, m: LoadedModel, start: int, n: int, d: int) -> KVCache:
@@ -191,3 +205,58 @@ def test_plain_json_reports_context_fields(tiny_gguf: Path, tmp_path: Path) -> N
         assert {"context_tokens", "computed_tokens", "dropped_messages"} <= set(t)
         assert t["computed_tokens"] == t["prompt_tokens"] - t["cached_tokens"]
     assert turns[-1]["dropped_messages"] > 0
+
+
+def test_message_longer_than_the_budget_is_cut_in_the_middle(
+    small_context_model: LoadedModel,
+) -> None:
+    m = small_context_model
+    s = ChatSession(m, system_prompt="be brief")
+    turn(s, "hello there")
+    words = " ".join(f"w{i}" for i in range(200))
+    text = f"start here {words} end here"
+    done = turn(s, text)
+    budget = prompt_budget(96, 8)
+    assert done.metrics.prompt_tokens == budget  # cut to fit exactly, history dropped
+    assert s.dropped_messages == 2
+    assert s.messages[-2].content == text  # the history keeps the full text
+    seen = s._seen[2][1]
+    assert seen.startswith("start here w0") and seen.endswith("w198 w199 end here")
+    assert CUT_MARKER in seen
+    ids = m.tokenizer.encode(text, allow_special=False)
+    kept = m.tokenizer.encode(seen, allow_special=False)
+    n_cut = len(ids) - (len(kept) - len(m.tokenizer.encode(CUT_MARKER, allow_special=False)))
+    assert s.last_notice is not None
+    assert s.last_notice.startswith(
+        f"2 older message(s) left the context; {n_cut} tokens from the middle of your message"
+    ), s.last_notice
+    assert s.last_notice.endswith(f"({budget} of {budget} tokens)")
+    assert s.cache.tokens[: done.metrics.prompt_tokens] == s.prompt_ids([Message("user", seen)])
+
+    after = turn(s, "short question")  # the cut pair leaves; no error, nothing recomputed twice
+    assert s.dropped_messages == 4
+    assert after.metrics.prompt_tokens < 30
+
+
+def test_raw_completion_keeps_the_newest_tokens(small_context_model: LoadedModel) -> None:
+    m = small_context_model
+    s = ChatSession(m)
+    text = " ".join(f"t{i}" for i in range(120))
+    ids = m.tokenizer.encode(text, allow_special=False)
+    budget = prompt_budget(96, 8)
+    done = [e for e in s.complete(text, GREEDY, 8) if isinstance(e, Done)][0]
+    assert done.metrics.prompt_tokens == budget
+    assert s.cache.tokens[:budget] == ids[-budget:]
+    assert s.last_notice == (
+        f"the prompt is {len(ids)} tokens, over the {budget}-token prompt budget: "
+        f"its first {len(ids) - budget} tokens were cut"
+    )
+
+
+def test_system_prompt_longer_than_the_budget_is_a_one_line_error(
+    small_context_model: LoadedModel,
+) -> None:
+    s = ChatSession(small_context_model, system_prompt="rule " * 100)
+    with pytest.raises(UserError, match="system_prompt takes about .* shorten system_prompt"):
+        turn(s, "hi")
+    assert s.messages == []
