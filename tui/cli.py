@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--no-peers", action="store_true", help="skip the transformers run")
     bench.add_argument("--threads", type=int, help="torch threads for both engines")
+    bench.add_argument(
+        "--conversation",
+        action="store_true",
+        help="time to first token over a long chat with trims, cache vs re-prefill each turn",
+    )
+    bench.add_argument("--turns", type=int, default=30, help="--conversation: user turns")
     return parser
 
 
@@ -117,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             return plain.run_history(args)
         if args.command == "bench":
+            if args.conversation:
+                from tui import bench_chat
+
+                return bench_chat.run_conversation_bench(args)
             from tui import bench
 
             return bench.run_bench(args)
