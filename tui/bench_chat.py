@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -145,12 +146,13 @@ def run_conversation_bench(args: argparse.Namespace) -> int:
     texts, n = questions(args.turns), profile.max_new_tokens
     run_conversation(loaded, texts[:2], settings, 8, cached=True)  # warm-up
     busy0, cpu0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
-    ours = median_turns(
-        [run_conversation(loaded, texts, settings, n, True) for _ in range(args.runs)]
-    )
-    base = median_turns(
-        [run_conversation(loaded, texts, settings, n, False) for _ in range(args.runs)]
-    )
+    passes: dict[bool, list[list[Turn]]] = {True: [], False: []}
+    for cached in (True, False):
+        for r in range(args.runs):
+            name = "cached" if cached else "baseline"
+            print(f"bench: {name} run {r + 1}/{args.runs} ...", file=sys.stderr, flush=True)
+            passes[cached].append(run_conversation(loaded, texts, settings, n, cached))
+    ours, base = median_turns(passes[True]), median_turns(passes[False])
     others = (_machine_busy_s() - busy0) - (time.process_time() - cpu0)
     cores = torch.get_num_threads()
     load = max(others, 0.0) / ((time.perf_counter() - wall0) * max(cores, 1))
