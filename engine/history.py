@@ -4,6 +4,11 @@ The prompt budget is ``context_length - max_new_tokens``. When a prompt exceeds 
 user+assistant pairs are dropped from the oldest end -- never the system prompt, never the
 newest user message, never a pinned message -- down to ``TARGET_FRACTION`` of the budget, so
 the next several turns fit again and reuse the (shifted) KV cache instead of trimming each turn.
+
+A newest user message too long for the budget on its own is cut at token level: it keeps its
+start (``HEAD_FRACTION`` of the room: the instruction, "summarise this:") and its end (the rest:
+the text nearest the question), and loses its middle. Raw completion keeps a prompt's most recent
+tokens. Only what the model sees is cut; the history keeps the full text.
 Pure functions: the session supplies exact token counts from its chat formatter.
 """
 
@@ -12,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 TARGET_FRACTION = 0.75  # after a trim the prompt takes at most this share of the budget
+HEAD_FRACTION = 0.25  # a cut message keeps this share of its room from its start
+CUT_MARKER = "\n[...]\n"  # stands where a cut message lost its middle
 
 
 def prompt_budget(context_length: int, max_new_tokens: int) -> int:
@@ -80,3 +87,20 @@ def kept_indexes(
 ) -> list[int]:
     """Indexes of the n messages still in context after a cut at ``cut``."""
     return [i for i in range(n) if not keep_first <= i < cut or i in pinned]
+
+
+def split_keep(n: int, keep: int, head_fraction: float = HEAD_FRACTION) -> tuple[int, int]:
+    """Tokens a message of n tokens keeps from its start and from its end to fit ``keep``."""
+    if n <= keep:
+        return n, 0
+    keep = max(keep, 0)
+    head = int(keep * head_fraction)
+    return head, keep - head
+
+
+def keep_recent(ids: Sequence[int], budget: int, keep_first: int = 0) -> list[int]:
+    """The first ``keep_first`` ids (a BOS) and the most recent ones, ``budget`` in all."""
+    if len(ids) <= budget:
+        return list(ids)
+    tail = max(budget - keep_first, 0)
+    return list(ids[:keep_first]) + list(ids[len(ids) - tail :])

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import NoReturn
 
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
 from engine.errors import UserError
 from engine.events import Done, Event
 from engine.generate import generate
-from engine.history import TARGET_FRACTION, choose_cut, kept_indexes, pair_cut_points, prompt_budget
+from engine.history import (
+    CUT_MARKER,
+    TARGET_FRACTION,
+    choose_cut,
+    keep_recent,
+    kept_indexes,
+    pair_cut_points,
+    prompt_budget,
+    split_keep,
+)
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel
 from engine.sampling import MirostatState, new_sampler_state
@@ -31,6 +42,7 @@ class ChatSession:
         self.target_fraction = TARGET_FRACTION  # a trim brings the prompt under this share
         self.context_shift = True  # after a trim, move cached K/V instead of recomputing
         self.last_notice: str | None = None  # one line for the user about the last turn's trim
+        self._seen: dict[int, tuple[str, str]] = {}  # index -> (full text, what the model saw)
         self.sampler_state: MirostatState | None = None  # Mirostat's mu, per conversation
         self._sampler_key: tuple[int, float] | None = None
         a = loaded.args
@@ -124,10 +136,24 @@ class ChatSession:
         max_new_tokens: int,
         cancel: threading.Event | None = None,
     ) -> Iterator[Event]:
-        """Free-form completion of raw text (no chat template, no history)."""
-        ids = encode_raw(self.loaded.tokenizer, text)
+        """Free-form completion of raw text (no chat template, no history).
+
+        A prompt over the budget keeps its most recent tokens (and BOS); ``last_notice`` says
+        how many were cut from its start."""
+        tok = self.loaded.tokenizer
+        ids = encode_raw(tok, text)
         if not ids:
             raise UserError("the prompt is empty: give some text to complete")
+        self.last_notice = None
+        budget = prompt_budget(self.cache.max_len, max_new_tokens)
+        if len(ids) > budget:
+            bos = int(tok.add_bos and tok.bos_id is not None and ids[0] == tok.bos_id)
+            kept = keep_recent(ids, budget, bos)
+            self.last_notice = (
+                f"the prompt is {len(ids)} tokens, over the {budget}-token prompt budget: "
+                f"its first {len(ids) - len(kept)} tokens were cut"
+            )
+            ids = kept
         return self._run(ids, settings, max_new_tokens, cancel)
 
     def _run(
@@ -160,14 +186,16 @@ class ChatSession:
         self.sampler_state = None
 
     def _fit(self, messages: list[Message], max_new_tokens: int) -> list[int]:
-        """Prompt ids for messages, dropping the oldest pairs when they exceed the budget.
+        """Prompt ids for messages, dropping the oldest pairs when they exceed the budget, and
+        cutting the newest message's middle when it does not fit even alone (see ``_cut``).
 
         After a trim the cached K/V of the kept turns are shifted into place (see
         ``_shift_cache``), so generate() prefills only what the cache cannot supply.
         """
         self.last_notice = None
         self.context_start = min(self.context_start, len(messages) - 1)
-        before = self.prompt_ids(self.visible(messages))
+        view = self._model_view(messages)
+        before = self.prompt_ids(self.visible(view))
         budget = prompt_budget(self.cache.max_len, max_new_tokens)
         if len(before) <= budget:
             return before
@@ -175,20 +203,92 @@ class ChatSession:
 
         def prompt_len(cut: int) -> int:
             if cut not in lengths:
-                lengths[cut] = len(self.prompt_ids(self.visible(messages, cut)))
+                lengths[cut] = len(self.prompt_ids(self.visible(view, cut)))
             return lengths[cut]
 
         points = pair_cut_points([m.role for m in messages], self.context_start)
         cut = choose_cut(prompt_len, points, budget, self.target_fraction)
         dropped = sum(1 for i in range(self.context_start, cut) if i not in self.pinned)
+        notices = [f"{dropped} older message(s) left the context"] if dropped else []
+        if prompt_len(cut) > budget:
+            view, n_cut = self._cut(view, cut, budget)
+            before = self.prompt_ids(self.visible(view))  # the dropped span, as the model saw it
+            notices.append(
+                f"{n_cut} tokens from the middle of your message were cut for the model "
+                "(the history keeps the full text)"
+            )
         self.context_start = cut
-        ids = self.prompt_ids(self.visible(messages))
-        self.last_notice = (
-            f"{dropped} older message(s) left the context ({len(ids)} of {budget} tokens)"
-        )
+        ids = self.prompt_ids(self.visible(view))
+        self.last_notice = "; ".join(notices) + f" ({len(ids)} of {budget} tokens)"
         if self.context_shift:
             self._shift_cache(before, ids)
         return ids
+
+    def _model_view(self, messages: list[Message]) -> list[Message]:
+        """messages as the model saw them: earlier messages that were cut keep their cut text."""
+        last = len(messages) - 1
+        return [
+            replace(m, content=self._seen[i][1])
+            if i < last and i in self._seen and self._seen[i][0] == m.content
+            else m
+            for i, m in enumerate(messages)
+        ]
+
+    def _cut(self, view: list[Message], cut: int, budget: int) -> tuple[list[Message], int]:
+        """Cut the newest message at token level, keeping its start and end around CUT_MARKER,
+        so the prompt (system prompt, pinned messages, template) fits ``budget``.
+
+        Returns the new view and the number of the message's tokens cut."""
+        tok = self.loaded.tokenizer
+        last = view[-1]
+        ids = tok.encode(last.content, allow_special=False)
+
+        def with_text(text: str) -> list[Message]:
+            return [*view[:-1], replace(last, content=text)]
+
+        def size(text: str) -> int:
+            return len(self.prompt_ids(self.visible(with_text(text), cut)))
+
+        room = budget - size(CUT_MARKER)
+        text, kept = CUT_MARKER, 0
+        for _ in range(8):  # re-encoding at the seams can shift a count by a token or two
+            if room < 1:
+                self._no_room(budget)
+            head, tail = split_keep(len(ids), room)
+            text = (
+                tok.decode(ids[:head]).rstrip("\ufffd")
+                + CUT_MARKER
+                + tok.decode(ids[len(ids) - tail :]).lstrip("\ufffd")
+            )
+            over = size(text) - budget
+            if over <= 0:
+                kept = head + tail
+                break
+            room -= over
+        else:
+            self._no_room(budget)
+        self._seen[len(view) - 1] = (last.content, text)
+        return with_text(text), len(ids) - kept
+
+    def _no_room(self, budget: int) -> NoReturn:
+        """One-line error when the parts trimming never drops leave no room for a message."""
+        reply = self.cache.max_len - budget
+        where = f"of the {budget}-token prompt budget (context_length {self.cache.max_len} "
+        where += f"minus {reply} for the reply)"
+        alone = len(self.prompt_ids([Message("user", CUT_MARKER)]))
+        if self.system_prompt and alone > budget:
+            raise UserError(
+                f"system_prompt takes about {alone} tokens {where}: "
+                "shorten system_prompt or raise context_length"
+            )
+        if self.pinned:
+            raise UserError(
+                f"pinned messages leave no room {where} for your message: "
+                "unpin some or raise context_length"
+            )
+        raise UserError(
+            f"the chat template takes about {alone} tokens {where}: raise context_length"
+        )
 
     def _shift_cache(self, before: list[int], after: list[int]) -> None:
         """Reuse cached K/V across a dropped span: the cache holds (a prefix of) ``before``;

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "off_att_int8, cpu, cpu_bf16, cpu_int8, cpu_nf4); default: all for this machine",
     )
     bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape")
+    bench.add_argument(
+        "--conversation",
+        action="store_true",
+        help="time to first token over a long chat with trims, cache vs re-prefill each turn",
+    )
+    bench.add_argument("--turns", type=int, default=30, help="--conversation: user turns")
     return parser
 
 
@@ -150,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_placement_bench(args)
         if args.command == "bench":
+            if args.conversation:
+                from tui import bench_chat
+
+                return bench_chat.run_conversation_bench(args)
             from tui import bench
 
             return bench.run_bench(args)

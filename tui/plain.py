@@ -87,8 +87,14 @@ def reply_record(done: Done, session: ChatSession | None = None) -> dict[str, An
 def stream(
     events: Iterator[Event], as_json: bool, out: TextIO, session: ChatSession | None = None
 ) -> Done:
-    """Print a reply as it streams (or one JSON object at the end); returns the Done event."""
+    """Print a reply as it streams (or one JSON object at the end); returns the Done event.
+
+    A trim or cut notice goes to stderr before the reply (text mode) or into the JSON record."""
+    noticed = as_json
     for event in events:
+        if not noticed and session is not None and session.last_notice:
+            print(f"llama-tui: note: {session.last_notice}", file=sys.stderr, flush=True)
+        noticed = True
         if isinstance(event, TokenEvent) and not as_json:
             out.write(event.text)
             out.flush()
@@ -145,7 +151,7 @@ def run_chat(args: argparse.Namespace) -> int:
                     conv = store.new_conversation(title_of(text), asdict(profile))
                 store.add_message(conv, "user", text)
                 events = saving(events, store, conv)
-            stream(events, args.json, sys.stdout, session if profile.chat_template else None)
+            stream(events, args.json, sys.stdout, session)
         except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
             print(f"llama-tui: error: {exc}", file=sys.stderr)
             if not interactive:

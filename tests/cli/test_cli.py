@@ -190,7 +190,33 @@ def test_negative_temperature_in_file_and_flag(tmp_path: Path) -> None:
 
 
 def test_prompt_longer_than_context(tiny_gguf: Path, tmp_path: Path) -> None:
-    proc = run(
-        ["ask", "--model", str(tiny_gguf), "--context-length", "32", "word " * 100], tmp_path
+    """A message longer than the whole prompt budget is cut, with a notice, not an error."""
+    flags = ["--model", str(tiny_gguf), "--context-length", "96", "--max-new-tokens", "4"]
+    flags += ["--temperature", "0"]
+    prompt = "word " * 100
+    proc = run(["ask", *flags, "--json", prompt], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["prompt_tokens"] == 92  # the budget: 96 minus 4 for the reply
+    assert record["generated_tokens"] >= 1 and record["text"]
+    assert "tokens from the middle of your message were cut" in record["notice"]
+    assert "(92 of 92 tokens)" in record["notice"]
+
+    text = run(["ask", *flags, prompt], tmp_path)
+    assert text.returncode == 0, text.stderr
+    [note] = [line for line in text.stderr.splitlines() if line.strip()]
+    assert note.startswith("llama-tui: note: ") and "were cut" in note
+
+    raw = run(["ask", *flags, "--raw", "--json", prompt], tmp_path)
+    assert raw.returncode == 0, raw.stderr
+    record = json.loads(raw.stdout)
+    assert record["prompt_tokens"] == 92
+    assert record["notice"] == (  # "word", 99 x " word", " ": the first 9 go
+        "the prompt is 101 tokens, over the 92-token prompt budget: its first 9 tokens were cut"
     )
-    assert_one_line_error(proc, "context holds 32")
+
+
+def test_system_prompt_longer_than_context(tiny_gguf: Path, tmp_path: Path) -> None:
+    flags = ["--model", str(tiny_gguf), "--context-length", "32", "--max-new-tokens", "4"]
+    proc = run(["ask", *flags, "--system", "rule " * 50, "hi"], tmp_path)
+    assert_one_line_error(proc, "system_prompt", "context_length 32")
