@@ -55,11 +55,11 @@ class ChatScreen(Screen[None]):
         Binding("escape", "cancel", "Stop"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+n", "new_conversation", "New chat"),
-        Binding("ctrl+o", "conversations", "Conversations"),
-        Binding("f5", "edit_message", "Edit msg"),
         Binding("f2", "toggle_pane('config')", "Config"),
         Binding("f3", "toggle_pane('metrics')", "Metrics"),
         Binding("f4", "pick_profile", "Profile"),
+        Binding("ctrl+o", "conversations", "Conversations"),
+        Binding("f5", "edit_message", "Edit msg"),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
