@@ -137,6 +137,12 @@ class ConversationStore:
             raise UserError(f"no conversation with id {conv} in {self.path}")
         return row  # type: ignore[no-any-return]
 
+    def exists(self, conv: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (conv,)).fetchone()
+            is not None
+        )
+
     def list_conversations(self) -> list[sqlite3.Row]:
         """Newest first, each with a message count."""
         return self.db.execute(

@@ -129,8 +129,9 @@ def run_history(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.history_command == "list":
         for c in store.list_conversations():
+            fork = "" if c["parent_id"] is None else f"\t↳ fork of #{c['parent_id']}"
             out.write(
-                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}\n"
+                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}{fork}\n"
             )
     elif args.history_command == "show":
         for m in store.messages(args.id):

@@ -85,6 +85,7 @@ def test_rename_and_delete(store: ConversationStore) -> None:
     store.add_message(a, "user", "x")
     store.rename(b, "renamed")
     store.delete(a)
+    assert not store.exists(a) and store.exists(b)
     assert [(r["id"], r["title"]) for r in store.list_conversations()] == [(b, "renamed")]
     assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     with pytest.raises(UserError, match=f"no conversation with id {a}"):

@@ -72,6 +72,70 @@ async def test_a_chat_is_saved_every_turn_and_listed(app: LlamaTuiApp, data: Pat
         assert cells[0] == f"●{row['id']}" and cells[1] == "hello there" and cells[3] == "4"
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is app.chat)
+        # regenerate replaces the saved reply, as it does in the session
+        app.chat.query_one(PromptInput).focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        assert contents(store, row["id"]) == [(m.role, m.content) for m in session.messages]
+        assert len(session.messages) == 4
+        # deleting the chat on screen from the list starts a new one; the next turn saves it
+        await open_list(pilot, app)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await pilot.pause(0.1)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        await wait_for(pilot, idle(app))
+        assert not app.chat.query(UserMessage)
+        await say(pilot, "a fresh start")
+        [again] = store.list_conversations()
+        assert again["title"] == "a fresh start" and again["message_count"] == 2
+
+
+async def test_a_streaming_reply_is_on_disk_before_it_ends(tiny_config: Path, data: Path) -> None:
+    app = make_app("long", tiny_config, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await pilot.press(*"go on forever", "enter")
+        store = saved(data)  # another connection, as after a crash
+
+        def partial_saved() -> bool:
+            rows = store.list_conversations()
+            if not rows or rows[0]["message_count"] < 2:
+                return False
+            return len(store.messages(rows[0]["id"])[1]["content"]) > 0
+
+        await wait_for(pilot, partial_saved)
+        assert app.chat.busy  # still streaming
+        await pilot.pause(1.5)
+        [row] = store.list_conversations()
+        reply = store.messages(row["id"])[1]
+        assert reply["content"] and not reply["stopped"] and reply["metrics_json"] is None
+        await pilot.press("escape")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        reply = store.messages(row["id"])[1]
+        shown = app.chat.conversation.last_reply()
+        assert shown is not None and reply["content"] == shown.text and reply["stopped"] == 1
+
+
+async def test_queued_prompts_are_saved_in_order(tiny_config: Path, data: Path) -> None:
+    """Replies long enough to span several UI batches: the next turn starts on the engine
+    while the screen has not yet seen the end of the one before."""
+    overrides = {"max_new_tokens": 64}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        for text in ("one", "two", "three"):  # as fast as Enter could send them
+            app.chat.send(text)
+        await wait_for(pilot, idle(app), timeout=90)  # a busy machine makes this slow
+        await pilot.pause(0.1)
+        session = backend(app).session
+        assert session is not None and len(session.messages) == 6
+        [row] = saved(data).list_conversations()
+        assert contents(saved(data), row["id"]) == [(m.role, m.content) for m in session.messages]
 
 
 async def test_no_save_writes_nothing(tiny_config: Path, data: Path) -> None:

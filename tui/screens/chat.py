@@ -79,6 +79,7 @@ class ChatScreen(Screen[None]):
         self.recorder = Recorder(None, {})
         self.turns: dict[int, Turn] = {}  # ticket id -> a turn of the conversation
         self.session_len = 0  # messages in the engine's session, as far as the screen knows
+        self._browse_store: ConversationStore | None = None  # the list's, under --no-save
         self.state = state
         self.bridge = bridge
         self.stats = LiveStats()
@@ -269,11 +270,12 @@ class ChatScreen(Screen[None]):
     def _list_store(self) -> ConversationStore | None:
         if self.recorder.store is not None:
             return self.recorder.store
-        try:  # --no-save: the list still opens, this chat is just not written
-            return open_store(self.data_dir)
-        except UserError as exc:
-            self.notify(str(exc), severity="error", timeout=6)
-            return None
+        if self._browse_store is None:
+            try:  # --no-save: the list still opens, this chat is just not written
+                self._browse_store = open_store(self.data_dir)
+            except UserError as exc:
+                self.notify(str(exc), severity="error", timeout=6)
+        return self._browse_store
 
     def action_conversations(self) -> None:
         store = self._list_store()
@@ -285,6 +287,10 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(screen, self._on_list_choice)
 
     async def _on_list_choice(self, choice: ListChoice | None) -> None:
+        store, conv = self.recorder.store, self.recorder.conv
+        if store is not None and conv is not None and not store.exists(conv):
+            await self.action_new_conversation()  # the chat on screen was deleted from the list
+            self.notify(f"conversation #{conv} was deleted: this is a new one", timeout=4)
         if choice is None:
             return
         if choice.action == "new":
