@@ -311,3 +311,27 @@ async def test_a_failed_turn_is_not_saved_and_its_text_comes_back(
         [row] = store.list_conversations()
         assert [c for _, c in contents(store, row["id"])][0] == "hi"
         assert row["message_count"] == 2
+
+
+async def test_resumed_chat_ending_unanswered_can_be_regenerated(
+    app: LlamaTuiApp, data: Path
+) -> None:
+    """`chat --plain` keeps a user message whose turn failed: the app answers it with Ctrl+R."""
+    store = saved(data)
+    conv = store.new_conversation("left hanging", {})
+    for role, text in [("user", "a"), ("assistant", "b"), ("user", "c")]:
+        store.add_message(conv, role, text)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await app.chat.resume(conv)
+        await pilot.pause(0.2)
+        app.chat.query_one(PromptInput).focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        session = backend(app).session
+        assert session is not None and [m.content for m in session.messages[:3]] == ["a", "b", "c"]
+        assert len(session.messages) == 4
+        assert contents(store, conv) == [(m.role, m.content) for m in session.messages]
+        shown = [b.text for b in app.chat.conversation.messages()]
+        assert shown == [m.content for m in session.messages]

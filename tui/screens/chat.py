@@ -208,6 +208,8 @@ class ChatScreen(Screen[None]):
         if kind == "regenerate":
             users = self.conversation.query(UserMessage)
             user = users.last() if users else None
+            if user is not None and user.index is not None:
+                index = user.index  # the session answers its last user message again
         else:
             user = self.conversation.add_user(text)
             if kind != "edit":
@@ -232,6 +234,7 @@ class ChatScreen(Screen[None]):
 
     def action_regenerate(self) -> None:
         last = self.conversation.last_reply()
+        users = self.conversation.query(UserMessage)
         if self.busy or last is None:
             self.notify(
                 "regenerate: wait for the reply to finish (Esc stops it)"
@@ -240,7 +243,9 @@ class ChatScreen(Screen[None]):
                 timeout=3,
             )
             return
-        last.remove()
+        blocks = list(self.conversation.children)
+        if not users or blocks.index(last) > blocks.index(users.last()):
+            last.remove()  # (a resumed chat may end with a message that was never answered)
         self.send("", "regenerate")
 
     async def action_new_conversation(self) -> None:
@@ -480,8 +485,8 @@ class ChatScreen(Screen[None]):
             turn.at = self.session_len
             self._save(lambda: setattr(turn, "saver", rec.user(turn.text, turn.at)))
         elif turn.kind == "regenerate":
-            turn.at = max(self.session_len - 2, 0)
-            self._save(lambda: setattr(turn, "saver", rec.reply(self.session_len - 1)))
+            at = turn.at = turn.index if turn.index >= 0 else max(self.session_len - 2, 0)
+            self._save(lambda: setattr(turn, "saver", rec.reply(at + 1)))
         elif turn.kind == "edit":
             turn.at, parent = turn.index, rec.conv
             self._save(lambda: setattr(turn, "saver", rec.fork(turn.index, turn.text)))
@@ -507,7 +512,9 @@ class ChatScreen(Screen[None]):
         self.stats.on_dropped(*dropped)
 
     def _fail(self, turn: Turn) -> None:
-        """The turn left the session as it was: so does the store, and the text comes back."""
+        """The store is put back in step with the session, and the text comes back."""
+        if turn.kind in ("edit", "regenerate") and turn.index >= 0:  # the session kept
+            self.session_len = min(self.session_len, turn.index)  # messages[:index]
         if turn.begun:
             self._save(lambda: self.recorder.truncate(self.session_len))
         prompt = self.query_one(PromptInput)
