@@ -170,16 +170,20 @@ def make_app(
     )
 
 
-def run_app(args: argparse.Namespace) -> int:
-    """`llama-tui chat` on a terminal: the app for the CLI's profile and flags."""
+def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
+    """The app for the CLI's profile and flags (--data-dir and --no-save included)."""
     from tui.cli import overrides_from
 
-    app = make_app(
+    return make_app(
         args.profile,
         args.config,
         overrides_from(args),
         data_dir=args.data_dir,
         save=not args.no_save,
     )
-    app.run()
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """`llama-tui chat` on a terminal."""
+    app_from_args(args).run()
     return 0
