@@ -10,28 +10,31 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from engine.chat_format import Message
 from engine.config import WEIGHT_KEYS, Profile, SamplingSettings, weights_key
 from engine.errors import UserError
-from engine.events import Event
+from engine.events import Done, Event
 from engine.loaders import LoadedModel, load_profile_model
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
 
 Progress = Callable[[int, int], None]  # (units done, units total)
-RequestKind = Literal["chat", "regenerate", "complete"]
+RequestKind = Literal["chat", "regenerate", "edit", "complete"]
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     kind: RequestKind  # chat = a user turn; regenerate = answer the last user turn again;
+    # edit = replace user message `index` with `text`, drop what followed, answer it;
     # complete = raw completion of `text` (no template, no history)
     text: str = ""
     sampling: SamplingSettings = SamplingSettings()  # read per request: edits apply at once
     max_new_tokens: int = 512
+    index: int = -1  # edit: which message of the conversation
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class Backend(Protocol):
         """Run one request on the active conversation; stops within one token of `cancel`."""
         ...
 
-    def clear(self) -> None:
-        """Start a new conversation (cached prompt prefixes may still be reused)."""
+    def clear(self, messages: Sequence[Message] = ()) -> None:
+        """Start a new conversation, or go on with `messages` (a saved one); cached prompt
+        prefixes may still be reused."""
         ...
 
 
@@ -151,11 +155,28 @@ class LocalBackend:
         session = self._active()
         s, n = request.sampling, request.max_new_tokens
         if request.kind == "chat":
-            return session.send(request.text, s, n, cancel)
+            return with_context(session, session.send(request.text, s, n, cancel))
         if request.kind == "regenerate":
-            return session.regenerate(s, n, cancel)
+            return with_context(session, session.regenerate(s, n, cancel))
+        if request.kind == "edit":
+            events = session.edit_message(request.index, request.text, s, n, cancel)
+            return with_context(session, events)
         return session.complete(request.text, s, n, cancel)
 
-    def clear(self) -> None:
-        if self.session is not None:
-            self.session.clear()
+    def clear(self, messages: Sequence[Message] = ()) -> None:
+        if self.session is None:
+            if messages:
+                raise UserError("no model is loaded yet: pick a profile first")
+            return
+        self.session.clear()
+        self.session.messages = list(messages)  # a resumed chat: prefix reuse rebuilds the cache
+
+
+def with_context(session: ChatSession, events: Iterator[Event]) -> Iterator[Event]:
+    """A chat turn's events, its Done telling which messages are still in the context."""
+    for event in events:
+        if isinstance(event, Done):
+            event = replace(
+                event, context_start=session.context_start, pinned=tuple(sorted(session.pinned))
+            )
+        yield event

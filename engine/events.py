@@ -34,6 +34,10 @@ class Done:
     token_ids: list[int]
     stop_reason: str  # "stop" | "length" | "context" | "cancelled"
     metrics: GenerationMetrics = field(default_factory=lambda: GenerationMetrics())
+    # chat turns only (None otherwise): messages[:context_start] left the model's context,
+    # except the pinned indexes, as the session stands after this turn
+    context_start: int | None = None
+    pinned: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from engine.backend import Backend, GenerationRequest, ModelInfo
+from engine.chat_format import Message
 from engine.config import Profile
 from engine.errors import UserError
 from engine.events import Done, Event, Failed, LoadProgress, TokenEvent
@@ -38,6 +39,8 @@ class LoadRequest:
 @dataclass(frozen=True)
 class ClearRequest:
     """Start a new conversation (runs in order, after what was submitted before it)."""
+
+    messages: tuple[Message, ...] = ()  # go on with these (a saved conversation) instead
 
 
 Request = GenerationRequest | LoadRequest | ClearRequest
@@ -229,7 +232,7 @@ class EngineQueue:
             ticket._put(memory_stats())
             ticket._put(ModelReady(request.profile.name, info))
         elif isinstance(request, ClearRequest):
-            self.backend.clear()
+            self.backend.clear(request.messages)
         else:
             last = time.perf_counter()
             for event in self.backend.generate(request, ticket.cancel_event):

@@ -123,10 +123,24 @@ class ChatSession:
         last_user = max((i for i, m in enumerate(self.messages) if m.role == "user"), default=None)
         if last_user is None:
             raise UserError("there is no user message to regenerate or edit yet")
-        new_text = self.messages[last_user].content if text is None else text
-        self.messages = self.messages[:last_user]
-        self.context_start = min(self.context_start, last_user)
-        self.pinned = {i for i in self.pinned if i < last_user}
+        return self.edit_message(last_user, text, settings, max_new_tokens, cancel)
+
+    def edit_message(
+        self,
+        index: int,
+        text: str | None,
+        settings: SamplingSettings,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Replace user message messages[index] (None keeps it), drop what followed it and
+        answer it; the cache still holds the turns before it, so only the edit is prefilled."""
+        if not 0 <= index < len(self.messages) or self.messages[index].role != "user":
+            raise UserError(f"message {index} is not a user message of this conversation")
+        new_text = self.messages[index].content if text is None else text
+        self.messages = self.messages[:index]
+        self.context_start = min(self.context_start, index)
+        self.pinned = {i for i in self.pinned if i < index}
         return self.send(new_text, settings, max_new_tokens, cancel)
 
     def complete(

@@ -20,7 +20,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     title TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    profile_json TEXT NOT NULL
+    profile_json TEXT NOT NULL,
+    parent_id INTEGER,
+    forked_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -34,6 +36,11 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, seq);
 """
+# columns added after the first release: (table, column, type); added to older files on open
+MIGRATIONS = (
+    ("conversations", "parent_id", "INTEGER"),  # the conversation this one was forked from
+    ("conversations", "forked_at", "INTEGER"),  # messages[:forked_at] were copied from the parent
+)
 
 
 def data_dir(flag: Path | None = None) -> Path:
@@ -63,11 +70,18 @@ class ConversationStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open conversation store {path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        for table, column, kind in MIGRATIONS:
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         try:
@@ -123,6 +137,12 @@ class ConversationStore:
             raise UserError(f"no conversation with id {conv} in {self.path}")
         return row  # type: ignore[no-any-return]
 
+    def exists(self, conv: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (conv,)).fetchone()
+            is not None
+        )
+
     def list_conversations(self) -> list[sqlite3.Row]:
         """Newest first, each with a message count."""
         return self.db.execute(
@@ -145,6 +165,29 @@ class ConversationStore:
         self._write("DELETE FROM messages WHERE conversation_id = ?", (conv,))
         self._write("DELETE FROM conversations WHERE id = ?", (conv,))
 
+    def truncate(self, conv: int, keep: int) -> None:
+        """Delete the messages from seq `keep` on (a reply answered again, a failed turn)."""
+        self.get(conv)
+        self._write("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?", (conv, keep))
+
+    def fork(self, conv: int, at: int, title: str | None = None) -> int:
+        """A new conversation holding copies of conv's messages[:at]; conv is left unchanged."""
+        parent = self.get(conv)
+        now = time.time()
+        cur = self._write(
+            "INSERT INTO conversations (title, created, updated, profile_json, parent_id,"
+            " forked_at) VALUES (?,?,?,?,?,?)",
+            (title or parent["title"], now, now, parent["profile_json"], conv, at),
+        )
+        fork = int(cur.lastrowid or 0)
+        self._write(
+            "INSERT INTO messages (conversation_id, seq, role, content, created, metrics_json,"
+            " stopped) SELECT ?, seq, role, content, created, metrics_json, stopped"
+            " FROM messages WHERE conversation_id = ? AND seq < ? ORDER BY seq",
+            (fork, conv, at),
+        )
+        return fork
+
     def export_json(self, conv: int) -> dict[str, Any]:
         c = self.get(conv)
         return {
@@ -152,6 +195,8 @@ class ConversationStore:
             "title": c["title"],
             "created": c["created"],
             "updated": c["updated"],
+            "parent_id": c["parent_id"],
+            "forked_at": c["forked_at"],
             "profile": json.loads(c["profile_json"]),
             "messages": [
                 {

@@ -48,11 +48,21 @@ class LlamaTuiApp(App[None]):
         Binding("f1", "toggle_keys", "Keys"),
     ]
 
-    def __init__(self, state: ProfileState, backend: Backend, *, cursor_blink: bool = True) -> None:
+    def __init__(
+        self,
+        state: ProfileState,
+        backend: Backend,
+        *,
+        cursor_blink: bool = True,
+        data_dir: Path | None = None,
+        save: bool = True,
+    ) -> None:
         super().__init__()
         self.state = state
         self.backend = backend
         self.cursor_blink = cursor_blink
+        self.data_dir = data_dir  # where conversations are saved (None: the default place)
+        self.save = save  # False: --no-save
         self.queue: EngineQueue | None = None
         self.llama_themes = load_themes()
         for theme in self.llama_themes:
@@ -63,7 +73,15 @@ class LlamaTuiApp(App[None]):
         self.queue = EngineQueue(self.backend)  # its engine thread keeps the normal priority
         yield_cpu_to_engine()
         bridge = EngineBridge(self.queue)
-        self.push_screen(ChatScreen(self.state, bridge, cursor_blink=self.cursor_blink))
+        self.push_screen(
+            ChatScreen(
+                self.state,
+                bridge,
+                cursor_blink=self.cursor_blink,
+                data_dir=self.data_dir,
+                save=self.save,
+            )
+        )
 
     def on_unmount(self) -> None:
         if self.queue is not None:
@@ -103,6 +121,16 @@ class LlamaTuiApp(App[None]):
             "New conversation", "forget the chat so far (ctrl+n)", chat.action_new_conversation
         )
         yield SystemCommand(
+            "Conversations",
+            "saved chats: resume, rename, delete, export (ctrl+o)",
+            chat.action_conversations,
+        )
+        yield SystemCommand(
+            "Edit an earlier message",
+            "the chat forks there; the saved original stays (f5)",
+            chat.action_edit_message,
+        )
+        yield SystemCommand(
             "Copy last reply",
             "to the clipboard with OSC 52, works over SSH (ctrl+y)",
             chat.action_copy_reply,
@@ -124,6 +152,8 @@ def make_app(
     backend: Backend | None = None,
     max_loaded_models: int | None = None,
     cursor_blink: bool = True,
+    data_dir: Path | None = None,
+    save: bool = True,
 ) -> LlamaTuiApp:
     """The app for a profile of a config file (found as the CLI finds it) and CLI overrides.
 
@@ -131,13 +161,29 @@ def make_app(
     """
     state = ProfileState.open(find_config_path(config_path), profile_name, overrides or {})
     keep = max_loaded_models or state.config.max_loaded_models  # from the config file by default
-    return LlamaTuiApp(state, backend or LocalBackend(keep), cursor_blink=cursor_blink)
+    return LlamaTuiApp(
+        state,
+        backend or LocalBackend(keep),
+        cursor_blink=cursor_blink,
+        data_dir=data_dir,
+        save=save,
+    )
+
+
+def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
+    """The app for the CLI's profile and flags (--data-dir and --no-save included)."""
+    from tui.cli import overrides_from
+
+    return make_app(
+        args.profile,
+        args.config,
+        overrides_from(args),
+        data_dir=args.data_dir,
+        save=not args.no_save,
+    )
 
 
 def run_app(args: argparse.Namespace) -> int:
-    """`llama-tui chat` on a terminal: the app for the CLI's profile and flags."""
-    from tui.cli import overrides_from
-
-    app = make_app(args.profile, args.config, overrides_from(args))
-    app.run()
+    """`llama-tui chat` on a terminal."""
+    app_from_args(args).run()
     return 0

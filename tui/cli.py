@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat; --plain for line mode (one stdin line per turn)")
     _common(chat)
     chat.add_argument("--plain", action="store_true", help="line mode for pipes and dumb terminals")
-    chat.add_argument("--no-save", action="store_true", help="--plain: do not save the chat")
+    chat.add_argument("--no-save", action="store_true", help="do not save the chat")
     _data_dir(chat)
     history = sub.add_parser("history", help="list, show or export saved conversations")
     hsub = history.add_subparsers(dest="history_command", required=True)

@@ -7,23 +7,19 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from engine.config import Profile, find_config_path, load_config, resolve_profile
 from engine.errors import UserError
 from engine.events import Done, Event, TokenEvent
 from engine.loaders import load_profile_model
-from engine.metrics import gpu_memory_bytes, rss_bytes
 from engine.session import ChatSession
-from engine.store import ConversationStore, open_store
-
-SAVE_INTERVAL_S = 1.0  # a streaming reply is written to disk at least this often
-TITLE_CHARS = 60
+from engine.store import open_store
+from tui.saving import reply_record, saving, title_of
 
 
 def load_profile(args: argparse.Namespace) -> Profile:
@@ -50,38 +46,6 @@ def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSes
             file=sys.stderr,
         )
     return ChatSession(loaded, profile.system_prompt, profile.chat_format)
-
-
-def reply_record(done: Done, session: ChatSession | None = None) -> dict[str, Any]:
-    m = done.metrics
-    record: dict[str, Any] = {
-        "text": done.text,
-        "token_ids": done.token_ids,
-        "prompt_tokens": m.prompt_tokens,
-        "cached_tokens": m.cached_tokens,
-        "generated_tokens": m.generated_tokens,
-        "ttft_s": round(m.ttft_s, 4),
-        "prefill_tok_s": round(m.prefill_tok_s, 2),
-        "decode_tok_s": round(m.decode_tok_s, 2),
-        "context_used": m.context_used,
-        "context_limit": m.context_limit,
-        "stop_reason": done.stop_reason,
-        "context_tokens": m.context_used,  # tokens in context after the turn
-        "computed_tokens": m.computed_tokens,  # prompt tokens run through the model this turn
-    }
-    if m.offload_bytes_per_token:  # weights streamed from CPU memory this reply
-        record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
-        record["offload_gb_s"] = round(m.offload_gb_s, 2)
-        record["offload_wait_s"] = round(m.offload_wait_s, 4)
-    record["rss_bytes"] = rss_bytes()
-    gpu = gpu_memory_bytes()
-    if gpu is not None:
-        record["vram_allocated_bytes"], record["vram_reserved_bytes"] = gpu
-    if session is not None:
-        record["dropped_messages"] = session.dropped_messages  # messages outside the context
-        if session.last_notice:
-            record["notice"] = session.last_notice
-    return record
 
 
 def stream(
@@ -160,38 +124,6 @@ def run_chat(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-def title_of(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
-
-
-def saving(
-    events: Iterator[Event], store: ConversationStore, conv: int, interval: float = SAVE_INTERVAL_S
-) -> Iterator[Event]:
-    """Pass events through, saving the reply: created at the first token, rewritten at least
-    every ``interval`` seconds while it streams, and finally with its metrics at Done."""
-    msg: int | None = None
-    parts: list[str] = []
-    last = time.monotonic()
-    for event in events:
-        if isinstance(event, TokenEvent):
-            parts.append(event.text)
-            now = time.monotonic()
-            if msg is None:
-                msg, last = store.add_message(conv, "assistant", "".join(parts)), now
-            elif now - last >= interval:
-                store.update_message(msg, "".join(parts))
-                last = now
-        elif isinstance(event, Done):
-            metrics = reply_record(event)
-            del metrics["text"], metrics["token_ids"]
-            stopped = event.stop_reason == "cancelled"
-            if msg is None:
-                msg = store.add_message(conv, "assistant", event.text)
-            store.update_message(msg, event.text, metrics, stopped)
-        yield event
-
-
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
@@ -203,8 +135,9 @@ def run_history(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.history_command == "list":
         for c in store.list_conversations():
+            fork = "" if c["parent_id"] is None else f"\t↳ fork of #{c['parent_id']}"
             out.write(
-                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}\n"
+                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}{fork}\n"
             )
     elif args.history_command == "show":
         for m in store.messages(args.id):

@@ -28,6 +28,8 @@ class LiveStats:
     last: GenerationMetrics | None = None
     memory: MemoryStats | None = None
     model: ModelInfo | None = None
+    dropped_messages: int = 0  # messages of the conversation trimmed out of the context
+    dropped_turns: int = 0  # user turns among them
     dirty: bool = True  # something changed since the pane last drew
 
     def start(self) -> None:
@@ -63,6 +65,10 @@ class LiveStats:
 
     def on_stopped(self) -> None:
         self.streaming = False
+        self.dirty = True
+
+    def on_dropped(self, messages: int, turns: int) -> None:
+        self.dropped_messages, self.dropped_turns = messages, turns
         self.dirty = True
 
     def on_memory(self, memory: MemoryStats) -> None:

@@ -123,3 +123,30 @@ def test_kill_9_keeps_the_streamed_reply(tmp_path: Path) -> None:
     saved = msgs[1]["content"]
     assert saved and shown.startswith(saved)
     assert len(saved.encode()) >= len(early), "more than the last second of the reply was lost"
+
+
+def test_the_app_takes_data_dir_and_no_save(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui.app import app_from_args
+    from tui.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)  # no llama-tui.toml here: built-in defaults
+    flags = ["chat", "--model", str(tiny_gguf)]
+    args = build_parser().parse_args([*flags, "--data-dir", str(tmp_path / "d"), "--no-save"])
+    app = app_from_args(args)
+    assert app.data_dir == tmp_path / "d" and app.save is False
+    assert app_from_args(build_parser().parse_args(flags)).save is True
+
+
+def test_history_list_marks_forks(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / DB_NAME)
+    conv = store.new_conversation("original", {})
+    store.add_message(conv, "user", "hi")
+    fork = store.fork(conv, 0)
+    store.close()
+    listed = run(["history", "list", "--data-dir", str(tmp_path)], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split("\t")[0]: line for line in listed.stdout.splitlines()}
+    assert lines[str(fork)].endswith(f"original\t↳ fork of #{conv}")
+    assert lines[str(conv)].endswith("\toriginal")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.config import SamplingSettings
+from engine.errors import UserError
 from engine.events import Done, Event
 from engine.generate import decode_one_token, prefill
 from engine.kv_cache import KVCache
@@ -91,6 +92,25 @@ def test_regenerate_and_edit_reuse_the_prefix(tiny_model: LoadedModel) -> None:
     edited = done_of(s.edit_last("hello where", GREEDY, 5))
     assert 0 < edited.metrics.cached_tokens < edited.metrics.prompt_tokens - 1
     assert [m.content for m in s.messages if m.role == "user"] == ["hello where"]
+
+
+def test_edit_message_forks_at_an_earlier_turn(tiny_model: LoadedModel) -> None:
+    s = ChatSession(tiny_model)
+    done_of(s.send("first question", GREEDY, 4))
+    done_of(s.send("second question", GREEDY, 4))
+    done_of(s.send("third question", GREEDY, 4))
+    kept = list(s.messages[:2])
+    edited = done_of(s.edit_message(2, "second, edited", GREEDY, 4))
+    assert s.messages[:2] == kept and len(s.messages) == 4
+    assert s.messages[2].content == "second, edited"
+    prefix = len(s.prompt_ids(kept))
+    assert prefix - 1 <= edited.metrics.cached_tokens < edited.metrics.prompt_tokens
+    scratch = ChatSession(tiny_model)
+    scratch.messages = kept
+    assert done_of(scratch.send("second, edited", GREEDY, 4)).token_ids == edited.token_ids
+    for bad in (1, 7, -1):  # an assistant message, past the end
+        with pytest.raises(UserError, match=f"message {bad} is not a user message"):
+            s.edit_message(bad, "x", GREEDY, 4)
 
 
 def test_cancelled_reply_is_kept_and_cache_stays_valid(tiny_model: LoadedModel) -> None:

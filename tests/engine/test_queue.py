@@ -210,3 +210,22 @@ def test_cancel_takes_effect_within_one_decode_step(profile: Profile) -> None:
     finally:
         queue.close()
     assert done.stop_reason == "cancelled" and len(done.token_ids) == 3
+
+
+def test_resume_and_edit_through_the_queue(engine: EngineQueue) -> None:
+    from engine.chat_format import Message
+
+    saved = (Message("user", "hi"), Message("assistant", "hello"))
+    assert isinstance(list(engine.submit(ClearRequest(saved)))[-1], Started)
+    first = done_of(list(engine.submit(chat("and then?", 4, GREEDY))))
+    assert first.context_start == 0 and first.pinned == ()
+    session = engine.backend.session  # type: ignore[attr-defined]
+    assert [m.content for m in session.messages[:3]] == ["hi", "hello", "and then?"]
+    edit = GenerationRequest("edit", "hi, edited", GREEDY, 4, index=0)
+    edited = done_of(list(engine.submit(edit)))
+    assert edited.context_start == 0 and len(session.messages) == 2
+    assert session.messages[0].content == "hi, edited"
+    bad = list(engine.submit(GenerationRequest("edit", "x", GREEDY, 4, index=1)))
+    assert any(isinstance(e, Failed) and "not a user message" in e.message for e in bad)
+    raw = done_of(list(engine.submit(GenerationRequest("complete", "once upon", GREEDY, 4))))
+    assert raw.context_start is None  # not a chat turn

@@ -85,6 +85,7 @@ def test_rename_and_delete(store: ConversationStore) -> None:
     store.add_message(a, "user", "x")
     store.rename(b, "renamed")
     store.delete(a)
+    assert not store.exists(a) and store.exists(b)
     assert [(r["id"], r["title"]) for r in store.list_conversations()] == [(b, "renamed")]
     assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     with pytest.raises(UserError, match=f"no conversation with id {a}"):
@@ -113,3 +114,55 @@ def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert data_dir(None) == tmp_path / "env"
     monkeypatch.delenv("LLAMA_TUI_DATA_DIR")
     assert data_dir(None).name == "llama-tui"
+
+
+def test_fork_copies_the_prefix_and_leaves_the_parent_alone(store: ConversationStore) -> None:
+    conv = store.new_conversation("trip", {"name": "defaults"})
+    for role, text in [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")]:
+        store.add_message(conv, role, text)
+    fork = store.fork(conv, 2)
+    store.add_message(fork, "user", "c edited")
+    assert [m["content"] for m in store.messages(conv)] == ["a", "b", "c", "d"]
+    assert [(m["seq"], m["content"]) for m in store.messages(fork)] == [
+        (0, "a"),
+        (1, "b"),
+        (2, "c edited"),
+    ]
+    row = store.get(fork)
+    assert (row["parent_id"], row["forked_at"], row["title"]) == (conv, 2, "trip")
+    assert store.get(conv)["parent_id"] is None
+    listed = {r["id"]: r["message_count"] for r in store.list_conversations()}
+    assert listed == {conv: 4, fork: 3}
+    assert store.export_json(fork)["parent_id"] == conv
+    with pytest.raises(UserError, match="no conversation with id 99"):
+        store.fork(99, 0)
+
+
+def test_truncate_drops_the_tail(store: ConversationStore) -> None:
+    conv = store.new_conversation("t", {})
+    for text in "abc":
+        store.add_message(conv, "user", text)
+    store.truncate(conv, 1)
+    store.add_message(conv, "user", "z")
+    assert [(m["seq"], m["content"]) for m in store.messages(conv)] == [(0, "a"), (1, "z")]
+
+
+def test_old_files_gain_the_fork_columns(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL,"
+        " created REAL NOT NULL, updated REAL NOT NULL, profile_json TEXT NOT NULL);"
+        "INSERT INTO conversations VALUES (1, 'before forks', 0, 0, '{}');"
+    )
+    old.commit()
+    old.close()
+    store = ConversationStore(path)
+    columns = {r["name"] for r in store.db.execute("PRAGMA table_info(conversations)")}
+    assert {"parent_id", "forked_at"} <= columns
+    [row] = store.list_conversations()
+    assert (row["title"], row["parent_id"], row["message_count"]) == ("before forks", None, 0)
+    store.add_message(1, "user", "hi")
+    assert store.fork(1, 1) == 2
+    store.close()
+    assert ConversationStore(path).get(2)["parent_id"] == 1  # reopening migrates nothing twice

@@ -17,6 +17,7 @@ from engine.backend import ModelInfo
 from engine.events import Done, PrefillDone, TokenEvent
 from engine.metrics import GenerationMetrics
 from engine.queue import MemoryStats, ModelReady, Started
+from engine.store import DB_NAME, ConversationStore
 from tui.app import LlamaTuiApp, make_app
 from tui.messages import EngineUpdate
 
@@ -78,3 +79,37 @@ def test_main_screen(snap_compare, tiny_config: Path, theme: str, size: tuple[in
     tiny_config.write_text(text)
     app = make_app(config_path=tiny_config, cursor_blink=False)
     assert snap_compare(app, terminal_size=size, run_before=replay)
+
+
+def test_conversation_list(snap_compare, tiny_config: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """ctrl+o over three saved conversations, one a fork; fixed times shown in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    data = tmp_path / "data"
+    store = ConversationStore(data / DB_NAME)
+    first = store.new_conversation("How do I reverse a list in Python?", {})
+    for role, text in [("user", "How do I reverse a list?"), ("assistant", "items[::-1]")]:
+        store.add_message(first, role, text)
+    second = store.new_conversation("Plan a [weekend] trip", {})
+    store.add_message(second, "user", "Plan a [weekend] trip")
+    fork = store.fork(first, 0)
+    store.add_message(fork, "user", "How do I sort a list?")
+    for conv, ts in ((first, 1_700_000_000), (second, 1_700_086_400), (fork, 1_700_090_000)):
+        store.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (ts, conv))
+    store.close()
+    app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
+
+    async def open_list(pilot: Pilot[None]) -> None:
+        end = time.monotonic() + 30
+        while app.chat.info is None or app.chat.busy:
+            assert time.monotonic() < end, "the tiny model did not load"
+            await pilot.pause(0.05)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.3)
+        await pilot.wait_for_scheduled_animations()
+
+    try:
+        assert snap_compare(app, terminal_size=(100, 20), run_before=open_list)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -11,22 +13,41 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from engine.backend import GenerationRequest, ModelInfo
+from engine.chat_format import Message
 from engine.config import Profile, sampling_changed_only
-from engine.errors import ConfigError
+from engine.errors import ConfigError, UserError
 from engine.events import Done, Failed, LoadProgress, PrefillDone, TokenEvent
 from engine.queue import ClearRequest, LoadRequest, MemoryStats, ModelReady, Started
+from engine.store import ConversationStore, data_dir, open_store
 from tui.bridge import EngineBridge
 from tui.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
 from tui.profiles import ProfileState
+from tui.saving import Recorder, ReplySaver
+from tui.screens.conversations import ConversationsScreen, ListChoice
+from tui.screens.edit_message import EditMessageScreen
 from tui.stats import LiveStats
 from tui.widgets.config_pane import ConfigPane
 from tui.widgets.conversation import ConversationPane
-from tui.widgets.message import AssistantMessage
+from tui.widgets.message import AssistantMessage, UserMessage
 from tui.widgets.metrics_pane import MetricsPane
 from tui.widgets.prompt import PromptInput
 
 NARROW = 110  # below this many columns the side panes start hidden (F2/F3 show them)
 WATCH_S = 1.0  # how often the config file's mtime is checked
+
+
+@dataclass
+class Turn:
+    """A request that adds to the conversation, and how far it has been saved."""
+
+    kind: str  # chat | regenerate | edit | complete
+    text: str  # what the user sent (edit: the new text)
+    user: UserMessage | None  # its block on screen
+    index: int = -1  # edit: the session index of the message it replaces
+    at: int | None = None  # session index of its user message, once it runs
+    begun: bool = False  # it ran: the session (and the store) took its user message
+    saver: ReplySaver | None = None
+    fed: int = 0  # characters of the reply handed to the saver
 
 
 class ChatScreen(Screen[None]):
@@ -37,12 +58,28 @@ class ChatScreen(Screen[None]):
         Binding("f2", "toggle_pane('config')", "Config"),
         Binding("f3", "toggle_pane('metrics')", "Metrics"),
         Binding("f4", "pick_profile", "Profile"),
+        Binding("ctrl+o", "conversations", "Conversations"),
+        Binding("f5", "edit_message", "Edit msg"),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
 
-    def __init__(self, state: ProfileState, bridge: EngineBridge, *, cursor_blink: bool) -> None:
+    def __init__(
+        self,
+        state: ProfileState,
+        bridge: EngineBridge,
+        *,
+        cursor_blink: bool,
+        data_dir: Path | None = None,
+        save: bool = True,
+    ) -> None:
         super().__init__()
+        self.data_dir = data_dir  # --data-dir (None: $LLAMA_TUI_DATA_DIR, else the user's)
+        self.save = save  # False: --no-save
+        self.recorder = Recorder(None, {})
+        self.turns: dict[int, Turn] = {}  # ticket id -> a turn of the conversation
+        self.session_len = 0  # messages in the engine's session, as far as the screen knows
+        self._browse_store: ConversationStore | None = None  # the list's, under --no-save
         self.state = state
         self.bridge = bridge
         self.stats = LiveStats()
@@ -73,6 +110,11 @@ class ChatScreen(Screen[None]):
         return self.query_one(ConfigPane)
 
     def on_mount(self) -> None:
+        if self.save:
+            try:
+                self.recorder.store = open_store(self.data_dir)
+            except UserError as exc:
+                self.conversation.add_notice(f"this chat is not saved: {exc}", "error")
         self.apply_profile(self.state.profile())
         self.query_one(PromptInput).focus()
         self.set_interval(WATCH_S, self.watch_config_file)
@@ -95,6 +137,7 @@ class ChatScreen(Screen[None]):
     def apply_profile(self, new: Profile) -> None:
         """Sampling-only changes apply to the next request; others go through the engine."""
         old, self.profile = self.profile, new
+        self.recorder.profile = asdict(new)
         if old is None or old.theme != new.theme:
             self.set_theme(new.theme)
         self.config_pane.show(new, self.info, self._source())
@@ -157,20 +200,33 @@ class ChatScreen(Screen[None]):
     def on_prompt_submitted(self, event: PromptSubmitted) -> None:
         self.send(event.text)
 
-    def send(self, text: str, kind: str = "") -> None:
+    def send(self, text: str, kind: str = "", index: int = -1) -> None:
         profile = self.profile
         assert profile is not None
         ahead = len(self.replies) + len(self.loads)
         self.conversation.follow = True
-        if kind != "regenerate":
-            self.conversation.add_user(text)
-            kind = "chat" if profile.chat_template else "complete"
+        if kind == "regenerate":
+            users = self.conversation.query(UserMessage)
+            user = users.last() if users else None
+            if user is not None and user.index is not None:
+                index = user.index  # the session answers its last user message again
+        else:
+            user = self.conversation.add_user(text)
+            if kind != "edit":
+                kind = "chat" if profile.chat_template else "complete"
         reply = self.conversation.add_assistant("pending" if ahead else "…")
         if ahead:
             reply.set_status(f"pending · {ahead} ahead", "pending")
-        request = GenerationRequest(kind, text, profile.sampling, profile.max_new_tokens)  # type: ignore[arg-type]
+        request = GenerationRequest(
+            kind,  # type: ignore[arg-type]
+            text,
+            profile.sampling,
+            profile.max_new_tokens,
+            index=index,
+        )
         ticket = self.bridge.submit(request, self)
         self.replies[ticket.id] = reply
+        self.turns[ticket.id] = Turn(kind, text, user, index)
 
     def action_cancel(self) -> None:
         if not self.bridge.queue.cancel_running():
@@ -178,6 +234,7 @@ class ChatScreen(Screen[None]):
 
     def action_regenerate(self) -> None:
         last = self.conversation.last_reply()
+        users = self.conversation.query(UserMessage)
         if self.busy or last is None:
             self.notify(
                 "regenerate: wait for the reply to finish (Esc stops it)"
@@ -186,16 +243,116 @@ class ChatScreen(Screen[None]):
                 timeout=3,
             )
             return
-        last.remove()
+        blocks = list(self.conversation.children)
+        if not users or blocks.index(last) > blocks.index(users.last()):
+            last.remove()  # (a resumed chat may end with a message that was never answered)
         self.send("", "regenerate")
 
     async def action_new_conversation(self) -> None:
-        self.bridge.queue.cancel_all()
-        self.bridge.submit(ClearRequest(), self)
-        self.replies.clear()
-        self.stats.on_stopped()
-        await self.conversation.clear_messages()
+        await self._restart([])
         self.conversation.add_notice("new conversation")
+
+    async def _restart(self, messages: list[Message]) -> None:
+        """Stop everything and start over: empty, or with a saved conversation's messages."""
+        self.bridge.queue.cancel_all()
+        for ticket_id, turn in self.turns.items():  # a reply cut short here is kept, stopped
+            reply = self.replies.get(ticket_id)
+            saver = turn.saver
+            if saver is not None and reply is not None:
+                text = reply.text
+                self._save(lambda: saver.stop(text))  # noqa: B023 (runs right away)
+        self.bridge.submit(ClearRequest(tuple(messages)), self)
+        self.replies.clear()
+        self.turns.clear()
+        self.session_len = len(messages)
+        self.recorder.conv = None
+        self.stats.on_stopped()
+        self.stats.on_dropped(0, 0)
+        await self.conversation.clear_messages()
+
+    # Saved conversations --------------------------------------------------------------------
+
+    def _list_store(self) -> ConversationStore | None:
+        if self.recorder.store is not None:
+            return self.recorder.store
+        if self._browse_store is None:
+            try:  # --no-save: the list still opens, this chat is just not written
+                self._browse_store = open_store(self.data_dir)
+            except UserError as exc:
+                self.notify(str(exc), severity="error", timeout=6)
+        return self._browse_store
+
+    def action_conversations(self) -> None:
+        store = self._list_store()
+        if store is None:
+            return
+        screen = ConversationsScreen(
+            store, self.recorder.conv, data_dir(self.data_dir), cursor_blink=self._cursor_blink
+        )
+        self.app.push_screen(screen, self._on_list_choice)
+
+    async def _on_list_choice(self, choice: ListChoice | None) -> None:
+        store, conv = self.recorder.store, self.recorder.conv
+        if store is not None and conv is not None and not store.exists(conv):
+            await self.action_new_conversation()  # the chat on screen was deleted from the list
+            self.notify(f"conversation #{conv} was deleted: this is a new one", timeout=4)
+        if choice is None:
+            return
+        if choice.action == "new":
+            await self.action_new_conversation()
+        elif choice.conv is not None:
+            await self.resume(choice.conv)
+
+    async def resume(self, conv: int) -> None:
+        """Go on with a saved conversation: its messages on screen and in the session (the
+        first turn rebuilds their K/V, reusing whatever prefix the cache still holds)."""
+        store = self._list_store()
+        if store is None:
+            return
+        try:
+            title = store.get(conv)["title"]
+            rows = store.messages(conv)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=6)
+            return
+        await self._restart([Message(r["role"], r["content"]) for r in rows])
+        if self.recorder.store is store:
+            self.recorder.conv = conv
+        await self.conversation.add_history(
+            [(r["role"], r["content"], bool(r["stopped"])) for r in rows]
+        )
+        saved = "" if self.recorder.store is store else " (--no-save: new turns are not saved)"
+        self.conversation.add_notice(f"resumed #{conv} '{title}', {len(rows)} messages{saved}")
+        self.query_one(PromptInput).focus()
+
+    def action_edit_message(self) -> None:
+        if self.busy:
+            self.notify("edit: wait for the reply to finish (Esc stops it)", timeout=3)
+            return
+        users = [
+            (w.index, w.text)
+            for w in self.conversation.query(UserMessage)
+            if w.index is not None and w.index < self.session_len
+        ]
+        if not users:
+            self.notify("edit: there is no answered message to edit yet", timeout=3)
+            return
+        screen = EditMessageScreen(users, cursor_blink=self._cursor_blink)
+        self.app.push_screen(screen, self._on_edited)
+
+    async def _on_edited(self, edit: tuple[int, str] | None) -> None:
+        if edit is None:
+            return
+        if self.busy:
+            self.notify("edit: wait for the reply to finish (Esc stops it)", timeout=3)
+            return
+        index, text = edit
+        user = next((w for w in self.conversation.query(UserMessage) if w.index == index), None)
+        if user is None:
+            self.notify(f"edit: message {index + 1} is no longer on screen", timeout=3)
+            return
+        await self.conversation.remove_from(user)
+        self.send(text, "edit", index)
 
     def action_copy_reply(self) -> None:
         last = self.conversation.last_reply()
@@ -277,6 +434,7 @@ class ChatScreen(Screen[None]):
 
     async def _on_reply_events(self, update: EngineUpdate) -> None:
         reply = self.replies[update.ticket_id]
+        turn = self.turns.get(update.ticket_id)
         chunk: list[str] = []
         for event in update.events:
             if isinstance(event, TokenEvent):
@@ -292,20 +450,86 @@ class ChatScreen(Screen[None]):
                 self.stats.start()
             elif isinstance(event, PrefillDone):
                 reply.set_status("streaming")
+                if turn is not None:
+                    self._begin(turn)
             elif isinstance(event, Done):
                 await reply.finish(event.stop_reason)
                 self.stats.on_done(event.metrics)
+                if turn is not None:
+                    self._finish(turn, reply, event)
             elif isinstance(event, Failed):
                 await reply.fail(event.message)
                 self.stats.on_stopped()
+                if turn is not None:
+                    self._fail(turn)
             elif isinstance(event, MemoryStats):
                 self.stats.on_memory(event)
         if chunk:
             await reply.append("".join(chunk))
+        if turn is not None and turn.saver is not None and turn.fed < len(reply.text):
+            self._save(lambda: turn.saver.token(reply.text[turn.fed :]))  # type: ignore[union-attr]
+            turn.fed = len(reply.text)
         self.conversation.keep_up()
         if update.finished:
             del self.replies[update.ticket_id]
+            self.turns.pop(update.ticket_id, None)
             self._renumber_pending()
+
+    def _begin(self, turn: Turn) -> None:
+        """The engine took the turn: save its user message where the session put it."""
+        if turn.begun:
+            return
+        turn.begun = True
+        rec = self.recorder
+        if turn.kind == "chat":
+            turn.at = self.session_len
+            self._save(lambda: setattr(turn, "saver", rec.user(turn.text, turn.at)))
+        elif turn.kind == "regenerate":
+            at = turn.at = turn.index if turn.index >= 0 else max(self.session_len - 2, 0)
+            self._save(lambda: setattr(turn, "saver", rec.reply(at + 1)))
+        elif turn.kind == "edit":
+            turn.at, parent = turn.index, rec.conv
+            self._save(lambda: setattr(turn, "saver", rec.fork(turn.index, turn.text)))
+            if parent is not None and rec.conv != parent:
+                self.notify(f"forked: conversation #{rec.conv} (#{parent} stays as it was)")
+        else:  # a raw completion: saved, but not part of the session's history
+            self._save(lambda: setattr(turn, "saver", rec.user(turn.text, None)))
+
+    def _finish(self, turn: Turn, reply: AssistantMessage, done: Done) -> None:
+        if done.context_start is None and turn.kind != "complete":
+            return  # cancelled before it ran: the session did not change
+        self._begin(turn)
+        if turn.saver is not None:
+            self._save(lambda: turn.saver.done(done))  # type: ignore[union-attr]
+            turn.fed = len(reply.text)
+        if done.context_start is None or turn.at is None:
+            return
+        if turn.user is not None:
+            turn.user.index = turn.at
+        reply.index = turn.at + 1
+        self.session_len = turn.at + 2
+        dropped = self.conversation.mark_context(done.context_start, set(done.pinned))
+        self.stats.on_dropped(*dropped)
+
+    def _fail(self, turn: Turn) -> None:
+        """The store is put back in step with the session, and the text comes back."""
+        if turn.kind in ("edit", "regenerate") and turn.index >= 0:  # the session kept
+            self.session_len = min(self.session_len, turn.index)  # messages[:index]
+        if turn.begun:
+            self._save(lambda: self.recorder.truncate(self.session_len))
+        prompt = self.query_one(PromptInput)
+        if turn.kind != "regenerate" and not prompt.text:
+            prompt.text = turn.text  # nothing typed is lost: edit it and send again
+
+    def _save(self, write: Callable[[], object]) -> None:
+        """Run a store write; a failure stops saving this chat, with one line saying why."""
+        if self.recorder.store is None:
+            return
+        try:
+            write()
+        except UserError as exc:
+            self.recorder.store = None
+            self.conversation.add_notice(f"saving stopped: {exc}", "error")
 
     def _renumber_pending(self) -> None:
         for ahead, reply in enumerate(list(self.replies.values())[1:], 1):

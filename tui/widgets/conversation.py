@@ -95,6 +95,37 @@ class ConversationPane(VerticalScroll, can_focus=True):
         if bar is not None:  # after a refresh: the bar may still be mounting
             self.call_after_refresh(bar.remove)
 
+    async def add_history(self, messages: list[tuple[str, str, bool]]) -> None:
+        """A saved conversation's (role, text, stopped) messages; message i gets index i."""
+        for index, (role, text, stopped) in enumerate(messages):
+            if role == "user":
+                self.add_user(text).index = index
+            else:
+                reply = self.add_assistant("")
+                reply.index = index
+                await reply.show(text, stopped)
+
+    def messages(self) -> list[UserMessage | AssistantMessage]:
+        """The user and assistant blocks, in order."""
+        return [w for w in self.children if isinstance(w, UserMessage | AssistantMessage)]
+
+    def mark_context(self, context_start: int, pinned: set[int]) -> tuple[int, int]:
+        """Dim the messages trimming took out of the context; returns (messages, user turns)."""
+        messages = turns = 0
+        for widget in self.messages():
+            i = widget.index
+            dropped = i is not None and i < context_start and i not in pinned
+            widget.set_dropped(dropped)
+            messages += dropped
+            turns += dropped and isinstance(widget, UserMessage)
+        return messages, turns
+
+    async def remove_from(self, widget: Widget) -> None:
+        """Remove `widget` and everything after it (an edited message and its old replies)."""
+        children = list(self.children)
+        later = [w for w in children[children.index(widget) :] if w is not self._bar]
+        await self.remove_children(later)
+
     def last_reply(self) -> AssistantMessage | None:
         replies = self.query(AssistantMessage)
         return replies.last() if replies else None

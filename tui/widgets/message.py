@@ -16,12 +16,26 @@ STOP_LABELS = {
 }
 
 
+DROPPED_MARK = "out of context"  # shown on messages the model no longer sees
+
+
 class UserMessage(Static):
     """What the user sent, shown verbatim (no markup)."""
 
     def __init__(self, text: str) -> None:
         super().__init__(Content(text))
         self.text = text
+        self.index: int | None = None  # its place in the session's messages, once answered
+        self.dropped = False
+
+    def set_dropped(self, dropped: bool) -> None:
+        """Dim it, with a marker, when trimming has taken it out of the model's context."""
+        if dropped == self.dropped:
+            return
+        self.dropped = dropped
+        self.set_class(dropped, "-dropped")
+        mark = Content.styled(f"[{DROPPED_MARK}] ", "italic")
+        self.update(mark + Content(self.text) if dropped else Content(self.text))
 
 
 class AssistantMessage(Vertical):
@@ -31,6 +45,8 @@ class AssistantMessage(Vertical):
         super().__init__()
         self.text = ""
         self.status = status
+        self.index: int | None = None  # its place in the session's messages, once finished
+        self.dropped = False
         self._stream: MarkdownStream | None = None
         self.role = Label(self._header(), classes="role")
         self.body = Markdown("", classes="reply")
@@ -41,7 +57,18 @@ class AssistantMessage(Vertical):
 
     def _header(self) -> Content:
         label = Content.styled("assistant", "bold")
-        return label + Content(f" · {self.status}") if self.status else label
+        if self.status:
+            label += Content(f" · {self.status}")
+        if self.dropped:
+            label += Content.styled(f" [{DROPPED_MARK}]", "italic")
+        return label
+
+    def set_dropped(self, dropped: bool) -> None:
+        """Dim it, with a marker, when trimming has taken it out of the model's context."""
+        if dropped != self.dropped:
+            self.dropped = dropped
+            self.set_class(dropped, "-dropped")
+            self.role.update(self._header())
 
     def set_status(self, status: str, kind: str = "") -> None:
         self.status = status
@@ -67,6 +94,12 @@ class AssistantMessage(Vertical):
         else:
             kind = "stopped" if stop_reason in ("cancelled", "context") else ""
             self.set_status(STOP_LABELS.get(stop_reason, stop_reason), kind)
+
+    async def show(self, text: str, stopped: bool) -> None:
+        """A finished reply from a saved conversation, shown whole."""
+        self.text = text
+        await self.body.update(text)
+        self.set_status("stopped" if stopped else "", "stopped" if stopped else "")
 
     async def fail(self, message: str) -> None:
         if self._stream is not None:

@@ -51,6 +51,8 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     if not m_limit and stats.model is not None:
         m_limit = stats.model.context_length
     rows.append(("context", f"{m_used:,} / {m_limit:,} tokens" if m_limit else "—"))
+    n, turns = stats.dropped_messages, stats.dropped_turns
+    rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
     return rows
 
 

@@ -1,0 +1,337 @@
+"""Saved conversations in the app: saving, the list (resume, rename, delete, export), forks by
+editing an earlier message, and messages dimmed once trimming drops them. Real app, tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Label, OptionList
+
+from engine.store import DB_NAME, ConversationStore
+from tests.tui.test_app import backend, idle, say, wait_for
+from tui.app import LlamaTuiApp, make_app
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.conversations import ConversationsScreen
+from tui.screens.edit_message import EditMessageScreen
+from tui.screens.text_prompt import TextPromptScreen
+from tui.widgets.message import AssistantMessage, UserMessage
+from tui.widgets.metrics_pane import metric_lines
+from tui.widgets.prompt import PromptInput
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def app(tiny_config: Path, data: Path) -> LlamaTuiApp:
+    return make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
+
+
+def saved(data: Path) -> ConversationStore:
+    return ConversationStore(data / DB_NAME)
+
+
+def contents(store: ConversationStore, conv: int) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in store.messages(conv)]
+
+
+async def open_list(pilot, app: LlamaTuiApp) -> ConversationsScreen:  # type: ignore[no-untyped-def]
+    await pilot.press("ctrl+o")
+    await wait_for(pilot, lambda: isinstance(app.screen, ConversationsScreen))
+    await pilot.pause(0.05)
+    assert isinstance(app.screen, ConversationsScreen)
+    return app.screen
+
+
+def status(screen: ConversationsScreen) -> str:
+    return str(screen.query_one("#list-status", Label).render())
+
+
+async def test_a_chat_is_saved_every_turn_and_listed(app: LlamaTuiApp, data: Path) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "hello there")
+        await say(pilot, "and again")
+        session = backend(app).session
+        assert session is not None
+        store = saved(data)
+        [row] = store.list_conversations()
+        assert row["title"] == "hello there" and row["message_count"] == 4
+        expected = [(m.role, m.content) for m in session.messages]
+        assert contents(store, row["id"]) == expected
+        metrics = json.loads(store.messages(row["id"])[1]["metrics_json"])
+        assert metrics["generated_tokens"] > 0 and metrics["stop_reason"] == "length"
+        screen = await open_list(pilot, app)
+        table = screen.query_one(DataTable)
+        assert table.row_count == 1
+        cells = [str(c) for c in table.get_row_at(0)]
+        assert cells[0] == f"●{row['id']}" and cells[1] == "hello there" and cells[3] == "4"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        # regenerate replaces the saved reply, as it does in the session
+        app.chat.query_one(PromptInput).focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        assert contents(store, row["id"]) == [(m.role, m.content) for m in session.messages]
+        assert len(session.messages) == 4
+        # deleting the chat on screen from the list starts a new one; the next turn saves it
+        await open_list(pilot, app)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await pilot.pause(0.1)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        await wait_for(pilot, idle(app))
+        assert not app.chat.query(UserMessage)
+        await say(pilot, "a fresh start")
+        [again] = store.list_conversations()
+        assert again["title"] == "a fresh start" and again["message_count"] == 2
+
+
+async def test_a_streaming_reply_is_on_disk_before_it_ends(tiny_config: Path, data: Path) -> None:
+    app = make_app("long", tiny_config, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await pilot.press(*"go on forever", "enter")
+        store = saved(data)  # another connection, as after a crash
+
+        def partial_saved() -> bool:
+            rows = store.list_conversations()
+            if not rows or rows[0]["message_count"] < 2:
+                return False
+            return len(store.messages(rows[0]["id"])[1]["content"]) > 0
+
+        await wait_for(pilot, partial_saved)
+        assert app.chat.busy  # still streaming
+        await pilot.pause(1.5)
+        [row] = store.list_conversations()
+        reply = store.messages(row["id"])[1]
+        assert reply["content"] and not reply["stopped"] and reply["metrics_json"] is None
+        await pilot.press("escape")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        reply = store.messages(row["id"])[1]
+        shown = app.chat.conversation.last_reply()
+        assert shown is not None and reply["content"] == shown.text and reply["stopped"] == 1
+
+
+async def test_queued_prompts_are_saved_in_order(tiny_config: Path, data: Path) -> None:
+    """Replies long enough to span several UI batches: the next turn starts on the engine
+    while the screen has not yet seen the end of the one before."""
+    overrides = {"max_new_tokens": 64}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        for text in ("one", "two", "three"):  # as fast as Enter could send them
+            app.chat.send(text)
+        await wait_for(pilot, idle(app), timeout=90)  # a busy machine makes this slow
+        await pilot.pause(0.1)
+        session = backend(app).session
+        assert session is not None and len(session.messages) == 6
+        [row] = saved(data).list_conversations()
+        assert contents(saved(data), row["id"]) == [(m.role, m.content) for m in session.messages]
+
+
+async def test_no_save_writes_nothing(tiny_config: Path, data: Path) -> None:
+    app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data, save=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "not for the record")
+        assert not (data / DB_NAME).exists()
+
+
+async def test_resume_shows_the_messages_and_the_next_turn_is_saved_there(
+    app: LlamaTuiApp, data: Path
+) -> None:
+    store = saved(data)
+    old = store.new_conversation("about the sea", {})
+    store.add_message(old, "user", "what colour is the sea?")
+    store.add_message(old, "assistant", "Blue, mostly.")
+    other = store.new_conversation("something else", {})
+    store.add_message(other, "user", "unrelated")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        screen = await open_list(pilot, app)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index(str(old)))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        await pilot.pause(0.2)
+        users = app.chat.query(UserMessage)
+        assert [u.text for u in users] == ["what colour is the sea?"]
+        assert [r.text for r in app.chat.query(AssistantMessage)] == ["Blue, mostly."]
+        await say(pilot, "and the sky?")
+        session = backend(app).session
+        assert session is not None and session.messages[0].content == "what colour is the sea?"
+        assert len(session.messages) == 4
+        assert contents(store, old)[:3] == [
+            ("user", "what colour is the sea?"),
+            ("assistant", "Blue, mostly."),
+            ("user", "and the sky?"),
+        ]
+        assert contents(store, old)[3] == ("assistant", session.messages[3].content)
+        assert len(store.list_conversations()) == 2  # no new conversation was started
+
+
+async def test_rename_delete_with_confirmation_and_export(
+    app: LlamaTuiApp, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = saved(data)
+    conv = store.new_conversation("first title", {})
+    store.add_message(conv, "user", "What is 2+2?")
+    store.add_message(conv, "assistant", "4")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        screen = await open_list(pilot, app)
+        # rename
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        answer = app.screen.query_one(PromptInput)
+        assert answer.text == "first title"
+        answer.text = ""
+        await pilot.press(*"[bold]sums[/]", "enter")
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert store.get(conv)["title"] == "[bold]sums[/]"  # as typed, markup and all
+        assert str(screen.query_one(DataTable).get_row_at(0)[1]) == "[bold]sums[/]"
+        # rename cancelled: unchanged
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert store.get(conv)["title"] == "[bold]sums[/]"
+        # export Markdown and JSON, into the current directory
+        await pilot.press("m")
+        md = tmp_path / f"llama-tui-conversation-{conv}.md"
+        assert md.read_text() == store.export_markdown(conv)
+        assert "## user\n\nWhat is 2+2?" in md.read_text() and str(md) in status(screen)
+        await pilot.press("j")
+        exported = json.loads((tmp_path / f"llama-tui-conversation-{conv}.json").read_text())
+        assert [m["content"] for m in exported["messages"]] == ["What is 2+2?", "4"]
+        # delete: asks first; n and Esc keep it, y deletes it
+        for keep in ("n", "escape"):
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press(keep)
+            await wait_for(pilot, lambda: app.screen is screen)
+            assert [r["id"] for r in store.list_conversations()] == [conv]
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert store.list_conversations() == []
+        assert screen.query_one(DataTable).row_count == 0
+        await pilot.press("d")  # nothing left: one line, no traceback
+        assert "no conversation to delete" in status(screen)
+
+
+async def test_editing_an_earlier_message_forks_and_keeps_the_original(
+    app: LlamaTuiApp, data: Path
+) -> None:
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "first question")
+        await say(pilot, "second question")
+        store = saved(data)
+        [original] = [r["id"] for r in store.list_conversations()]
+        before = contents(store, original)
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, EditMessageScreen))
+        options = app.screen.query_one(OptionList)
+        assert options.option_count == 2
+        options.highlighted = 0
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        answer = app.screen.query_one(PromptInput)
+        assert answer.text == "first question"
+        await pilot.press(*", edited", "enter")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        session = backend(app).session
+        assert session is not None and len(session.messages) == 2
+        assert session.messages[0].content == "first question, edited"
+        assert [u.text for u in app.chat.query(UserMessage)] == ["first question, edited"]
+        assert contents(store, original) == before  # the old branch is intact
+        fork = next(r for r in store.list_conversations() if r["id"] != original)
+        assert (fork["parent_id"], fork["forked_at"]) == (original, 0)
+        assert contents(store, fork["id"]) == [(m.role, m.content) for m in session.messages]
+        screen = await open_list(pilot, app)
+        row = screen.query_one(DataTable).get_row(str(fork["id"]))
+        assert str(row[4]) == f"↳ fork of #{original}" and str(row[0]).startswith("●")
+
+
+async def test_trimmed_messages_are_dimmed_and_counted(tiny_config: Path, data: Path) -> None:
+    overrides = {"context_length": 160, "max_new_tokens": 24}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        session = None
+        for n in range(12):
+            await say(pilot, f"message number {n}")
+            session = backend(app).session
+            assert session is not None
+            if session.context_start > 2:
+                break
+        assert session is not None and session.dropped_messages > 0
+        await pilot.pause(0.6)
+        blocks = app.chat.conversation.messages()
+        dimmed = [b for b in blocks if b.has_class("-dropped")]
+        assert len(dimmed) == session.dropped_messages
+        assert blocks[0] in dimmed and blocks[-1] not in dimmed
+        first = blocks[0]
+        assert isinstance(first, UserMessage) and "out of context" in str(first.render())
+        turns = sum(isinstance(b, UserMessage) for b in dimmed)
+        rows = dict(metric_lines(app.chat.stats))
+        assert rows["dropped"] == f"{session.dropped_messages} msgs ({turns} turns)"
+        assert rows["context"].endswith(" / 160 tokens")
+        shown = str(app.chat.query_one("#figures").render())
+        assert f"{session.dropped_messages} msgs" in shown
+
+
+async def test_a_failed_turn_is_not_saved_and_its_text_comes_back(
+    tiny_config: Path, data: Path
+) -> None:
+    overrides = {"context_length": 64, "max_new_tokens": 8}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "hi")
+        long = " ".join(["word"] * 80)
+        reply = await say(pilot, long)
+        assert reply.status.startswith("failed:")
+        assert app.chat.query_one(PromptInput).text == long  # back in the prompt, not lost
+        store = saved(data)
+        [row] = store.list_conversations()
+        assert [c for _, c in contents(store, row["id"])][0] == "hi"
+        assert row["message_count"] == 2
+
+
+async def test_resumed_chat_ending_unanswered_can_be_regenerated(
+    app: LlamaTuiApp, data: Path
+) -> None:
+    """`chat --plain` keeps a user message whose turn failed: the app answers it with Ctrl+R."""
+    store = saved(data)
+    conv = store.new_conversation("left hanging", {})
+    for role, text in [("user", "a"), ("assistant", "b"), ("user", "c")]:
+        store.add_message(conv, role, text)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await app.chat.resume(conv)
+        await pilot.pause(0.2)
+        app.chat.query_one(PromptInput).focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        session = backend(app).session
+        assert session is not None and [m.content for m in session.messages[:3]] == ["a", "b", "c"]
+        assert len(session.messages) == 4
+        assert contents(store, conv) == [(m.role, m.content) for m in session.messages]
+        shown = [b.text for b in app.chat.conversation.messages()]
+        assert shown == [m.content for m in session.messages]

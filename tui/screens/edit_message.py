@@ -1,0 +1,68 @@
+"""Pick one of the user's earlier messages and edit it: the chat forks from there."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.content import Content
+from textual.screen import ModalScreen
+from textual.widgets import Label, OptionList
+from textual.widgets.option_list import Option
+
+from tui.screens.text_prompt import TextPromptScreen
+
+PREVIEW_CHARS = 70
+
+
+def preview(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+
+
+class EditMessageScreen(ModalScreen[tuple[int, str] | None]):
+    """Dismissed with (index in the session's messages, new text), or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, messages: list[tuple[int, str]], *, cursor_blink: bool = True) -> None:
+        super().__init__()
+        self.messages = dict(messages)  # session index -> text, oldest first
+        self._cursor_blink = cursor_blink
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="edit-message"):
+            yield Label(
+                "Edit which message? The chat forks there: the saved original stays as it was.",
+                id="question",
+            )
+            yield OptionList(
+                *(
+                    Option(Content(f"{n}. {preview(text)}"), id=str(index))
+                    for n, (index, text) in enumerate(self.messages.items(), 1)
+                ),
+                id="user-messages",
+            )
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = options.option_count - 1  # the latest first: the usual edit
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        assert event.option.id is not None
+        index = int(event.option.id)
+
+        def edited(text: str | None) -> None:
+            if text is None:
+                return  # back to the list
+            self.dismiss((index, text))
+
+        screen = TextPromptScreen(
+            f"Edit message {index + 1}:", self.messages[index], cursor_blink=self._cursor_blink
+        )
+        self.app.push_screen(screen, edited)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
