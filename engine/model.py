@@ -41,10 +41,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [..., D]; normalise in float32 whatever the weight dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # x: [..., D]; normalise in float32 whatever the weight dtype (one fused kernel)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def rope_inv_freq(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,11 +75,14 @@ def rope_tables(
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: [B, T, H, Dh]; cos, sin: [T, Dh/2] -> rotate each (x[2i], x[2i+1]) pair
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
-    return out.flatten(-2).type_as(x)
+    return rotate(x, torch.complex(cos, sin))
+
+
+def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    # x: [B, T, H, Dh]; rot: [T, Dh/2] complex, cos + i sin. The pair (x[2i], x[2i+1]) read as
+    # x[2i] + i x[2i+1] times rot is (x0 cos - x1 sin) + i (x0 sin + x1 cos): one multiply
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot[:, None, :]).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -97,16 +98,15 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rot: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None,
         start: int,
     ) -> torch.Tensor:
-        # x: [B, T, D]
+        # x: [B, T, D]; rot: [T, Dh/2] complex rotations for positions start..start+T-1
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        q = rotate(self.wq(x).view(B, T, self.n_heads, self.head_dim), rot)
+        k = rotate(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rot)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, Dh]
         if cache is not None:
@@ -146,13 +146,12 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rot: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None,
         start: int,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start)
+        h = x + self.attention(self.attention_norm(x), rot, mask, cache, start)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -191,7 +190,7 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})"
             )
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        rot = torch.complex(self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         mask = None
         if T > 1 or (cache is None and start > 0):
             q_pos = torch.arange(start, start + T, device=tokens.device)
@@ -203,7 +202,7 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             if self.streamer is not None:
                 self.streamer.fetch(i)
-            h = layer(h, cos, sin, mask, cache, start)
+            h = layer(h, rot, mask, cache, start)
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)
