@@ -161,7 +161,7 @@ class LocalBackend:
         if request.kind == "edit":
             events = session.edit_message(request.index, request.text, s, n, cancel)
             return with_context(session, events)
-        return session.complete(request.text, s, n, cancel)
+        return with_notice(session, session.complete(request.text, s, n, cancel))
 
     def clear(self, messages: Sequence[Message] = ()) -> None:
         if self.session is None:
@@ -174,9 +174,17 @@ class LocalBackend:
 
 def with_context(session: ChatSession, events: Iterator[Event]) -> Iterator[Event]:
     """A chat turn's events, its Done telling which messages are still in the context."""
-    for event in events:
+    for event in with_notice(session, events):
         if isinstance(event, Done):
             event = replace(
                 event, context_start=session.context_start, pinned=tuple(sorted(session.pinned))
             )
+        yield event
+
+
+def with_notice(session: ChatSession, events: Iterator[Event]) -> Iterator[Event]:
+    """The events, Done carrying the session's notice about this turn's prompt (if any)."""
+    for event in events:
+        if isinstance(event, Done) and session.last_notice:
+            event = replace(event, notice=session.last_notice)
         yield event

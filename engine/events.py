@@ -38,6 +38,7 @@ class Done:
     # except the pinned indexes, as the session stands after this turn
     context_start: int | None = None
     pinned: tuple[int, ...] = ()
+    notice: str | None = None  # one line for the user: turns trimmed, an over-long prompt cut
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from gguf import GGMLQuantizationType
 
 from tests.gguf_writer import write_tiny_gguf
@@ -220,3 +221,11 @@ def test_system_prompt_longer_than_context(tiny_gguf: Path, tmp_path: Path) -> N
     flags = ["--model", str(tiny_gguf), "--context-length", "32", "--max-new-tokens", "4"]
     proc = run(["ask", *flags, "--system", "rule " * 50, "hi"], tmp_path)
     assert_one_line_error(proc, "system_prompt", "context_length 32")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_offload_without_a_gpu_is_a_one_line_error(tiny_gguf: Path, tmp_path: Path) -> None:
+    proc = run(["ask", "--model", str(tiny_gguf), "--offload", "hi"], tmp_path)
+    assert_one_line_error(proc, "offload = true", "no CUDA GPU", "set offload = false")
+    proc = run(["ask", "--model", str(tiny_gguf), "--device", "cuda:3", "hi"], tmp_path)
+    assert_one_line_error(proc, "device 'cuda:3'")

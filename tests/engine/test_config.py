@@ -422,3 +422,27 @@ def test_new_sampling_keys_load_and_override(tmp_path: Path) -> None:
     assert SamplingSettings().mirostat == 0 and SamplingSettings().typical_p == 1.0
     with pytest.raises(ConfigError, match=r"^--mirostat 5: must be 0 \(off\)"):
         resolve_profile(load_config(None), None, {"mirostat": "5"})
+
+
+def test_placement_keys_are_checked_with_the_key_and_a_suggestion(tmp_path: Path) -> None:
+    ok = load_config(
+        write(
+            tmp_path,
+            '[defaults]\nquantization = "nf4"\noffload = true\n'
+            'offload_exclusion = ["w1", "w2", "w3", "w1"]\n',
+        )
+    )
+    assert ok.defaults.quantization == "nf4" and ok.defaults.offload is True
+    assert ok.defaults.offload_exclusion == ("w1", "w2", "w3")  # in order, repeats dropped
+    message = load_error(tmp_path, '[defaults]\noffload_exclusion = ["w1", "ffn_nrom"]\n')
+    assert "defaults.offload_exclusion" in message
+    assert "unknown name 'ffn_nrom'; did you mean 'ffn_norm'?" in message
+    message = load_error(tmp_path, '[defaults]\noffload_exclusion = "w1,w2"\n')
+    assert "must be an array of strings" in message
+    message = load_error(tmp_path, '[defaults]\nquantization = "int4"\n')
+    assert 'quantization = "int4": must be one of none, int8, nf4' in message
+    config = load_config(None)
+    flag = resolve_profile(config, None, {"offload_exclusion": "w1, w3", "offload": "yes"})
+    assert flag.offload_exclusion == ("w1", "w3") and flag.offload is True
+    with pytest.raises(ConfigError, match="--offload-exclusion w1,w9: unknown name 'w9'"):
+        resolve_profile(config, None, {"offload_exclusion": "w1,w9"})

@@ -263,3 +263,21 @@ async def test_default_model_chats(tmp_path: Path) -> None:
         assert app.chat.info is not None and "SmolLM2" in app.chat.info.name
         reply = await say(pilot, "What is the capital of France?")
         assert "Paris" in reply.text
+
+
+def test_metrics_pane_shows_offload_only_when_weights_are_streamed() -> None:
+    from engine.metrics import GenerationMetrics
+    from tui.stats import LiveStats
+
+    stats = LiveStats()
+    stats.on_done(GenerationMetrics(generated_tokens=9, decode_steps=8, decode_s=2.0))
+    assert "offload" not in dict(metric_lines(stats))
+    streamed = GenerationMetrics(
+        generated_tokens=9,
+        decode_steps=8,
+        decode_s=2.0,
+        offload_bytes_per_token=3 * 2**30,
+        offload_wait_s=1.5,
+    )
+    stats.on_done(streamed)
+    assert dict(metric_lines(stats))["offload"] == "3.00 GiB/token at 12.9 GB/s, 75% waiting"

@@ -8,13 +8,16 @@ import torch
 
 from engine.config import SamplingSettings
 from engine.loaders import load_model
+from engine.placement import Placement
 from tui.bench_chat import format_turns, questions, run_conversation, summary
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
 
 
 def test_cached_pass_trims_cheaply_and_the_baseline_re_prefills(tiny_gguf: Path) -> None:
-    m = load_model(tiny_gguf, device=torch.device("cpu"), dtype=torch.float32, context_length=256)
+    m = load_model(
+        tiny_gguf, placement=Placement(torch.device("cpu"), torch.float32), context_length=256
+    )
     texts = questions(8)
     assert len({len(m.tokenizer.encode(t)) for t in texts}) == 1  # equal-length messages
     ours = run_conversation(m, texts, GREEDY, 8, cached=True)

@@ -298,19 +298,17 @@ async def test_trimmed_messages_are_dimmed_and_counted(tiny_config: Path, data: 
 async def test_a_failed_turn_is_not_saved_and_its_text_comes_back(
     tiny_config: Path, data: Path
 ) -> None:
-    overrides = {"context_length": 64, "max_new_tokens": 8}
+    # a system prompt longer than the whole prompt budget fails every turn (over-long user
+    # messages are cut instead); the failed turn must leave nothing behind but its text
+    overrides = {"context_length": 64, "max_new_tokens": 8, "system_prompt": "rule " * 80}
     app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
-        await say(pilot, "hi")
-        long = " ".join(["word"] * 80)
-        reply = await say(pilot, long)
-        assert reply.status.startswith("failed:")
-        assert app.chat.query_one(PromptInput).text == long  # back in the prompt, not lost
+        reply = await say(pilot, "hi there")
+        assert reply.status.startswith("failed:") and "system_prompt" in reply.status
+        assert app.chat.query_one(PromptInput).text == "hi there"  # back in the prompt, not lost
         store = saved(data)
-        [row] = store.list_conversations()
-        assert [c for _, c in contents(store, row["id"])][0] == "hi"
-        assert row["message_count"] == 2
+        assert all(row["message_count"] == 0 for row in store.list_conversations())
 
 
 async def test_resumed_chat_ending_unanswered_can_be_regenerated(
@@ -335,3 +333,21 @@ async def test_resumed_chat_ending_unanswered_can_be_regenerated(
         assert contents(store, conv) == [(m.role, m.content) for m in session.messages]
         shown = [b.text for b in app.chat.conversation.messages()]
         assert shown == [m.content for m in session.messages]
+
+
+async def test_an_over_long_message_is_cut_with_a_visible_notice(
+    tiny_config: Path, data: Path
+) -> None:
+    overrides = {"context_length": 64, "max_new_tokens": 8}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    text = " ".join(f"word{n}" for n in range(80))  # far over the 56-token prompt budget
+    async with app.run_test(size=(140, 40), notifications=True) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, text)
+        await wait_for(pilot, lambda: bool(app.screen.query("Toast")))
+        toasts = [str(t.render()) for t in app.screen.query("Toast")]
+        assert any("tokens from the middle of your message were cut" in t for t in toasts)
+        session = backend(app).session
+        assert session is not None and session.messages[0].content == text  # nothing lost
+        blocks = app.chat.conversation.messages()
+        assert isinstance(blocks[0], UserMessage) and "word79" in str(blocks[0].render())

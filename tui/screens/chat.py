@@ -498,6 +498,8 @@ class ChatScreen(Screen[None]):
     def _finish(self, turn: Turn, reply: AssistantMessage, done: Done) -> None:
         if done.context_start is None and turn.kind != "complete":
             return  # cancelled before it ran: the session did not change
+        if done.notice:  # older turns trimmed, or an over-long message cut to fit
+            self.notify(done.notice, severity="warning", timeout=8)
         self._begin(turn)
         if turn.saver is not None:
             self._save(lambda: turn.saver.done(done))  # type: ignore[union-attr]

@@ -53,11 +53,21 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     rows.append(("context", f"{m_used:,} / {m_limit:,} tokens" if m_limit else "—"))
     n, turns = stats.dropped_messages, stats.dropped_turns
     rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
+    if m is not None and m.offload_bytes_per_token:  # weights streamed from CPU memory
+        waiting = m.offload_wait_s / m.decode_s if m.decode_s > 0 else 0.0
+        rows.append(
+            (
+                "offload",
+                f"{m.offload_bytes_per_token / 2**30:.2f} GiB/token at {m.offload_gb_s:.1f} GB/s, "
+                f"{waiting:.0%} waiting",
+            )
+        )
     return rows
 
 
 class Figures(Widget):
-    """The figures as text; a fixed height, so a redraw is a repaint, never a relayout."""
+    """The figures as text; a fixed height (one line per row, changed only when the offload
+    row comes or goes), so a redraw is a repaint, never a relayout."""
 
     DEFAULT_CSS = "Figures { height: 10; }"
 
@@ -97,7 +107,11 @@ class MetricsPane(Vertical):
     def redraw(self) -> None:
         s = self.stats
         s.dirty = False
-        self.query_one(Figures).refresh()
+        figures = self.query_one(Figures)
+        rows = len(metric_lines(s))
+        if figures.styles.height is None or figures.styles.height.value != rows:
+            figures.styles.height = rows
+        figures.refresh()
         recent = list(s.recent)[-60:]
         spark = self.query_one("#recent", Sparkline)
         if spark.data != recent:
