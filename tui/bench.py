@@ -83,20 +83,14 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
     from engine.kv_cache import KVCache
     from engine.loaders import load_model
     from engine.metrics import peak_rss_bytes
-    from engine.placement import resolve_device, resolve_dtype
+    from engine.placement import resolve_placement
 
     torch.set_num_threads(w.threads)
-    device = resolve_device(w.device)
     name, _, variant = w.dtype.partition("+")  # "bfloat16+int4": 4-bit blocks on the int4 kernel
-    dtype = resolve_dtype(name, device)
+    placement = resolve_placement(w.device, name, native_4bit=variant == "int4")
+    device, dtype = placement.device, placement.dtype
     t0 = time.perf_counter()
-    loaded = load_model(
-        Path(w.model),
-        device=device,
-        dtype=dtype,
-        context_length=w.context,
-        native_4bit=variant == "int4",
-    )
+    loaded = load_model(Path(w.model), placement=placement, context_length=w.context)
     load_s = time.perf_counter() - t0
     if loaded.chat_template is None:
         ids = loaded.tokenizer.encode(PROMPT)
@@ -104,7 +98,12 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
         ids = encode_dialog(loaded.tokenizer, loaded.chat_template, [Message("user", PROMPT)])
     a, model = loaded.args, loaded.model
     cache = KVCache(
-        a.n_layers, a.n_kv_heads, a.head_dim, len(ids) + w.tokens + 1, dtype=dtype, device=device
+        a.n_layers,
+        a.n_kv_heads,
+        a.head_dim,
+        len(ids) + w.tokens + 1,
+        dtype=loaded.dtype,
+        device=device,
     )
 
     def one_run(n: int) -> tuple[dict[str, float], list[int]]:
