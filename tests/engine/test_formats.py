@@ -253,6 +253,20 @@ def test_hf_safetensors(
 
 
 @pytest.mark.slow
+def test_hf_weights_go_through_the_placement(models_dir: Path, hf_model: Any) -> None:
+    """Folders are placed tensor by tensor like GGUF files: offload (CPU compute here) gives
+    the resident model's logits exactly."""
+    folder = models_dir / "hf-placed"
+    hf_model.save_pretrained(folder, safe_serialization=True)
+    resident, _ = load_hf_weights(folder, placement=Placement(CPU, F32))
+    offloaded, _ = load_hf_weights(
+        folder, placement=Placement(CPU, F32, offload=True, offload_exclusion=frozenset({"w1"}))
+    )
+    assert offloaded.streamer is not None and resident.streamer is None
+    assert torch.equal(logits_of(offloaded), logits_of(resident))
+
+
+@pytest.mark.slow
 def test_hf_reference_is_the_same_model(hf_model: Any, reference: torch.Tensor) -> None:
     """transformers, on the permuted copy, computes what our model computes on the original."""
     with torch.inference_mode():
