@@ -388,6 +388,34 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def weight_bytes(shape: str, bytes_per_weight: float) -> int:
+    """The model's weights (norms included, a tied head once) at this many bytes each."""
+    d = SHAPES[shape]
+    dim, heads, kv, ffn = d["dim"], d["n_heads"], d["n_kv_heads"], d["ffn_dim"]
+    head_dim = dim // heads
+    block = dim * head_dim * (2 * heads + 2 * kv) + 3 * dim * ffn + 2 * dim  # + 2 norms
+    rest = d["vocab_size"] * dim * (1 if shape == "135m" else 2) + dim  # + final norm
+    return int((d["n_layers"] * block + rest) * bytes_per_weight)
+
+
+def _too_big(shape: str, mode: Mode) -> str | None:
+    """Why this mode cannot fit here (CPU RAM for host weights, GPU memory for resident ones),
+    or None: a worker killed for memory would say nothing useful."""
+    import psutil
+    import torch
+
+    per_weight = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}[mode.dtype]
+    host = weight_bytes(shape, per_weight) if mode.device == "cpu" or mode.offload else 0
+    if host > psutil.virtual_memory().available:
+        return f"needs ~{host / 2**30:.1f} GiB of free RAM for its weights"
+    if mode.device == "cuda" and not mode.offload and torch.cuda.is_available():
+        packed = {"none": per_weight, "int8": 1.0, "nf4": 0.5}[mode.quantization]
+        need = weight_bytes(shape, packed)
+        if need > torch.cuda.mem_get_info()[0]:
+            return f"needs ~{need / 2**30:.1f} GiB of free GPU memory"
+    return None
+
+
 def run_placement_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -403,6 +431,10 @@ def run_placement_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--modes: unknown mode {unknown[0]!r}; one of {', '.join(MODES)}")
     results = []
     for name in names:
+        short = _too_big(args.shape, MODES[name])
+        if short:
+            print(f"bench: {args.shape} {name} skipped: {short}", file=sys.stderr)
+            continue
         print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "tui.bench_placement", name, args.shape]
         cmd += [str(args.tokens), str(args.runs), str(args.prompt_tokens)]
@@ -417,7 +449,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
         if args.json:
             print(proc.stdout.strip().splitlines()[-1], flush=True)
     if not results:
-        raise UserError("bench: every mode failed (see the lines above)")
+        raise UserError("bench: no mode ran (see the lines above)")
     if not args.json:
         r0 = results[0]
         print(
