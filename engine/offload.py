@@ -14,6 +14,7 @@ the tests use that to check placement, buffer reuse and prefetch order on any ma
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections import deque
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.args import ModelArgs
+from engine.model import Block
 
 # offload_exclusion names (config.OFFLOAD_NAMES) -> parameter paths inside a block
 BLOCK_WEIGHTS = {
@@ -38,21 +40,6 @@ BLOCK_WEIGHTS = {
 ALIGN = 128  # elements: keeps every view 256-byte aligned in 16-bit dtypes
 
 
-def weight_shape(args: ModelArgs, short: str) -> tuple[int, ...]:
-    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    return {
-        "wq": (q, args.dim),
-        "wk": (kv, args.dim),
-        "wv": (kv, args.dim),
-        "wo": (args.dim, q),
-        "w1": (args.ffn_dim, args.dim),
-        "w2": (args.dim, args.ffn_dim),
-        "w3": (args.ffn_dim, args.dim),
-        "attention_norm": (args.dim,),
-        "ffn_norm": (args.dim,),
-    }[short]
-
-
 @dataclass(frozen=True)
 class Entry:
     path: str  # inside a block, e.g. "attention.wq.weight"
@@ -61,19 +48,17 @@ class Entry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def block_layout(args: ModelArgs, exclusion: frozenset[str]) -> tuple[list[Entry], int]:
     """The offloaded weights of one block in a flat buffer, and the buffer's length."""
+    shapes = {n: tuple(p.shape) for n, p in Block(args, 0, device="meta").named_parameters()}
     entries, offset = [], 0
     for short, path in BLOCK_WEIGHTS.items():
         if short in exclusion:
             continue
-        entry = Entry(path, offset, weight_shape(args, short))
+        entry = Entry(path, offset, shapes[path])
         entries.append(entry)
         offset += -(-entry.numel // ALIGN) * ALIGN
     return entries, offset
@@ -106,7 +91,6 @@ class OffloadStore:
     def __init__(
         self, args: ModelArgs, exclusion: frozenset[str], device: torch.device, dtype: torch.dtype
     ) -> None:
-        self.n_layers = args.n_layers
         self.device, self.dtype = device, dtype
         self.entries, self.block_numel = block_layout(args, exclusion)
         self.by_path = {e.path: e for e in self.entries}
@@ -143,10 +127,6 @@ class OffloadStore:
     @property
     def block_bytes(self) -> int:
         return self.block_numel * self.dtype.itemsize
-
-    @property
-    def host_bytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.host if h is not None)
 
 
 class BlockStreamer:

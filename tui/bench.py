@@ -45,6 +45,13 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def worker_env() -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, for ``python -m`` workers."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 Run = Callable[[int], tuple[dict[str, float], list[int]]]  # n tokens -> (figures, token ids)
 
 
@@ -216,10 +223,8 @@ def _spawn(kind: str, dtype: str, flags: list[str], ids: list[int] | None = None
     cmd = [sys.executable, "-m", "tui.bench", "--worker", kind, "--dtype", dtype, *flags]
     if ids is not None:
         cmd += ["--ids", ",".join(map(str, ids))]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     print(f"bench: running {kind} {dtype} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
     if proc.returncode != 0:
         from engine.errors import UserError
 

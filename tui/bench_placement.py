@@ -19,10 +19,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tui.bench import _sync, worker_env
 
 SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
@@ -81,13 +80,11 @@ def _bandwidths(device: Any) -> dict[str, float]:
 
     def timed(fn: Any, reps: int = 5) -> float:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         return (time.perf_counter() - t0) / reps
 
     out["memory_gb_s"] = 2 * a.nbytes / timed(lambda: b.copy_(a)) / 1e9
@@ -185,9 +182,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         args, _random_weights(args, device, dtype, 0), placement=placement, source=shape
     )
     model.init_rope(args.max_seq_len, device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
+    _sync(device)
     load_s = time.perf_counter() - t0
     ids = torch.randint(
         0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(1)
@@ -197,13 +192,9 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         args.n_layers, args.n_kv_heads, args.head_dim, args.max_seq_len, dtype=dtype, device=device
     )
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
     def one_run(n: int) -> dict[str, float]:
         cache.truncate(0)
-        sync()
+        _sync(device)
         t0 = time.perf_counter()
         logits = prefill(model, cache, prompt, 0)
         token = int(logits.argmax())
@@ -289,15 +280,10 @@ def _peer_worker(
     load_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, SHAPES[shape]["vocab_size"], (1, prompt_len), generator=gen).to(device)
-    cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
 
     @torch.inference_mode()
     def one_run(n: int) -> dict[str, float]:
-        sync()
+        _sync(device)
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -438,9 +424,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
         print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "tui.bench_placement", name, args.shape]
         cmd += [str(args.tokens), str(args.runs), str(args.prompt_tokens)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             print(f"bench: {name} failed: {tail}", file=sys.stderr)

@@ -123,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("model", "device", "dtype", "context_length", "native_4bit", "max_new_tokens")
+    keys: tuple[str, ...] = (
+        "model",
+        "device",
+        "dtype",
+        "context_length",
+        "native_4bit",
+        "max_new_tokens",
+    )
     keys += ("quantization", "offload", "offload_exclusion")
     keys += ("system_prompt", "tokenizer", "chat_format")
     out: dict[str, Any] = {k: getattr(args, k) for k in keys + SAMPLING_FLAGS}

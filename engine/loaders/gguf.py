@@ -60,11 +60,10 @@ def load_gguf_weights(
     Llama 3.1 rope frequency factors (if the file has them) and how many tensors were kept
     4-bit.
     """
-    p = placement
     keep_4bit = (
-        p.native_4bit
-        and p.dtype == torch.bfloat16
-        and p.device.type == "cpu"
+        placement.native_4bit
+        and placement.dtype == torch.bfloat16
+        and placement.device.type == "cpu"
         and int4_cpu_supported()
         and any(i.ggml_type in INT4_TYPES for n, i in gguf.tensors.items() if n.startswith("blk."))
     )

@@ -134,8 +134,8 @@ def to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module")
-def hf_model(state: dict[str, torch.Tensor]) -> Any:
+def hf_llama(tied: bool) -> Any:
+    """transformers' LlamaForCausalLM with PARAMS' dimensions (random weights)."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         hidden_size=64,
@@ -147,9 +147,14 @@ def hf_model(state: dict[str, torch.Tensor]) -> Any:
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
-    model = transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_model(state: dict[str, torch.Tensor]) -> Any:
+    model = hf_llama(tied=False)
     model.load_state_dict(to_hf_state(state), strict=True)
     return model
 
@@ -276,18 +281,7 @@ def test_hf_reference_is_the_same_model(hf_model: Any, reference: torch.Tensor) 
 
 @pytest.mark.slow
 def test_hf_tied_embeddings(models_dir: Path, state: Any) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-    )
-    hf = transformers.LlamaForCausalLM(config).eval()
+    hf = hf_llama(tied=True)
     hf_state = {k: v for k, v in to_hf_state(state).items() if k != "lm_head.weight"}
     hf.load_state_dict(hf_state, strict=False)
     hf.save_pretrained(models_dir / "hf-tied", safe_serialization=True)
