@@ -1,56 +1,106 @@
 """llama-tui's engine: pure PyTorch, never imports Textual.
 
-The public API, re-exported for the front ends (TUI, headless CLI, benchmark, tests).
+This module is the public API: the front ends (the app, the command line, the benchmarks)
+import only from here, and an import-linter contract checks it (pyproject.toml).
 """
 
+from engine.args import ModelArgs
 from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
-from engine.chat_format import Message
-from engine.config import Config, Profile, SamplingSettings, load_config, resolve_profile
+from engine.chat_format import Message, encode_dialog
+from engine.config import (
+    DEFAULTS_NAME,
+    Config,
+    Profile,
+    SamplingSettings,
+    find_config_path,
+    load_config,
+    profile_to_dict,
+    resolve_profile,
+    sampling_changed_only,
+)
+from engine.default_model import default_model_path
 from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
 from engine.events import Done, Event, Failed, LoadProgress, PrefillDone, TokenEvent
-from engine.loaders import LoadedModel, load_model
-from engine.metrics import GenerationMetrics
+from engine.generate import decode_one_token, generate, prefill
+from engine.kv_cache import KVCache
+from engine.loaders import LoadedModel, load_model, load_profile_model
+from engine.loaders.state import assign_state
+from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
+from engine.model import Transformer
+from engine.placement import resolve_device, resolve_placement
 from engine.queue import (
     ClearRequest,
     EngineQueue,
     LoadRequest,
     MemoryStats,
     ModelReady,
+    QueueEvent,
+    Request,
     Started,
     Ticket,
 )
+from engine.saving import Recorder, ReplySaver, reply_record, saved_events, title_of
 from engine.session import ChatSession
+from engine.store import ConversationStore, data_dir, open_store
 
 __all__ = [
+    "DEFAULTS_NAME",
     "Backend",
-    "ClearRequest",
-    "EngineQueue",
-    "GenerationRequest",
-    "LoadRequest",
-    "LocalBackend",
-    "MemoryStats",
-    "ModelInfo",
-    "ModelReady",
-    "Started",
-    "Ticket",
     "ChatSession",
+    "ClearRequest",
     "Config",
     "ConfigError",
     "ContextOverflowError",
+    "ConversationStore",
     "Done",
+    "EngineQueue",
     "Event",
     "Failed",
     "GenerationMetrics",
+    "GenerationRequest",
+    "KVCache",
     "LoadProgress",
+    "LoadRequest",
     "LoadedModel",
+    "LocalBackend",
+    "MemoryStats",
     "Message",
+    "ModelArgs",
+    "ModelInfo",
     "ModelLoadError",
+    "ModelReady",
     "PrefillDone",
     "Profile",
+    "QueueEvent",
+    "Recorder",
+    "ReplySaver",
+    "Request",
     "SamplingSettings",
+    "Started",
+    "Ticket",
     "TokenEvent",
+    "Transformer",
     "UserError",
+    "assign_state",
+    "data_dir",
+    "decode_one_token",
+    "default_model_path",
+    "encode_dialog",
+    "find_config_path",
+    "generate",
     "load_config",
     "load_model",
+    "load_profile_model",
+    "open_store",
+    "peak_rss_bytes",
+    "prefill",
+    "profile_to_dict",
+    "reply_record",
+    "resolve_device",
+    "resolve_placement",
     "resolve_profile",
+    "rss_bytes",
+    "sampling_changed_only",
+    "saved_events",
+    "title_of",
 ]

@@ -19,11 +19,10 @@ import subprocess
 import sys
 import time
 
-from engine.config import Profile, load_config, resolve_profile
-from engine.events import Done
-from tui.app import make_app
-from tui.messages import PromptSubmitted
-from tui.plain import open_session
+from engine import Done, Profile, load_config, resolve_profile
+from tui.app.app import make_app
+from tui.app.messages import PromptSubmitted
+from tui.cli.plain import open_session
 
 PROMPT = "Write a long story about a dragon who learns to read."
 

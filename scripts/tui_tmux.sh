@@ -4,13 +4,13 @@
 #   scripts/tui_tmux.sh [PROMPT] [-- extra llama-tui chat flags]
 # Env: COLS/ROWS (default 120x36), WAIT (most seconds to wait for the reply, default 60;
 #      the Metrics pane must be visible: 110 columns or more),
-#      LLAMA_TUI (command to run, default "python -m tui.cli"), KEEP=1 keeps the session.
+#      LLAMA_TUI (command to run, default "python -m tui.cli.main"), KEEP=1 keeps the session.
 set -euo pipefail
 prompt="${1:-Write a haiku about llamas.}"
 shift || true
 [[ "${1:-}" == "--" ]] && shift
 cols="${COLS:-120}" rows="${ROWS:-36}" wait_s="${WAIT:-60}"
-cmd="${LLAMA_TUI:-python -m tui.cli}"
+cmd="${LLAMA_TUI:-python -m tui.cli.main}"
 session="llama-tui-$$"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tmux new-session -d -s "$session" -x "$cols" -y "$rows" \

@@ -81,7 +81,7 @@ def test_kill_9_keeps_the_streamed_reply(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     args = ["chat", "--plain", "--data-dir", str(data), "--max-new-tokens", "400"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", *args, "--temperature", "0.8", "--seed", "1"],
+        [sys.executable, "-m", "tui.cli.main", *args, "--temperature", "0.8", "--seed", "1"],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.PIPE,
@@ -128,8 +128,7 @@ def test_kill_9_keeps_the_streamed_reply(tmp_path: Path) -> None:
 def test_the_app_takes_data_dir_and_no_save(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tui.app import app_from_args
-    from tui.cli import build_parser
+    from tui.cli.main import app_from_args, build_parser
 
     monkeypatch.chdir(tmp_path)  # no llama-tui.toml here: built-in defaults
     flags = ["chat", "--model", str(tiny_gguf)]

@@ -85,7 +85,7 @@ def test_cli_loads_a_meta_folder_with_a_separate_tokenizer(
     cmd = [
         sys.executable,
         "-m",
-        "tui.cli",
+        "tui.cli.main",
         "ask",
         "--model",
         str(folder),

@@ -290,7 +290,7 @@ def test_plain_json_reports_context_fields(tiny_gguf: Path, tmp_path: Path) -> N
     args = ["--model", str(tiny_gguf), "--temperature", "0", "--max-new-tokens", "8"]
     lines = "".join(f"turn {i} says a few more words\n" for i in range(10))
     proc = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "chat", "--plain", "--json", *args,
+        [sys.executable, "-m", "tui.cli.main", "chat", "--plain", "--json", *args,
          "--context-length", "64"],
         cwd=tmp_path, env=env, input=lines, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

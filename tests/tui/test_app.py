@@ -11,10 +11,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from engine.backend import LocalBackend
-from tui.app import LlamaTuiApp, make_app
-from tui.widgets.message import AssistantMessage, LoadBar, UserMessage
-from tui.widgets.metrics_pane import metric_lines
-from tui.widgets.prompt import PromptInput
+from tui.app.app import LlamaTuiApp, make_app
+from tui.app.widgets.message import AssistantMessage, LoadBar, UserMessage
+from tui.app.widgets.metrics_pane import metric_lines
+from tui.app.widgets.prompt import PromptInput
 
 
 async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -267,7 +267,7 @@ async def test_default_model_chats(tmp_path: Path) -> None:
 
 def test_metrics_pane_shows_offload_only_when_weights_are_streamed() -> None:
     from engine.metrics import GenerationMetrics
-    from tui.stats import LiveStats
+    from tui.app.stats import LiveStats
 
     stats = LiveStats()
     stats.on_done(GenerationMetrics(generated_tokens=9, decode_steps=8, decode_s=2.0))

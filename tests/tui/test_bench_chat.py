@@ -9,7 +9,7 @@ import torch
 from engine.config import SamplingSettings
 from engine.loaders import load_model
 from engine.placement import Placement
-from tui.bench_chat import format_turns, questions, run_conversation, summary
+from tui.bench.conversation import format_turns, questions, run_conversation, summary
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.loaders import LoadedModel
-from tui.bench_placement import MODES, _too_big, format_table, limit_tok_s, weight_bytes, worker
+from tui.bench.placement import MODES, _too_big, format_table, limit_tok_s, weight_bytes, worker
 
 
 def test_weight_estimate_matches_the_real_135m_model(default_model: LoadedModel) -> None:

@@ -11,14 +11,14 @@ from textual.widgets import DataTable, Label, OptionList
 
 from engine.store import DB_NAME, ConversationStore
 from tests.tui.test_app import backend, idle, say, wait_for
-from tui.app import LlamaTuiApp, make_app
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.conversations import ConversationsScreen
-from tui.screens.edit_message import EditMessageScreen
-from tui.screens.text_prompt import TextPromptScreen
-from tui.widgets.message import AssistantMessage, UserMessage
-from tui.widgets.metrics_pane import metric_lines
-from tui.widgets.prompt import PromptInput
+from tui.app.app import LlamaTuiApp, make_app
+from tui.app.screens.confirm import ConfirmScreen
+from tui.app.screens.conversations import ConversationsScreen
+from tui.app.screens.edit_message import EditMessageScreen
+from tui.app.screens.text_prompt import TextPromptScreen
+from tui.app.widgets.message import AssistantMessage, UserMessage
+from tui.app.widgets.metrics_pane import metric_lines
+from tui.app.widgets.prompt import PromptInput
 
 
 @pytest.fixture

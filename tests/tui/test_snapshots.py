@@ -18,8 +18,8 @@ from engine.events import Done, PrefillDone, TokenEvent
 from engine.metrics import GenerationMetrics
 from engine.queue import MemoryStats, ModelReady, Started
 from engine.store import DB_NAME, ConversationStore
-from tui.app import LlamaTuiApp, make_app
-from tui.messages import EngineUpdate
+from tui.app.app import LlamaTuiApp, make_app
+from tui.app.messages import EngineUpdate
 
 THEMES = ("llama-dark", "llama-light", "llama-high-contrast")
 SIZES = ((80, 24), (160, 48))

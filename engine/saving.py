@@ -99,7 +99,7 @@ class ReplySaver:
         self.store.update_message(self.msg, done.text, metrics, stopped)
 
 
-def saving(
+def saved_events(
     events: Iterator[Event], store: ConversationStore, conv: int, interval: float = SAVE_INTERVAL_S
 ) -> Iterator[Event]:
     """Pass events through, saving the reply they stream."""

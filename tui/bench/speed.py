@@ -1,7 +1,8 @@
 """`llama-tui bench`: load, prefill and decode speed of our engine next to transformers.
 
-Each engine runs in its own fresh subprocess (``python -m tui.bench --worker ours|transformers``)
-so import caches, thread pools and peak RSS are per engine; the worker prints one JSON line.
+Each engine runs in its own fresh subprocess
+(``python -m tui.bench.speed --worker ours|transformers``), so import caches, thread pools
+and peak RSS are per engine; the worker prints one JSON line.
 Both decode greedily from the same prompt token ids and ignore end-of-sequence, so every run
 decodes exactly ``--tokens`` tokens. Nothing from torch or engine (whose package imports
 torch) is imported at module level, so the worker can time ``import torch``.
@@ -18,7 +19,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine import Profile
 
 PROMPT = (
     "I am planning a three-day walking trip in the Scottish Highlands in late September. "
@@ -85,12 +89,16 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import_s = time.perf_counter() - t0
-    from engine.chat_format import Message, encode_dialog
-    from engine.generate import decode_one_token, prefill
-    from engine.kv_cache import KVCache
-    from engine.loaders import load_model
-    from engine.metrics import peak_rss_bytes
-    from engine.placement import resolve_placement
+    from engine import (
+        KVCache,
+        Message,
+        decode_one_token,
+        encode_dialog,
+        load_model,
+        peak_rss_bytes,
+        prefill,
+        resolve_placement,
+    )
 
     torch.set_num_threads(w.threads)
     name, _, variant = w.dtype.partition("+")  # "bfloat16+int4": 4-bit blocks on the int4 kernel
@@ -152,8 +160,7 @@ def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    from engine.metrics import peak_rss_bytes
-    from engine.placement import resolve_device
+    from engine import peak_rss_bytes, resolve_device
 
     class Clock(BaseStreamer):  # generate() calls put() with the prompt, then once per token
         def __init__(self) -> None:
@@ -220,13 +227,13 @@ def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spawn(kind: str, dtype: str, flags: list[str], ids: list[int] | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tui.bench", "--worker", kind, "--dtype", dtype, *flags]
+    cmd = [sys.executable, "-m", "tui.bench.speed", "--worker", kind, "--dtype", dtype, *flags]
     if ids is not None:
         cmd += ["--ids", ",".join(map(str, ids))]
     print(f"bench: running {kind} {dtype} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
     if proc.returncode != 0:
-        from engine.errors import UserError
+        from engine import UserError
 
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise UserError(f"bench: {kind} {dtype} worker failed: {tail[0]}")
@@ -280,18 +287,15 @@ def format_table(ours: list[dict[str, Any]], theirs: dict[str, Any] | None) -> s
     return "\n".join(out)
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace, profile: Profile) -> int:
     import importlib.util
 
     import torch
 
-    from engine.default_model import default_model_path
-    from engine.errors import UserError
-    from tui.plain import load_profile
+    from engine import UserError, default_model_path
 
     if args.tokens < 2 or args.runs < 1:
         raise UserError("bench needs --tokens >= 2 and --runs >= 1")
-    profile = load_profile(args)
     model = Path(profile.model) if profile.model else default_model_path()
     dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16", "bfloat16+int4"]
     threads = args.threads or torch.get_num_threads()
@@ -358,7 +362,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m tui.bench")
+    p = argparse.ArgumentParser(prog="python -m tui.bench.speed")
     p.add_argument("--worker", choices=("ours", "transformers"), required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--dtype", default="float32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual import events
 from textual.widgets import TextArea
 
-from tui.messages import PromptSubmitted
+from tui.app.messages import PromptSubmitted
 
 NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -14,13 +13,11 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from engine.backend import Backend, LocalBackend
-from engine.config import find_config_path
-from engine.queue import EngineQueue
-from tui.bridge import EngineBridge
-from tui.profiles import ProfileState
-from tui.screens.chat import ChatScreen
-from tui.themes import DEFAULT_THEME, load_themes
+from engine import Backend, EngineQueue, LocalBackend, find_config_path
+from tui.app.bridge import EngineBridge
+from tui.app.profiles import ProfileState
+from tui.app.screens.chat import ChatScreen
+from tui.app.themes import DEFAULT_THEME, load_themes
 
 UI_NICE = 5  # scheduling niceness of the UI thread relative to the engine's threads
 
@@ -168,22 +165,3 @@ def make_app(
         data_dir=data_dir,
         save=save,
     )
-
-
-def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
-    """The app for the CLI's profile and flags (--data-dir and --no-save included)."""
-    from tui.cli import overrides_from
-
-    return make_app(
-        args.profile,
-        args.config,
-        overrides_from(args),
-        data_dir=args.data_dir,
-        save=not args.no_save,
-    )
-
-
-def run_app(args: argparse.Namespace) -> int:
-    """`llama-tui chat` on a terminal."""
-    app_from_args(args).run()
-    return 0

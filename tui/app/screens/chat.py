@@ -12,25 +12,41 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from engine.backend import GenerationRequest, ModelInfo
-from engine.chat_format import Message
-from engine.config import Profile, sampling_changed_only
-from engine.errors import ConfigError, UserError
-from engine.events import Done, Failed, LoadProgress, PrefillDone, TokenEvent
-from engine.queue import ClearRequest, LoadRequest, MemoryStats, ModelReady, Started
-from engine.store import ConversationStore, data_dir, open_store
-from tui.bridge import EngineBridge
-from tui.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
-from tui.profiles import ProfileState
-from tui.saving import Recorder, ReplySaver
-from tui.screens.conversations import ConversationsScreen, ListChoice
-from tui.screens.edit_message import EditMessageScreen
-from tui.stats import LiveStats
-from tui.widgets.config_pane import ConfigPane
-from tui.widgets.conversation import ConversationPane
-from tui.widgets.message import AssistantMessage, UserMessage
-from tui.widgets.metrics_pane import MetricsPane
-from tui.widgets.prompt import PromptInput
+from engine import (
+    ClearRequest,
+    ConfigError,
+    ConversationStore,
+    Done,
+    Failed,
+    GenerationRequest,
+    LoadProgress,
+    LoadRequest,
+    MemoryStats,
+    Message,
+    ModelInfo,
+    ModelReady,
+    PrefillDone,
+    Profile,
+    Recorder,
+    ReplySaver,
+    Started,
+    TokenEvent,
+    UserError,
+    data_dir,
+    open_store,
+    sampling_changed_only,
+)
+from tui.app.bridge import EngineBridge
+from tui.app.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
+from tui.app.profiles import ProfileState
+from tui.app.screens.conversations import ConversationsScreen, ListChoice
+from tui.app.screens.edit_message import EditMessageScreen
+from tui.app.stats import LiveStats
+from tui.app.widgets.config_pane import ConfigPane
+from tui.app.widgets.conversation import ConversationPane
+from tui.app.widgets.message import AssistantMessage, UserMessage
+from tui.app.widgets.metrics_pane import MetricsPane
+from tui.app.widgets.prompt import PromptInput
 
 NARROW = 110  # below this many columns the side panes start hidden (F2/F3 show them)
 WATCH_S = 1.0  # how often the config file's mtime is checked

@@ -9,24 +9,21 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
-from pathlib import Path
 from typing import TextIO
 
-from engine.config import Profile, find_config_path, load_config, resolve_profile
-from engine.errors import UserError
-from engine.events import Done, Event, TokenEvent
-from engine.loaders import load_profile_model
-from engine.session import ChatSession
-from engine.store import open_store
-from tui.saving import reply_record, saving, title_of
-
-
-def load_profile(args: argparse.Namespace) -> Profile:
-    from tui.cli import overrides_from
-
-    config = load_config(find_config_path(args.config))
-    return resolve_profile(config, args.profile, overrides_from(args))
+from engine import (
+    ChatSession,
+    Done,
+    Event,
+    Profile,
+    TokenEvent,
+    UserError,
+    load_profile_model,
+    open_store,
+    reply_record,
+    saved_events,
+    title_of,
+)
 
 
 def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSession:
@@ -72,9 +69,8 @@ def stream(
     raise RuntimeError("generation ended without a Done event")
 
 
-def run_ask(args: argparse.Namespace) -> int:
+def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    profile = load_profile(args)
     session = open_session(profile)
     s, n = profile.sampling, profile.max_new_tokens
     if profile.chat_template:
@@ -85,8 +81,7 @@ def run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_chat(args: argparse.Namespace) -> int:
-    profile = load_profile(args)
+def run_chat(args: argparse.Namespace, profile: Profile) -> int:
     session = open_session(profile)
     interactive = sys.stdin.isatty() and not args.json
     if interactive:
@@ -114,7 +109,7 @@ def run_chat(args: argparse.Namespace) -> int:
                 if conv is None:
                     conv = store.new_conversation(title_of(text), asdict(profile))
                 store.add_message(conv, "user", text)
-                events = saving(events, store, conv)
+                events = saved_events(events, store, conv)
             stream(events, args.json, sys.stdout, session)
         except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
             print(f"llama-tui: error: {exc}", file=sys.stderr)
@@ -122,31 +117,3 @@ def run_chat(args: argparse.Namespace) -> int:
                 return 2
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def run_history(args: argparse.Namespace) -> int:
-    """`llama-tui history list | show ID | export ID [--format md|json]`."""
-    data_dir: Path | None = args.data_dir
-    store = open_store(data_dir)
-    out = sys.stdout
-    if args.history_command == "list":
-        for c in store.list_conversations():
-            fork = "" if c["parent_id"] is None else f"\t↳ fork of #{c['parent_id']}"
-            out.write(
-                f"{c['id']}\t{_when(c['updated'])}\t{c['message_count']} msgs\t{c['title']}{fork}\n"
-            )
-    elif args.history_command == "show":
-        for m in store.messages(args.id):
-            stopped = " [stopped]" if m["stopped"] else ""
-            out.write(f"{m['role']}: {m['content']}{stopped}\n")
-    elif args.history_command == "export":
-        if args.format == "json":
-            out.write(json.dumps(store.export_json(args.id), ensure_ascii=False, indent=2) + "\n")
-        else:
-            out.write(store.export_markdown(args.id))
-    store.close()
-    return 0

@@ -8,7 +8,7 @@ from textual import events
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
-from tui.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
+from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
 
 W = TypeVar("W", bound=Widget)
 

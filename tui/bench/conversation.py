@@ -18,10 +18,15 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from engine.config import SamplingSettings
-from engine.events import Done, TokenEvent
-from engine.loaders import LoadedModel, load_profile_model
-from engine.session import ChatSession
+from engine import (
+    ChatSession,
+    Done,
+    LoadedModel,
+    Profile,
+    SamplingSettings,
+    TokenEvent,
+    load_profile_model,
+)
 
 CONTEXT_LENGTH = 1024  # small enough that 30 turns trim several times
 MAX_NEW_TOKENS = 48
@@ -125,22 +130,20 @@ def summary(ours: list[Turn], base: list[Turn]) -> dict[str, float]:
     }
 
 
-def run_conversation_bench(args: argparse.Namespace) -> int:
+def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
     import torch
 
-    from engine.errors import UserError
-    from tui.bench import _machine_busy_s
-    from tui.plain import load_profile
+    from engine import UserError
+    from tui.bench.speed import _machine_busy_s
 
     if args.turns < 2 or args.runs < 1:
         raise UserError("bench --conversation needs --turns >= 2 and --runs >= 1")
-    if args.context_length is None:
-        args.context_length = CONTEXT_LENGTH
+    if args.context_length is None:  # the bench's own defaults, unless a flag set them
+        profile = replace(profile, context_length=CONTEXT_LENGTH)
     if args.max_new_tokens is None:
-        args.max_new_tokens = MAX_NEW_TOKENS
+        profile = replace(profile, max_new_tokens=MAX_NEW_TOKENS)
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = load_profile(args)
     loaded = load_profile_model(profile)
     settings = replace(profile.sampling, temperature=0.0, seed=0)
     texts, n = questions(args.turns), profile.max_new_tokens

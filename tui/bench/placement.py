@@ -1,7 +1,7 @@
 """`llama-tui bench --shape 7b`: the placement table (GPU, CPU, int8, NF4, offload variants).
 
 A model of real Llama dimensions with random weights (no download) is built straight into each
-placement, one mode per fresh subprocess (``python -m tui.bench_placement MODE``), so VRAM and
+placement, one mode per fresh subprocess (``python -m tui.bench.placement MODE``), so VRAM and
 RSS figures belong to that mode alone. Each mode reports decode and prefill tokens/s, VRAM,
 RSS and, for offload, the bytes copied per token and the time spent waiting on copies, next to
 its physical limit: HBM (or DRAM) bandwidth over the bytes read per token for resident weights,
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tui.bench import _sync, worker_env
+from tui.bench.speed import _sync, worker_env
 
 SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
@@ -98,7 +98,7 @@ def _random_weights(args: Any, device: Any, dtype: Any, seed: int) -> Any:
     """(name, tensor) for every weight of the meta model: N(0, 0.02), norms 1."""
     import torch
 
-    from engine.model import Transformer
+    from engine import Transformer
 
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in Transformer(args, device="meta").state_dict().items():
@@ -160,12 +160,15 @@ def _peer_model(shape: str, device: Any, dtype: Any) -> Any:
 def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> dict[str, Any]:
     import torch
 
-    from engine.args import ModelArgs
-    from engine.generate import decode_one_token, prefill
-    from engine.kv_cache import KVCache
-    from engine.loaders.state import assign_state
-    from engine.metrics import rss_bytes
-    from engine.placement import resolve_placement
+    from engine import (
+        KVCache,
+        ModelArgs,
+        assign_state,
+        decode_one_token,
+        prefill,
+        resolve_placement,
+        rss_bytes,
+    )
 
     mode = MODES[name]
     rss0 = rss_bytes()
@@ -240,7 +243,7 @@ def _result(
 ) -> dict[str, Any]:
     import torch
 
-    from engine.metrics import peak_rss_bytes, rss_bytes
+    from engine import peak_rss_bytes, rss_bytes
 
     cuda = device.type == "cuda"
     result: dict[str, Any] = {
@@ -405,7 +408,7 @@ def _too_big(shape: str, mode: Mode) -> str | None:
 def run_placement_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.errors import UserError
+    from engine import UserError
 
     if args.shape not in SHAPES:
         raise UserError(f"--shape {args.shape!r}: one of {', '.join(SHAPES)}")
@@ -422,7 +425,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
             print(f"bench: {args.shape} {name} skipped: {short}", file=sys.stderr)
             continue
         print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, "-m", "tui.bench_placement", name, args.shape]
+        cmd = [sys.executable, "-m", "tui.bench.placement", name, args.shape]
         cmd += [str(args.tokens), str(args.runs), str(args.prompt_tokens)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
         if proc.returncode != 0:

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import UserError
+from engine import Profile, UserError, find_config_path, load_config, resolve_profile
+
+if TYPE_CHECKING:
+    from tui.app.app import LlamaTuiApp
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
@@ -139,6 +142,25 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def load_profile(args: argparse.Namespace) -> Profile:
+    """The profile the command runs: config file (found as documented), then the CLI flags."""
+    config = load_config(find_config_path(args.config))
+    return resolve_profile(config, args.profile, overrides_from(args))
+
+
+def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
+    """The Textual app for the CLI's profile and flags (--data-dir and --no-save included)."""
+    from tui.app.app import make_app
+
+    return make_app(
+        args.profile,
+        args.config,
+        overrides_from(args),
+        data_dir=args.data_dir,
+        save=not args.no_save,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -146,37 +168,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = [] if interactive else ["--plain"]
         args = build_parser().parse_args(["chat", *mode, *(argv or sys.argv[1:])])
     try:
-        from tui import plain
-
-        if args.command == "ask":
-            return plain.run_ask(args)
-        if args.command == "chat" and not args.plain and not args.json and interactive:
-            from tui.app import run_app  # the Textual app; line mode otherwise
-
-            return run_app(args)
-        if args.command == "chat":
-            return plain.run_chat(args)
-        if args.command == "history":
-            return plain.run_history(args)
-        if args.command == "bench" and args.shape:
-            from tui.bench_placement import run_placement_bench
-
-            return run_placement_bench(args)
-        if args.command == "bench":
-            if args.conversation:
-                from tui import bench_chat
-
-                return bench_chat.run_conversation_bench(args)
-            from tui import bench
-
-            return bench.run_bench(args)
+        return dispatch(args, interactive)
     except UserError as exc:
         print(f"llama-tui: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    return 0
+
+
+def dispatch(args: argparse.Namespace, interactive: bool) -> int:
+    """Run one command; each front end is imported only when it is the one asked for."""
+    if args.command == "history":
+        from tui.cli.history import run_history
+
+        return run_history(args)
+    if args.command == "chat" and not args.plain and not args.json and interactive:
+        app_from_args(args).run()  # the Textual app; line mode otherwise
+        return 0
+    if args.command == "bench" and args.shape:
+        from tui.bench.placement import run_placement_bench
+
+        return run_placement_bench(args)
+    profile = load_profile(args)
+    if args.command == "bench":
+        if args.conversation:
+            from tui.bench.conversation import run_conversation_bench
+
+            return run_conversation_bench(args, profile)
+        from tui.bench.speed import run_bench
+
+        return run_bench(args, profile)
+    from tui.cli import plain
+
+    if args.command == "ask":
+        return plain.run_ask(args, profile)
+    return plain.run_chat(args, profile)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from engine.errors import UserError
-from engine.store import ConversationStore
-from tui.saving import title_of
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.text_prompt import TextPromptScreen
+from engine import ConversationStore, UserError, title_of
+from tui.app.screens.confirm import ConfirmScreen
+from tui.app.screens.text_prompt import TextPromptScreen
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Input, Label, Select, Static
 
-from engine.backend import ModelInfo
-from engine.config import Profile, profile_to_dict
-from tui.messages import ProfilePicked, SettingEdited
-from tui.profiles import EDITABLE
+from engine import ModelInfo, Profile, profile_to_dict
+from tui.app.messages import ProfilePicked, SettingEdited
+from tui.app.profiles import EDITABLE
 
 
 def _shown(value: object) -> str:

@@ -17,8 +17,8 @@ import asyncio
 from textual.dom import DOMNode
 from textual.worker import Worker
 
-from engine.queue import EngineQueue, Request, Ticket
-from tui.messages import EngineUpdate
+from engine import EngineQueue, Request, Ticket
+from tui.app.messages import EngineUpdate
 
 BATCH_S = 0.3  # at most ~3 UI updates a second per ticket; events in between are batched
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.backend import ModelInfo
-from engine.metrics import GenerationMetrics
-from engine.queue import MemoryStats
+from engine import GenerationMetrics, MemoryStats, ModelInfo
 
 WINDOW = 8  # tokens per rolling-rate sample
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from engine.queue import QueueEvent
+from engine import QueueEvent
 
 
 @dataclass

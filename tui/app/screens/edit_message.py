@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from tui.screens.text_prompt import TextPromptScreen
+from tui.app.screens.text_prompt import TextPromptScreen
 
 PREVIEW_CHARS = 70
 

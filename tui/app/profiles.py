@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import DEFAULTS_NAME, Config, Profile, load_config, resolve_profile
+from engine import DEFAULTS_NAME, Config, Profile, load_config, resolve_profile
 
 EDITABLE = (
     "temperature",

@@ -9,8 +9,8 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
-from tui.messages import PromptSubmitted
-from tui.widgets.prompt import PromptInput
+from tui.app.messages import PromptSubmitted
+from tui.app.widgets.prompt import PromptInput
 
 
 class TextPromptScreen(ModalScreen[str | None]):

@@ -12,7 +12,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Sparkline
 
-from tui.stats import LiveStats
+from tui.app.stats import LiveStats
 
 REDRAW_S = 0.5
 MIB = 1024 * 1024

@@ -1,0 +1,1 @@
+"""Benchmarks with peers side by side: speed (vs transformers), placement shapes, conversations."""
