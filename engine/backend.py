@@ -39,6 +39,8 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What actually runs, read off the loaded model (not the settings that asked for it)."""
+
     name: str  # file name shown to the user
     path: str
     device: str
@@ -46,7 +48,39 @@ class ModelInfo:
     context_length: int  # tokens the conversation's KV cache holds
     reused: bool  # True = taken from the model cache, nothing was read from disk
     load_s: float  # seconds this load took (0 when reused)
-    quantization: str = "none"  # e.g. "GGUF 4-bit, int4 kernel" when blocks stay packed
+    quantization: str = "none"  # e.g. "int8 (bitsandbytes, 210 layers)", "GGUF 4-bit, int4 kernel"
+    offload: str = "off"  # "off", or what streams: "blocks → cuda:0 (except w1, w2)"
+
+
+def model_info(loaded: LoadedModel, reused: bool) -> ModelInfo:
+    """The ModelInfo of a loaded model: its layers and streamer, counted where they are."""
+    model = loaded.model
+    bnb = sum(1 for m in model.modules() if type(m).__module__.startswith("bitsandbytes"))
+    if bnb:
+        quantization = f"{loaded.placement.quantization} (bitsandbytes, {bnb} layers)"
+    elif loaded.packed_4bit:
+        quantization = f"GGUF 4-bit, int4 kernel ({loaded.packed_4bit} matrices)"
+    else:
+        quantization = "none"
+    offload = "off"
+    if model.streamer is not None:
+        kept = sorted(loaded.placement.offload_exclusion)
+        offload = f"blocks → {loaded.device}" + (f" (except {', '.join(kept)})" if kept else "")
+    return ModelInfo(
+        name=loaded.path.name,
+        path=str(loaded.path),
+        device=str(loaded.device),
+        dtype=(
+            "bf16 matmuls, fp32 rest"
+            if loaded.packed_4bit
+            else str(loaded.dtype).removeprefix("torch.")
+        ),
+        context_length=loaded.context_length,
+        reused=reused,
+        load_s=0.0 if reused else loaded.load_s,
+        quantization=quantization,
+        offload=offload,
+    )
 
 
 class Backend(Protocol):
@@ -128,20 +162,7 @@ class LocalBackend:
                 session.messages = list(old.messages)  # the conversation survives a reload
             self.session = session
         self.profile = profile
-        return ModelInfo(
-            name=loaded.path.name,
-            path=str(loaded.path),
-            device=str(loaded.device),
-            dtype=(
-                "bf16 matmuls, fp32 rest"
-                if loaded.packed_4bit
-                else str(loaded.dtype).removeprefix("torch.")
-            ),
-            context_length=loaded.context_length,
-            reused=reused,
-            load_s=0.0 if reused else loaded.load_s,
-            quantization="GGUF 4-bit, int4 kernel" if loaded.packed_4bit else "none",
-        )
+        return model_info(loaded, reused)
 
     def _active(self) -> ChatSession:
         if self.session is None:
