@@ -2,7 +2,8 @@
 
 Order (as transformers applies its warpers): repetition penalty, presence/frequency penalties
 (both over the last ``repeat_last_n`` tokens), temperature, top-k, typical-p, top-p, min-p,
-then a draw from a seeded generator. Temperature 0 is greedy (after the penalties).
+then a draw from a seeded generator. Top-k cuts the vocabulary first, so the later filters and
+the draw run on its k survivors (``candidates``). Temperature 0 is greedy (after the penalties).
 
 With ``mirostat`` 1 or 2 (as llama.cpp's chain): penalties, temperature, then Mirostat
 replaces top-k, typical-p, top-p and min-p. Mirostat keeps one number per conversation,
@@ -166,8 +167,8 @@ def sample(
     )
     if settings.temperature == 0.0:
         return greedy(logits)
-    logits = logits / settings.temperature
     if settings.mirostat:
+        logits = logits / settings.temperature
         state = state if state is not None else new_sampler_state(settings)
         if settings.mirostat == 1:
             logits = mirostat_v1(logits, state.mu)
@@ -179,11 +180,26 @@ def sample(
             state.mu, float(probs[token]), settings.mirostat_tau, settings.mirostat_eta
         )
         return token
-    logits = top_k(logits, settings.top_k)
-    logits = typical_p(logits, settings.typical_p)
-    logits = min_p(top_p(logits, settings.top_p), settings.min_p)
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    ids, probs = candidates(logits, settings)
+    return int(ids[torch.multinomial(probs, 1, generator=generator)])
+
+
+def candidates(
+    logits: torch.Tensor, settings: SamplingSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [V] after the penalties -> (ids [N], probs [N]) of the tokens that temperature,
+    top-k, typical-p, top-p and min-p keep. Top-k runs first on the whole vocabulary (a positive
+    temperature keeps the order, so it divides only the survivors); the other filters then see
+    only the k survivors. That keeps the same tokens and probabilities as running each filter
+    over the vocabulary (filtered tokens carry no mass), without a sort of the vocabulary."""
+    k = settings.top_k
+    if 0 < k < logits.shape[-1]:
+        values, ids = torch.topk(logits, k)  # [k], descending
+    else:
+        values, ids = logits, torch.arange(logits.shape[-1], device=logits.device)
+    values = typical_p(values / settings.temperature, settings.typical_p)
+    values = min_p(top_p(values, settings.top_p), settings.min_p)
+    return ids, values.softmax(-1)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -13,6 +13,7 @@ from engine.sampling import (
     MirostatState,
     apply_presence_frequency,
     apply_repeat_penalty,
+    candidates,
     make_generator,
     min_p,
     mirostat_update,
@@ -213,3 +214,23 @@ def test_mirostat_state_lives_with_the_conversation(default_model: LoadedModel) 
     assert session.sampler_state.mu != mu  # carried into the next turn and updated again
     session.clear()
     assert session.sampler_state is None  # a new conversation starts from 2 * tau
+
+
+def test_top_k_first_keeps_what_the_full_vocabulary_chain_keeps() -> None:
+    """candidates() filters only top-k's survivors; the tokens kept and their probabilities
+    equal running temperature, top-k, typical-p, top-p and min-p over the whole vocabulary."""
+    gen = torch.Generator().manual_seed(0)
+    for settings in (
+        SamplingSettings(),  # the defaults: top-k 40, top-p 0.95, min-p 0.05
+        SamplingSettings(temperature=1.3, top_k=200, top_p=0.5, min_p=0.0, typical_p=0.9),
+        SamplingSettings(temperature=0.5, top_k=0, top_p=0.9, min_p=0.1),
+    ):
+        logits = torch.randn(49152, generator=gen) * 4
+        full = logits / settings.temperature
+        full = top_k(full, settings.top_k)
+        full = typical_p(full, settings.typical_p)
+        full = min_p(top_p(full, settings.top_p), settings.min_p).softmax(-1)
+        ids, probs = candidates(logits, settings)
+        fast = torch.zeros_like(full).index_put_((ids,), probs)
+        assert sorted(ids[probs > 0].tolist()) == kept(full.log())
+        torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-5)
