@@ -1,13 +1,12 @@
 """The Llama architecture in plain PyTorch, read top to bottom.
 
 Weights use Meta's layout and names (tok_embeddings, layers.N.attention.wq, ...,
-feed_forward.w1/w2/w3, norm, output). Rotary embeddings rotate interleaved pairs
-(x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in that layout too.
+feed_forward.w1/w2/w3, norm, output). Rotary embeddings (engine/rope.py) rotate interleaved
+pairs (x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in that layout too.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from engine.args import ModelArgs
 from engine.kv_cache import KVCache
+from engine.rope import rope_inv_freq, rope_table, rotate
 
 Device = torch.device | str | None
 
@@ -45,46 +45,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
-def rope_inv_freq(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pair rotation frequencies [Dh/2], with Llama 3.1 scaling when the model asks for it."""
-    dh = args.head_dim
-    inv = 1.0 / (args.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.float64) / dh))
-    s = args.rope_scaling
-    if s is not None:
-        low_wavelen = s.original_max_position / s.low_freq_factor
-        high_wavelen = s.original_max_position / s.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
-            s.high_freq_factor - s.low_freq_factor
-        )
-        scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
-        mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
-        inv = torch.where(mid, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
-    if freq_factors is not None:  # llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor
-        inv = inv / freq_factors.double()
-    return (inv / args.rope_linear_factor).float()
-
-
-def rope_tables(
-    inv_freq: torch.Tensor, max_len: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # cos, sin: [S, Dh/2] in float32
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq.float())
-    return angles.cos().to(device), angles.sin().to(device)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, T, H, Dh]; cos, sin: [T, Dh/2] -> rotate each (x[2i], x[2i+1]) pair
-    return rotate(x, torch.complex(cos, sin))
-
-
-def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    # x: [B, T, H, Dh]; rot: [T, Dh/2] complex, cos + i sin. The pair (x[2i], x[2i+1]) read as
-    # x[2i] + i x[2i+1] times rot is (x0 cos - x1 sin) + i (x0 sin + x1 cos): one multiply
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * rot[:, None, :]).flatten(-2).type_as(x)
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int, device: Device = None) -> None:
         super().__init__()
@@ -103,7 +63,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
         start: int,
     ) -> torch.Tensor:
-        # x: [B, T, D]; rot: [T, Dh/2] complex rotations for positions start..start+T-1
+        # x: [B, T, D]; rot: [T, 1, Dh/2] complex rotations for positions start..start+T-1
         B, T, _ = x.shape
         q = rotate(self.wq(x).view(B, T, self.n_heads, self.head_dim), rot)
         k = rotate(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rot)
@@ -166,16 +126,14 @@ class Transformer(nn.Module):
         self.output = (
             None if args.tie_embeddings else make_linear(args.dim, args.vocab_size, device)
         )
-        self.rope_cos = torch.empty(0)
-        self.rope_sin = torch.empty(0)
+        self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
         self.streamer: Streamer | None = None  # set when blocks' weights are offloaded
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None
     ) -> None:
         """Precompute rotary tables for positions 0..max_len-1 (once, after loading weights)."""
-        inv = rope_inv_freq(self.args, freq_factors)
-        self.rope_cos, self.rope_sin = rope_tables(inv, max_len, device)
+        self.rope = rope_table(rope_inv_freq(self.args, freq_factors), max_len, device)
 
     def forward(
         self,
@@ -186,11 +144,11 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         # tokens: [B, T] at positions start..start+T-1 -> logits [B, T, V] ([B, 1, V] if last_only)
         B, T = tokens.shape
-        if start + T > self.rope_cos.shape[0]:
+        if start + T > self.rope.shape[0]:
             raise ValueError(
-                f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})"
+                f"positions up to {start + T} exceed rope tables ({self.rope.shape[0]})"
             )
-        rot = torch.complex(self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        rot = self.rope[start : start + T, None]  # [T, 1, Dh/2]: one rotation for all heads
         mask = None
         if T > 1 or (cache is None and start > 0):
             q_pos = torch.arange(start, start + T, device=tokens.device)

@@ -323,5 +323,5 @@ class ChatSession:
         if m == 0:
             return
         model = self.loaded.model
-        cache.shift(p, p + d, model.rope_cos[d], model.rope_sin[d])
+        cache.shift(p, p + d, model.rope[d])
         cache.truncate(p + m)
