@@ -29,11 +29,6 @@ class Streamer(Protocol):
     def fetch(self, layer: int) -> None: ...
 
 
-def make_linear(in_features: int, out_features: int, device: Device = None) -> nn.Module:
-    """The seam where quantized weight formats plug in: every projection is built here."""
-    return nn.Linear(in_features, out_features, bias=False, device=device)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, device: Device = None) -> None:
         super().__init__()
@@ -50,10 +45,11 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = make_linear(args.dim, args.n_heads * args.head_dim, device)
-        self.wk = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
-        self.wv = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
-        self.wo = make_linear(args.n_heads * args.head_dim, args.dim, device)
+        # projections here and in FeedForward: a placement may swap in a quantized layer by name
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False, device=device)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False, device=device)
 
     def forward(
         self,
@@ -86,9 +82,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.w1 = make_linear(args.dim, args.ffn_dim, device)  # gate
-        self.w3 = make_linear(args.dim, args.ffn_dim, device)  # up
-        self.w2 = make_linear(args.ffn_dim, args.dim, device)  # down
+        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # gate
+        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # up
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False, device=device)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, D] -> SwiGLU -> [B, T, D]
@@ -124,7 +120,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, device)
         self.output = (
-            None if args.tie_embeddings else make_linear(args.dim, args.vocab_size, device)
+            None
+            if args.tie_embeddings
+            else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
         )
         self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
         self.streamer: Streamer | None = None  # set when blocks' weights are offloaded
