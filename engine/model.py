@@ -141,6 +141,16 @@ class Transformer(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         # tokens: [B, T] at positions start..start+T-1 -> logits [B, T, V] ([B, 1, V] if last_only)
+        return self.head(self.hidden(tokens, start, cache, last_only))
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        # tokens: [B, T] at positions start..start+T-1 -> h: [B, T, D] after the final norm
         B, T = tokens.shape
         if start + T > self.rope.shape[0]:
             raise ValueError(
@@ -161,26 +171,16 @@ class Transformer(nn.Module):
             h = layer(h, rot, mask, cache, start)
         if last_only:
             h = h[:, -1:]
-        h = self.norm(h)
+        return self.norm(h)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        # [V, D]: the output projection, or the embedding table when they are tied
         head = self.tok_embeddings if self.output is None else self.output
-        weight: torch.Tensor = head.weight  # type: ignore[assignment]
-        logits = F.linear(h.to(weight.dtype), weight).float()  # [B, T, V]
-        if weight.dtype != torch.float32:
-            refine_top_logits(logits, h, weight)
-        return logits
+        weight: torch.Tensor = head.weight
+        return weight
 
-
-REFINE_K = 8
-
-
-def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
-    """Recompute the K largest logits in float32, in place.
-
-    A bfloat16 head rounds logits to 8 significant bits (steps of 0.125 near 25), which turns
-    near-ties between the top tokens into exact ties; greedy decoding would then pick by token
-    id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
-    """
-    # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
-    top = logits.topk(min(REFINE_K, logits.shape[-1]), dim=-1).indices  # [B, T, K]
-    exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
-    logits.scatter_(-1, top, exact)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        # h: [B, T, D] -> logits [B, T, V] float32, computed in the head's dtype
+        weight = self.head_weight
+        return F.linear(h.to(weight.dtype), weight).float()
