@@ -92,13 +92,10 @@ def generate(
     stop_reason = "length"
     t_first = t_prefill
     steps = 0
-    streamer = model.streamer  # offload: count the weight bytes copied during decode
-    copied = (0, 0.0)
     while True:
         token = sample(logits, settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
-            copied = (streamer.bytes_copied, streamer.wait_s) if streamer else copied
         if token in tokenizer.stop_ids:
             stop_reason = "stop"
             break
@@ -132,9 +129,5 @@ def generate(
         decode_s=t_end - t_first,
         context_used=cache.length,
         context_limit=cache.max_len,
-        offload_bytes_per_token=(streamer.bytes_copied - copied[0]) / steps
-        if streamer and steps
-        else 0.0,
-        offload_wait_s=streamer.wait_s - copied[1] if streamer else 0.0,
     )
     yield Done("".join(text), out_ids, stop_reason, metrics)

@@ -7,8 +7,6 @@ pairs (x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in th
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,15 +16,6 @@ from engine.kv_cache import KVCache
 from engine.rope import rope_inv_freq, rope_table, rotate
 
 Device = torch.device | str | None
-
-
-class Streamer(Protocol):
-    """Offload (engine/offload.py): makes block i's weights present before it runs."""
-
-    bytes_copied: int  # host->device weight bytes since load
-    wait_s: float  # time spent waiting for those copies
-
-    def fetch(self, layer: int) -> None: ...
 
 
 class RMSNorm(nn.Module):
@@ -125,7 +114,6 @@ class Transformer(nn.Module):
             else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
         )
         self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
-        self.streamer: Streamer | None = None  # set when blocks' weights are offloaded
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None
@@ -165,9 +153,7 @@ class Transformer(nn.Module):
                 q_pos = q_pos - start
             mask = k_pos[None, :] <= q_pos[:, None]  # [T, S] True = may attend
         h = self.tok_embeddings(tokens)
-        for i, layer in enumerate(self.layers):
-            if self.streamer is not None:
-                self.streamer.fetch(i)
+        for layer in self.layers:
             h = layer(h, rot, mask, cache, start)
         if last_only:
             h = h[:, -1:]

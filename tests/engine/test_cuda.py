@@ -79,13 +79,13 @@ def test_gpu_placements_track_float32(default_model: LoadedModel, kw: dict, boun
 def test_offload_logits_equal_resident_fp16(exclusion: frozenset) -> None:
     resident = load()
     offloaded = load(offload=True, offload_exclusion=exclusion)
-    assert isinstance(offloaded.model.streamer, BlockStreamer)
+    assert isinstance(offloaded.streamer, BlockStreamer)
     ids = ids_of(resident)
     tokens_a, logits_a = greedy(resident, ids, 16)
     tokens_b, logits_b = greedy(offloaded, ids, 16)
     assert tokens_a == tokens_b
     assert all(torch.equal(x, y) for x, y in zip(logits_a, logits_b, strict=True))
-    s = offloaded.model.streamer
+    s = offloaded.streamer
     assert s.bytes_copied > 0 and s.store.host[0] is not None and s.store.host[0].is_pinned()
 
 
