@@ -82,6 +82,3 @@ class KVCache:
             k[:, :, start : start + n] = rotate(k[:, :, end : end + n], back)  # [B, KV, n, Dh]
             v[:, :, start : start + n] = v[:, :, end : end + n].clone()
         del self.tokens[start:end]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)

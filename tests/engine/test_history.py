@@ -15,7 +15,16 @@ from engine.config import SamplingSettings
 from engine.errors import UserError
 from engine.events import Done
 from engine.generate import decode_one_token, prefill
-from engine.history import CUT_MARKER, keep_recent, plan_trim, prompt_budget, split_keep
+from engine.history import (
+    CUT_MARKER,
+    TARGET_FRACTION,
+    choose_cut,
+    keep_recent,
+    kept_indexes,
+    pair_cut_points,
+    prompt_budget,
+    split_keep,
+)
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.metrics import GenerationMetrics
@@ -33,28 +42,45 @@ def new_cache(m: LoadedModel) -> KVCache:
     return KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length, dtype=m.dtype)
 
 
+def cut_for(
+    lengths: list[int],
+    budget: int,
+    pinned: frozenset[int] = frozenset(),
+    target_fraction: float = TARGET_FRACTION,
+) -> int:
+    """The cut ChatSession._fit chooses (pair_cut_points, then choose_cut) when message i of
+    ROLES takes lengths[i] tokens. Message 0 stands for the system prompt, which the session
+    keeps outside its messages: here keep_first=1 keeps it."""
+
+    def prompt_len(cut: int) -> int:
+        return sum(lengths[i] for i in kept_indexes(len(lengths), cut, pinned, keep_first=1))
+
+    points = pair_cut_points(ROLES, keep_first=1)
+    return choose_cut(prompt_len, points, budget, target_fraction)
+
+
 def test_nothing_is_dropped_while_the_prompt_fits() -> None:
-    assert plan_trim([10] * 8, 80, keep_first=1, roles=ROLES) == 1
+    assert cut_for([10] * 8, 80) == 1
 
 
 def test_whole_pairs_go_oldest_first_down_to_the_target_fraction() -> None:
     # 8 x 10 = 80 > 70: one pair -> 60 (> 0.75 * 70 = 52), two pairs -> 40
-    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES) == 5
-    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES, target_fraction=0.9) == 3
+    assert cut_for([10] * 8, 70) == 5
+    assert cut_for([10] * 8, 70, target_fraction=0.9) == 3
 
 
 def test_system_and_newest_user_message_are_never_dropped() -> None:
     lengths = [5, 30, 30, 30, 30, 30, 30, 20]
-    assert plan_trim(lengths, 30, keep_first=1, roles=ROLES) == 7  # all droppable go: 25 left
+    assert cut_for(lengths, 30) == 7  # all droppable go: 25 left
 
 
 def test_pinned_messages_stay() -> None:
     lengths = [10] * 8
     # without the pin two pairs would do (40 <= 52); with message 1 pinned, 50 still fits
-    assert plan_trim(lengths, 70, keep_first=1, roles=ROLES, pinned={1}) == 5
+    assert cut_for(lengths, 70, pinned=frozenset({1})) == 5
     # a pinned heavy message forces the cut further
     heavy = [10, 30, 10, 10, 10, 10, 10, 10]
-    assert plan_trim(heavy, 80, keep_first=1, roles=ROLES, pinned={1}) == 7
+    assert cut_for(heavy, 80, pinned=frozenset({1})) == 7
 
 
 def test_budget_leaves_room_for_the_reply() -> None:
