@@ -27,6 +27,7 @@ from engine.loaders import LoadedModel, load_model, load_profile_model
 from engine.loaders.state import assign_state
 from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
 from engine.model import Transformer
+from engine.offload import streamer_of
 from engine.placement import resolve_device, resolve_placement
 from engine.queue import (
     ClearRequest,
@@ -102,5 +103,6 @@ __all__ = [
     "rss_bytes",
     "sampling_changed_only",
     "saved_events",
+    "streamer_of",
     "title_of",
 ]

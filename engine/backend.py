@@ -2,7 +2,7 @@
 
 A backend owns one conversation and the models it runs it on. The queue calls it from its one
 engine thread only, so a backend needs no locks. A remote backend (an OpenAI-compatible server)
-implements the same four calls: ``load``, ``count_tokens``, ``generate`` and cancel, which is the
+implements the same calls: ``load``, ``generate`` and ``clear``; cancel is the
 ``threading.Event`` handed to ``generate`` and checked once per decoded token.
 """
 
@@ -88,10 +88,6 @@ class Backend(Protocol):
         """Make `profile` the active one, loading weights only when they changed."""
         ...
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` encodes to with the active model's tokenizer."""
-        ...
-
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         """Run one request on the active conversation; stops within one token of `cancel`."""
         ...
@@ -168,9 +164,6 @@ class LocalBackend:
         if self.session is None:
             raise UserError("no model is loaded yet: pick a profile first")
         return self.session
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._active().loaded.tokenizer.encode(text, allow_special=False))
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         session = self._active()

@@ -23,7 +23,7 @@ import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ModelLoadError, UserError
-from engine.tokenizers import Tokenizer
+from engine.tokenizers import SentencePieceTokenizer, Tokenizer
 
 # The usual ChatML layout: the chatml format, and the last resort of auto.
 CHATML_TEMPLATE = (
@@ -333,8 +333,6 @@ def guess_chat_format(tokenizer: Tokenizer) -> str:
     """For weights without a template: llama3 by its specials, llama2 by SentencePiece, chatml."""
     if all(special_id(tokenizer, t) is not None for t in _LLAMA3_NEEDS):
         return "llama3"
-    from engine.tokenizer_spm import SentencePieceTokenizer
-
     if isinstance(tokenizer, SentencePieceTokenizer) and "[INST]" not in tokenizer.special_ids:
         if tokenizer.bos_id is not None and tokenizer.eos_id is not None:
             return "llama2"

@@ -14,10 +14,27 @@ from engine.events import Done, Event, PrefillDone, TokenEvent
 from engine.kv_cache import KVCache
 from engine.metrics import GenerationMetrics
 from engine.model import Transformer
-from engine.sampling import MirostatState, make_generator, sample
+from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
+
+
+def token_logits(
+    model: Transformer,
+    tokens: torch.Tensor,
+    start: int = 0,
+    cache: KVCache | None = None,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """The model's logits [B, T, V] float32 to choose tokens from: a head that is not float32
+    has each row's top logits recomputed in float32 (sampling.refine_top_logits)."""
+    h = model.hidden(tokens, start, cache, last_only)  # [B, T, D]
+    logits = model.head(h)
+    weight = model.head_weight
+    if weight.dtype != torch.float32:
+        refine_top_logits(logits, h, weight)
+    return logits
 
 
 @torch.inference_mode()
@@ -28,7 +45,7 @@ def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) 
     for pos in range(start, len(ids), PREFILL_CHUNK):
         chunk = list(ids[pos : pos + PREFILL_CHUNK])
         tokens = torch.tensor([chunk], dtype=torch.long, device=device)
-        logits = model(tokens, start=pos, cache=cache, last_only=True)[0, -1]
+        logits = token_logits(model, tokens, pos, cache, last_only=True)[0, -1]
         cache.append(chunk)
     return logits
 
@@ -39,7 +56,7 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     device = model.tok_embeddings.weight.device
     pos = cache.length
     tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
-    logits = model(tokens, start=pos, cache=cache)[0, -1]
+    logits = token_logits(model, tokens, pos, cache)[0, -1]
     cache.append([token_id])
     return logits
 
@@ -75,13 +92,10 @@ def generate(
     stop_reason = "length"
     t_first = t_prefill
     steps = 0
-    streamer = model.streamer  # offload: count the weight bytes copied during decode
-    copied = (0, 0.0)
     while True:
         token = sample(logits, settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
-            copied = (streamer.bytes_copied, streamer.wait_s) if streamer else copied
         if token in tokenizer.stop_ids:
             stop_reason = "stop"
             break
@@ -115,9 +129,5 @@ def generate(
         decode_s=t_end - t_first,
         context_used=cache.length,
         context_limit=cache.max_len,
-        offload_bytes_per_token=(streamer.bytes_copied - copied[0]) / steps
-        if streamer and steps
-        else 0.0,
-        offload_wait_s=streamer.wait_s - copied[1] if streamer else 0.0,
     )
     yield Done("".join(text), out_ids, stop_reason, metrics)

@@ -59,29 +59,6 @@ def pair_cut_points(roles: Sequence[str], keep_first: int) -> list[int]:
     return points
 
 
-def plan_trim(
-    lengths: Sequence[int],
-    budget: int,
-    keep_first: int = 0,
-    pinned: frozenset[int] | set[int] = frozenset(),
-    target_fraction: float = TARGET_FRACTION,
-    roles: Sequence[str] | None = None,
-) -> int:
-    """Cut index for messages whose token lengths are known one by one.
-
-    Messages ``keep_first..cut-1`` that are not pinned leave the context; the first
-    ``keep_first`` (the system prompt, earlier drops) and the last (the newest user message)
-    always stay. With ``roles`` cuts fall only before user messages (whole pairs).
-    """
-    roles = roles if roles is not None else ["user"] * len(lengths)
-    points = pair_cut_points(roles, keep_first)
-
-    def prompt_len(cut: int) -> int:
-        return sum(n for i, n in enumerate(lengths) if not keep_first <= i < cut or i in pinned)
-
-    return choose_cut(prompt_len, points, budget, target_fraction)
-
-
 def kept_indexes(
     n: int, cut: int, pinned: frozenset[int] | set[int], keep_first: int = 0
 ) -> list[int]:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.rope import rotate
+
 
 class KVCache:
     def __init__(
@@ -62,28 +64,21 @@ class KVCache:
         self.tokens.extend(ids)
         assert len(self.tokens) <= self.max_len
 
-    def shift(self, start: int, end: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    def shift(self, start: int, end: int, rot: torch.Tensor) -> None:
         """Remove positions [start, end); the entries after them move down by d = end - start.
 
-        Keys carry RoPE rotations by their position, so moved keys are rotated back by d:
-        ``cos``, ``sin`` [Dh/2] are the rope tables' row d (angle d * inv_freq), applied to the
-        interleaved pairs (x[2i], x[2i+1]) as engine.model.apply_rope does, with -angle. Values
-        carry no position and are only moved. (Deeper-layer entries still reflect attention to
-        the removed tokens: a shift approximates a recompute, as llama.cpp's context shift does.)
+        Keys carry RoPE rotations by their position, so moved keys are rotated back by d: ``rot``
+        [Dh/2] is the model's rope table row d (engine.rope), applied conjugated. Values carry
+        no position and are only moved. (Deeper-layer entries still reflect attention to the
+        removed tokens: a shift approximates a recompute, as llama.cpp's context shift does.)
         """
         n = self.length - end
         if not 0 <= start <= end <= self.length:
             raise ValueError(f"cannot shift out [{start}, {end}) of {self.length} cached tokens")
         if end == start:
             return
-        c, s = cos.float(), sin.float()  # [Dh/2]
+        back = rot.conj()  # [Dh/2]: rotation by -d
         for k, v in zip(self.k, self.v, strict=True):
-            moved = k[:, :, end : end + n].float().unflatten(-1, (-1, 2))  # [B, KV, n, Dh/2, 2]
-            x0, x1 = moved[..., 0], moved[..., 1]
-            back = torch.stack((x0 * c + x1 * s, x1 * c - x0 * s), dim=-1).flatten(-2)
-            k[:, :, start : start + n] = back.to(k.dtype)
+            k[:, :, start : start + n] = rotate(k[:, :, end : end + n], back)  # [B, KV, n, Dh]
             v[:, :, start : start + n] = v[:, :, end : end + n].clone()
         del self.tokens[start:end]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)

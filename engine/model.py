@@ -1,14 +1,11 @@
 """The Llama architecture in plain PyTorch, read top to bottom.
 
 Weights use Meta's layout and names (tok_embeddings, layers.N.attention.wq, ...,
-feed_forward.w1/w2/w3, norm, output). Rotary embeddings rotate interleaved pairs
-(x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in that layout too.
+feed_forward.w1/w2/w3, norm, output). Rotary embeddings (engine/rope.py) rotate interleaved
+pairs (x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in that layout too.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,22 +13,9 @@ from torch import nn
 
 from engine.args import ModelArgs
 from engine.kv_cache import KVCache
+from engine.rope import rope_inv_freq, rope_table, rotate
 
 Device = torch.device | str | None
-
-
-class Streamer(Protocol):
-    """Offload (engine/offload.py): makes block i's weights present before it runs."""
-
-    bytes_copied: int  # host->device weight bytes since load
-    wait_s: float  # time spent waiting for those copies
-
-    def fetch(self, layer: int) -> None: ...
-
-
-def make_linear(in_features: int, out_features: int, device: Device = None) -> nn.Module:
-    """The seam where quantized weight formats plug in: every projection is built here."""
-    return nn.Linear(in_features, out_features, bias=False, device=device)
 
 
 class RMSNorm(nn.Module):
@@ -45,55 +29,16 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
-def rope_inv_freq(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pair rotation frequencies [Dh/2], with Llama 3.1 scaling when the model asks for it."""
-    dh = args.head_dim
-    inv = 1.0 / (args.rope_theta ** (torch.arange(0, dh, 2, dtype=torch.float64) / dh))
-    s = args.rope_scaling
-    if s is not None:
-        low_wavelen = s.original_max_position / s.low_freq_factor
-        high_wavelen = s.original_max_position / s.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
-            s.high_freq_factor - s.low_freq_factor
-        )
-        scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
-        mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
-        inv = torch.where(mid, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
-    if freq_factors is not None:  # llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor
-        inv = inv / freq_factors.double()
-    return (inv / args.rope_linear_factor).float()
-
-
-def rope_tables(
-    inv_freq: torch.Tensor, max_len: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # cos, sin: [S, Dh/2] in float32
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq.float())
-    return angles.cos().to(device), angles.sin().to(device)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, T, H, Dh]; cos, sin: [T, Dh/2] -> rotate each (x[2i], x[2i+1]) pair
-    return rotate(x, torch.complex(cos, sin))
-
-
-def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    # x: [B, T, H, Dh]; rot: [T, Dh/2] complex, cos + i sin. The pair (x[2i], x[2i+1]) read as
-    # x[2i] + i x[2i+1] times rot is (x0 cos - x1 sin) + i (x0 sin + x1 cos): one multiply
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * rot[:, None, :]).flatten(-2).type_as(x)
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int, device: Device = None) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = make_linear(args.dim, args.n_heads * args.head_dim, device)
-        self.wk = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
-        self.wv = make_linear(args.dim, args.n_kv_heads * args.head_dim, device)
-        self.wo = make_linear(args.n_heads * args.head_dim, args.dim, device)
+        # projections here and in FeedForward: a placement may swap in a quantized layer by name
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False, device=device)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False, device=device)
 
     def forward(
         self,
@@ -103,7 +48,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
         start: int,
     ) -> torch.Tensor:
-        # x: [B, T, D]; rot: [T, Dh/2] complex rotations for positions start..start+T-1
+        # x: [B, T, D]; rot: [T, 1, Dh/2] complex rotations for positions start..start+T-1
         B, T, _ = x.shape
         q = rotate(self.wq(x).view(B, T, self.n_heads, self.head_dim), rot)
         k = rotate(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rot)
@@ -126,9 +71,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs, device: Device = None) -> None:
         super().__init__()
-        self.w1 = make_linear(args.dim, args.ffn_dim, device)  # gate
-        self.w3 = make_linear(args.dim, args.ffn_dim, device)  # up
-        self.w2 = make_linear(args.ffn_dim, args.dim, device)  # down
+        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # gate
+        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # up
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False, device=device)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, D] -> SwiGLU -> [B, T, D]
@@ -164,18 +109,17 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, device)
         self.output = (
-            None if args.tie_embeddings else make_linear(args.dim, args.vocab_size, device)
+            None
+            if args.tie_embeddings
+            else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
         )
-        self.rope_cos = torch.empty(0)
-        self.rope_sin = torch.empty(0)
-        self.streamer: Streamer | None = None  # set when blocks' weights are offloaded
+        self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None
     ) -> None:
         """Precompute rotary tables for positions 0..max_len-1 (once, after loading weights)."""
-        inv = rope_inv_freq(self.args, freq_factors)
-        self.rope_cos, self.rope_sin = rope_tables(inv, max_len, device)
+        self.rope = rope_table(rope_inv_freq(self.args, freq_factors), max_len, device)
 
     def forward(
         self,
@@ -185,12 +129,22 @@ class Transformer(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         # tokens: [B, T] at positions start..start+T-1 -> logits [B, T, V] ([B, 1, V] if last_only)
+        return self.head(self.hidden(tokens, start, cache, last_only))
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        # tokens: [B, T] at positions start..start+T-1 -> h: [B, T, D] after the final norm
         B, T = tokens.shape
-        if start + T > self.rope_cos.shape[0]:
+        if start + T > self.rope.shape[0]:
             raise ValueError(
-                f"positions up to {start + T} exceed rope tables ({self.rope_cos.shape[0]})"
+                f"positions up to {start + T} exceed rope tables ({self.rope.shape[0]})"
             )
-        rot = torch.complex(self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        rot = self.rope[start : start + T, None]  # [T, 1, Dh/2]: one rotation for all heads
         mask = None
         if T > 1 or (cache is None and start > 0):
             q_pos = torch.arange(start, start + T, device=tokens.device)
@@ -199,32 +153,20 @@ class Transformer(nn.Module):
                 q_pos = q_pos - start
             mask = k_pos[None, :] <= q_pos[:, None]  # [T, S] True = may attend
         h = self.tok_embeddings(tokens)
-        for i, layer in enumerate(self.layers):
-            if self.streamer is not None:
-                self.streamer.fetch(i)
+        for layer in self.layers:
             h = layer(h, rot, mask, cache, start)
         if last_only:
             h = h[:, -1:]
-        h = self.norm(h)
+        return self.norm(h)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        # [V, D]: the output projection, or the embedding table when they are tied
         head = self.tok_embeddings if self.output is None else self.output
-        weight: torch.Tensor = head.weight  # type: ignore[assignment]
-        logits = F.linear(h.to(weight.dtype), weight).float()  # [B, T, V]
-        if weight.dtype != torch.float32:
-            refine_top_logits(logits, h, weight)
-        return logits
+        weight: torch.Tensor = head.weight
+        return weight
 
-
-REFINE_K = 8
-
-
-def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
-    """Recompute the K largest logits in float32, in place.
-
-    A bfloat16 head rounds logits to 8 significant bits (steps of 0.125 near 25), which turns
-    near-ties between the top tokens into exact ties; greedy decoding would then pick by token
-    id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
-    """
-    # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
-    top = logits.topk(min(REFINE_K, logits.shape[-1]), dim=-1).indices  # [B, T, K]
-    exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
-    logits.scatter_(-1, top, exact)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        # h: [B, T, D] -> logits [B, T, V] float32, computed in the head's dtype
+        weight = self.head_weight
+        return F.linear(h.to(weight.dtype), weight).float()

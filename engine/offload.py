@@ -8,6 +8,10 @@ into the other slot on a side CUDA stream (double buffering). The copy of block 
 token starts while the last block, the head and the sampler run. Events order the two streams:
 a slot is refilled only after the compute that read it, and read only after its copy landed.
 
+The model knows nothing of this: placement installs a forward pre-hook on each block
+(``stream_blocks``) that calls ``BlockStreamer.fetch`` before the block runs, and
+``offload_metrics`` adds the streamer's counters to a reply's metrics.
+
 With the compute device set to CPU the same machinery runs with plain copies (no streams);
 the tests use that to check placement, buffer reuse and prefetch order on any machine.
 """
@@ -18,12 +22,16 @@ import math
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+from torch import nn
 
 from engine.args import ModelArgs
-from engine.model import Block
+from engine.events import Done, Event, PrefillDone
+from engine.model import Block, Transformer
 
 # offload_exclusion names (config.OFFLOAD_NAMES) -> parameter paths inside a block
 BLOCK_WEIGHTS = {
@@ -130,8 +138,8 @@ class OffloadStore:
 
 
 class BlockStreamer:
-    """Called by the model before each block: makes that block's weights present in its slot
-    and starts copying the next block into the other slot."""
+    """Called before each block runs (a hook, see ``stream_blocks``): makes that block's
+    weights present in its slot and starts copying the next block into the other slot."""
 
     def __init__(self, store: OffloadStore) -> None:
         missing = [i for i, h in enumerate(store.host) if h is None]
@@ -181,3 +189,52 @@ class BlockStreamer:
             event.synchronize()
             self.wait_s += time.perf_counter() - t0
         torch.cuda.current_stream().wait_event(event)
+
+
+@dataclass(frozen=True)
+class FetchBlock:
+    """The forward pre-hook of block ``layer``: its weights are in place before it runs."""
+
+    streamer: BlockStreamer
+    layer: int
+
+    def __call__(self, block: nn.Module, args: Any) -> None:
+        self.streamer.fetch(self.layer)
+
+
+def stream_blocks(model: Transformer, store: OffloadStore) -> BlockStreamer:
+    """Start streaming the blocks' offloaded weights from ``store`` as the model runs."""
+    streamer = BlockStreamer(store)
+    for i, block in enumerate(model.layers):
+        block.register_forward_pre_hook(FetchBlock(streamer, i))
+    return streamer
+
+
+def streamer_of(model: Transformer) -> BlockStreamer | None:
+    """The streamer whose hooks run before the model's blocks (None: nothing is offloaded)."""
+    if len(model.layers) == 0:
+        return None
+    hooks = model.layers[0]._forward_pre_hooks.values()
+    return next((h.streamer for h in hooks if isinstance(h, FetchBlock)), None)
+
+
+def offload_metrics(streamer: BlockStreamer | None, events: Iterator[Event]) -> Iterator[Event]:
+    """generate()'s events, Done's metrics with the weight bytes streamed per decode step and
+    the time spent waiting for them, both counted from the end of the prefill."""
+    return events if streamer is None else _counted(streamer, events)
+
+
+def _counted(streamer: BlockStreamer, events: Iterator[Event]) -> Iterator[Event]:
+    copied, waited = streamer.bytes_copied, streamer.wait_s
+    for event in events:
+        if isinstance(event, PrefillDone):  # no forward runs between this and the first token
+            copied, waited = streamer.bytes_copied, streamer.wait_s
+        elif isinstance(event, Done):
+            steps = event.metrics.decode_steps
+            metrics = replace(
+                event.metrics,
+                offload_bytes_per_token=(streamer.bytes_copied - copied) / steps if steps else 0.0,
+                offload_wait_s=streamer.wait_s - waited,
+            )
+            event = replace(event, metrics=metrics)
+        yield event

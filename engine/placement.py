@@ -143,8 +143,8 @@ class Placer:
         return weight.to(device=p.device, dtype=p.dtype)
 
     def finish(self, model: Transformer) -> None:
-        """Start streaming offloaded blocks (the model calls the streamer before each block)."""
+        """Start streaming offloaded blocks: a hook before each block fetches its weights."""
         if self.store is not None:
-            from engine.offload import BlockStreamer
+            from engine.offload import stream_blocks
 
-            model.streamer = BlockStreamer(self.store)
+            stream_blocks(model, self.store)

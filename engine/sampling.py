@@ -9,6 +9,9 @@ With ``mirostat`` 1 or 2 (as llama.cpp's chain): penalties, temperature, then Mi
 replaces top-k, typical-p, top-p and min-p. Mirostat keeps one number per conversation,
 ``MirostatState.mu``, which the caller creates (``new_sampler_state``) and passes to every
 ``sample`` call of that conversation; ``sample`` updates it after each draw.
+
+First of all, where the head's logits are made (engine/generate.py), ``refine_top_logits``
+recomputes the top few in float32 when the head is not float32.
 """
 
 from __future__ import annotations
@@ -21,6 +24,21 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import SamplingSettings
+
+REFINE_K = 8  # logits recomputed in float32 when the head is not float32
+
+
+def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
+    """Recompute the K largest logits in float32, in place.
+
+    A bfloat16 head rounds logits to 8 significant bits (steps of 0.125 near 25), which turns
+    near-ties between the top tokens into exact ties; greedy decoding would then pick by token
+    id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
+    """
+    # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
+    top = logits.topk(min(REFINE_K, logits.shape[-1]), dim=-1).indices  # [B, T, K]
+    exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
+    logits.scatter_(-1, top, exact)
 
 
 def apply_repeat_penalty(

@@ -24,6 +24,7 @@ from engine.history import (
 )
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel
+from engine.offload import offload_metrics
 from engine.sampling import MirostatState, new_sampler_state
 
 
@@ -181,7 +182,7 @@ class ChatSession:
         if self.sampler_state is None or key != self._sampler_key:  # new mode/tau: mu = 2 tau
             self.sampler_state, self._sampler_key = new_sampler_state(settings), key
         m = self.loaded
-        return generate(
+        events = generate(
             m.model,
             m.tokenizer,
             self.cache,
@@ -191,6 +192,7 @@ class ChatSession:
             cancel,
             sampler_state=self.sampler_state,
         )
+        return offload_metrics(m.streamer, events)
 
     def clear(self) -> None:
         """New conversation; the cache keeps its tokens, so a shared prefix is still reused."""
@@ -323,5 +325,5 @@ class ChatSession:
         if m == 0:
             return
         model = self.loaded.model
-        cache.shift(p, p + d, model.rope_cos[d], model.rope_sin[d])
+        cache.shift(p, p + d, model.rope[d])
         cache.truncate(p + m)

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test || exit 1
 VENV="${VENV:-.venv}"
 "$VENV/bin/lint-imports" --no-cache || exit 1       # the engine never imports the TUI
+"$VENV/bin/python" scripts/import_cycles.py || exit 1  # no module imports itself round a circle
 "$VENV/bin/ruff" check engine tui tests scripts || exit 1
 "$VENV/bin/mypy" || exit 1                          # typed engine (pyproject [tool.mypy])
 "$VENV/bin/python" -m pytest "$@"

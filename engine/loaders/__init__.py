@@ -20,6 +20,7 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.hf import chat_template_text, load_hf_weights, special_tokens
 from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
+from engine.offload import BlockStreamer, streamer_of
 from engine.placement import Placement, resolve_placement
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
@@ -41,6 +42,11 @@ class LoadedModel:
     weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
+
+    @property
+    def streamer(self) -> BlockStreamer | None:
+        """Offload: what copies each block's weights in before it runs (None: all resident)."""
+        return streamer_of(self.model)
 
 
 def load_model(

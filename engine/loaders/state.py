@@ -71,7 +71,7 @@ def install(
     model: Transformer, placed: Mapping[str, torch.Tensor | nn.Module], placer: Placer
 ) -> Transformer:
     """Assign placed tensors, swap in placed layers (bitsandbytes, int4) by their names, and
-    start the offload streamer if the placement has one."""
+    hook the offload streamer in if the placement has one."""
     tensors = {n: v for n, v in placed.items() if isinstance(v, torch.Tensor)}
     for name, value in placed.items():
         if isinstance(value, nn.Module):

@@ -9,7 +9,7 @@ import torch
 from engine.chat_format import Message, encode_dialog
 from engine.default_model import default_model_path
 from engine.errors import UserError
-from engine.generate import decode_one_token, prefill
+from engine.generate import decode_one_token, prefill, token_logits
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.offload import BlockStreamer
@@ -47,8 +47,9 @@ def greedy(m: LoadedModel, ids: list[int], n: int = 40) -> tuple[list[int], list
 @torch.inference_mode()
 def agreement(ref: LoadedModel, m: LoadedModel, ids: list[int], reply: list[int]) -> float:
     span = slice(len(ids) - 1, -1)
-    a = ref.model(torch.tensor([ids + reply]))[0, span].argmax(-1)
-    b = m.model(torch.tensor([ids + reply], device=m.device))[0, span].argmax(-1).cpu()
+    a = token_logits(ref.model, torch.tensor([ids + reply]))[0, span].argmax(-1)
+    b = token_logits(m.model, torch.tensor([ids + reply], device=m.device))[0, span]
+    b = b.argmax(-1).cpu()
     return float((a == b).float().mean())
 
 
@@ -78,13 +79,13 @@ def test_gpu_placements_track_float32(default_model: LoadedModel, kw: dict, boun
 def test_offload_logits_equal_resident_fp16(exclusion: frozenset) -> None:
     resident = load()
     offloaded = load(offload=True, offload_exclusion=exclusion)
-    assert isinstance(offloaded.model.streamer, BlockStreamer)
+    assert isinstance(offloaded.streamer, BlockStreamer)
     ids = ids_of(resident)
     tokens_a, logits_a = greedy(resident, ids, 16)
     tokens_b, logits_b = greedy(offloaded, ids, 16)
     assert tokens_a == tokens_b
     assert all(torch.equal(x, y) for x, y in zip(logits_a, logits_b, strict=True))
-    s = offloaded.model.streamer
+    s = offloaded.streamer
     assert s.bytes_copied > 0 and s.store.host[0] is not None and s.store.host[0].is_pinned()
 
 

@@ -29,6 +29,7 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.hf import load_hf_weights, unpermute_rope
 from engine.loaders.meta import SPLIT_DIM, load_meta_weights
 from engine.model import Transformer
+from engine.offload import streamer_of
 from engine.placement import Placement
 
 CPU = torch.device("cpu")
@@ -267,7 +268,7 @@ def test_hf_weights_go_through_the_placement(models_dir: Path, hf_model: Any) ->
     offloaded, _ = load_hf_weights(
         folder, placement=Placement(CPU, F32, offload=True, offload_exclusion=frozenset({"w1"}))
     )
-    assert offloaded.streamer is not None and resident.streamer is None
+    assert streamer_of(offloaded) is not None and streamer_of(resident) is None
     assert torch.equal(logits_of(offloaded), logits_of(resident))
 
 

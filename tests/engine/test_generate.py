@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from engine.config import SamplingSettings
@@ -71,11 +73,13 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_model: LoadedModel) ->
 def test_reply_stops_when_the_context_is_full(tiny_model: LoadedModel) -> None:
     ids = tiny_model.tokenizer.encode("word " * 20)
     cache = cache_for(tiny_model, len(ids) + 3)
-    nostop = GREEDY
+    never_stops = copy.copy(tiny_model.tokenizer)  # the real tokenizer, without stop ids
+    never_stops.stop_ids = frozenset()
     done = [
         e
-        for e in generate(tiny_model.model, tiny_model.tokenizer, cache, ids, nostop, 50)
+        for e in generate(tiny_model.model, never_stops, cache, ids, GREEDY, 50)
         if isinstance(e, Done)
     ][0]
-    assert done.stop_reason in ("context", "stop")
-    assert cache.length <= cache.max_len
+    assert done.stop_reason == "context"
+    assert cache.length == cache.max_len
+    assert len(done.token_ids) == cache.max_len - len(ids) + 1  # the last one is not cached

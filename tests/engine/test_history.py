@@ -15,12 +15,21 @@ from engine.config import SamplingSettings
 from engine.errors import UserError
 from engine.events import Done
 from engine.generate import decode_one_token, prefill
-from engine.history import CUT_MARKER, keep_recent, plan_trim, prompt_budget, split_keep
+from engine.history import (
+    CUT_MARKER,
+    TARGET_FRACTION,
+    choose_cut,
+    keep_recent,
+    kept_indexes,
+    pair_cut_points,
+    prompt_budget,
+    split_keep,
+)
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.metrics import GenerationMetrics
-from engine.model import apply_rope
 from engine.placement import Placement
+from engine.rope import rotate
 from engine.session import ChatSession
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
@@ -33,28 +42,45 @@ def new_cache(m: LoadedModel) -> KVCache:
     return KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length, dtype=m.dtype)
 
 
+def cut_for(
+    lengths: list[int],
+    budget: int,
+    pinned: frozenset[int] = frozenset(),
+    target_fraction: float = TARGET_FRACTION,
+) -> int:
+    """The cut ChatSession._fit chooses (pair_cut_points, then choose_cut) when message i of
+    ROLES takes lengths[i] tokens. Message 0 stands for the system prompt, which the session
+    keeps outside its messages: here keep_first=1 keeps it."""
+
+    def prompt_len(cut: int) -> int:
+        return sum(lengths[i] for i in kept_indexes(len(lengths), cut, pinned, keep_first=1))
+
+    points = pair_cut_points(ROLES, keep_first=1)
+    return choose_cut(prompt_len, points, budget, target_fraction)
+
+
 def test_nothing_is_dropped_while_the_prompt_fits() -> None:
-    assert plan_trim([10] * 8, 80, keep_first=1, roles=ROLES) == 1
+    assert cut_for([10] * 8, 80) == 1
 
 
 def test_whole_pairs_go_oldest_first_down_to_the_target_fraction() -> None:
     # 8 x 10 = 80 > 70: one pair -> 60 (> 0.75 * 70 = 52), two pairs -> 40
-    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES) == 5
-    assert plan_trim([10] * 8, 70, keep_first=1, roles=ROLES, target_fraction=0.9) == 3
+    assert cut_for([10] * 8, 70) == 5
+    assert cut_for([10] * 8, 70, target_fraction=0.9) == 3
 
 
 def test_system_and_newest_user_message_are_never_dropped() -> None:
     lengths = [5, 30, 30, 30, 30, 30, 30, 20]
-    assert plan_trim(lengths, 30, keep_first=1, roles=ROLES) == 7  # all droppable go: 25 left
+    assert cut_for(lengths, 30) == 7  # all droppable go: 25 left
 
 
 def test_pinned_messages_stay() -> None:
     lengths = [10] * 8
     # without the pin two pairs would do (40 <= 52); with message 1 pinned, 50 still fits
-    assert plan_trim(lengths, 70, keep_first=1, roles=ROLES, pinned={1}) == 5
+    assert cut_for(lengths, 70, pinned=frozenset({1})) == 5
     # a pinned heavy message forces the cut further
     heavy = [10, 30, 10, 10, 10, 10, 10, 10]
-    assert plan_trim(heavy, 80, keep_first=1, roles=ROLES, pinned={1}) == 7
+    assert cut_for(heavy, 80, pinned=frozenset({1})) == 7
 
 
 def test_budget_leaves_room_for_the_reply() -> None:
@@ -76,18 +102,17 @@ def test_keep_recent_keeps_bos_and_the_newest_tokens() -> None:
 
 def rotate_forward(cache: KVCache, m: LoadedModel, start: int, n: int, d: int) -> KVCache:
     """A copy of cache whose positions [start, start+n) sit at start+d.. with keys rotated by +d
-    (engine.model.apply_rope, the model's own convention), and garbage in the gap."""
+    (engine.rope.rotate, the model's own convention), and garbage in the gap."""
     out = new_cache(m)
-    cos, sin = m.model.rope_cos[d : d + 1], m.model.rope_sin[d : d + 1]
+    rot = m.model.rope[d]  # [Dh/2]: rotation by d
     for layer in range(len(cache.k)):
         k, v = cache.k[layer], cache.v[layer]
         out.k[layer][:, :, :start] = k[:, :, :start]
         out.v[layer][:, :, :start] = v[:, :, :start]
         out.k[layer][:, :, start : start + d] = torch.randn_like(k[:, :, :d])
         out.v[layer][:, :, start : start + d] = torch.randn_like(v[:, :, :d])
-        moved = k[:, :, start : start + n].transpose(1, 2)  # [B, n, KV, Dh]
-        rot = apply_rope(moved, cos.expand(n, -1), sin.expand(n, -1)).transpose(1, 2)
-        out.k[layer][:, :, start + d : start + d + n] = rot
+        moved = rotate(k[:, :, start : start + n], rot)  # [B, KV, n, Dh]
+        out.k[layer][:, :, start + d : start + d + n] = moved
         out.v[layer][:, :, start + d : start + d + n] = v[:, :, start : start + n]
     out.tokens = cache.tokens[:start] + [0] * d + cache.tokens[start : start + n]
     return out
@@ -103,7 +128,7 @@ def test_shift_then_decode_equals_a_fresh_prefill(
     fresh = new_cache(m)
     prefill(m.model, fresh, ids[:-1], 0)
     shifted = rotate_forward(fresh, m, prefix, len(ids) - 1 - prefix, d)
-    shifted.shift(prefix, prefix + d, m.model.rope_cos[d], m.model.rope_sin[d])
+    shifted.shift(prefix, prefix + d, m.model.rope[d])
     assert shifted.tokens == fresh.tokens
     want = decode_one_token(m.model, fresh, ids[-1])
     got = decode_one_token(m.model, shifted, ids[-1])
@@ -119,7 +144,7 @@ def test_shift_of_a_real_span_matches_fresh_layer_zero_keys(tiny_model: LoadedMo
     prefix, d = 3, 6
     cache = new_cache(m)
     prefill(m.model, cache, ids, 0)
-    cache.shift(prefix, prefix + d, m.model.rope_cos[d], m.model.rope_sin[d])
+    cache.shift(prefix, prefix + d, m.model.rope[d])
     kept = ids[:prefix] + ids[prefix + d :]
     assert cache.tokens == kept
     fresh = new_cache(m)
@@ -143,16 +168,15 @@ def test_shifting_out_a_leading_span_equals_keys_for_the_rest_alone(
     cache = new_cache(m)
     prefill(m.model, cache, a + b, 0)
     old_k = [k[:, :, d : d + n].clone() for k in cache.k]
-    cache.shift(0, d, m.model.rope_cos[d], m.model.rope_sin[d])
+    cache.shift(0, d, m.model.rope[d])
     assert cache.tokens == b
     fresh = new_cache(m)
     prefill(m.model, fresh, b, 0)
     torch.testing.assert_close(cache.k[0][:, :, :n], fresh.k[0][:, :, :n], rtol=0, atol=1e-5)
     torch.testing.assert_close(cache.v[0][:, :, :n], fresh.v[0][:, :, :n], rtol=0, atol=1e-6)
     assert (cache.k[1][:, :, :n] - fresh.k[1][:, :, :n]).abs().max() > 1e-3  # saw A: differs
-    cos, sin = m.model.rope_cos[d : d + 1].expand(n, -1), m.model.rope_sin[d : d + 1].expand(n, -1)
     for layer, want in enumerate(old_k):
-        back = apply_rope(cache.k[layer][:, :, :n].transpose(1, 2), cos, sin).transpose(1, 2)
+        back = rotate(cache.k[layer][:, :, :n], m.model.rope[d])  # forward again by d
         torch.testing.assert_close(back, want, rtol=0, atol=1e-5)
 
 
@@ -185,10 +209,8 @@ def shifted_vs_fresh_logits(
     prefill(m.model, cache, full, 0)
     p, d = cache.common_prefix(kept), len(full) - len(kept)
     assert full[p + d :] == kept[p:]
-    cos, sin = m.model.rope_cos[d], m.model.rope_sin[d]
-    if not rerotate:
-        cos, sin = torch.ones_like(cos), torch.zeros_like(sin)
-    cache.shift(p, p + d, cos, sin)
+    rot = m.model.rope[d] if rerotate else torch.ones_like(m.model.rope[d])  # 1: no rotation
+    cache.shift(p, p + d, rot)
     assert cache.tokens == kept
     cache.truncate(len(kept) - 1)
     got = decode_one_token(m.model, cache, kept[-1])

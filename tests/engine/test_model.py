@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.args import ModelArgs, RopeScaling
-from engine.model import RMSNorm, Transformer, apply_rope, rope_inv_freq, rope_tables
+from engine.model import RMSNorm, Transformer
+from engine.rope import rope_inv_freq, rope_table, rotate
 
 
 def tiny_args(**kw: object) -> ModelArgs:
@@ -51,10 +52,10 @@ def test_rmsnorm_matches_the_paper_formula() -> None:
 
 def test_rope_matches_complex_rotation_and_is_relative() -> None:
     args = tiny_args()
-    cos, sin = rope_tables(rope_inv_freq(args), 64, "cpu")
+    rot = rope_table(rope_inv_freq(args), 64, "cpu")[:, None]  # [T, 1, Dh/2]
     torch.manual_seed(1)
     q = torch.randn(1, 64, 1, 16)  # [B, T, H, Dh]
-    out = apply_rope(q, cos, sin)
+    out = rotate(q, rot)
     # Meta's formulation: pairs as complex numbers times e^{i * pos * theta_j}
     inv = 1.0 / (10000.0 ** (torch.arange(0, 16, 2).float() / 16))
     angles = torch.outer(torch.arange(64).float(), inv)
@@ -64,8 +65,8 @@ def test_rope_matches_complex_rotation_and_is_relative() -> None:
     # norms are preserved and the score depends only on the distance m - n
     torch.testing.assert_close(out.norm(dim=-1), q.norm(dim=-1), rtol=1e-5, atol=1e-5)
     k = torch.randn(16)
-    kk = apply_rope(k.expand(1, 64, 1, 16).contiguous(), cos, sin)
-    qq = apply_rope(q[:, :1].expand(1, 64, 1, 16).contiguous(), cos, sin)
+    kk = rotate(k.expand(1, 64, 1, 16).contiguous(), rot)
+    qq = rotate(q[:, :1].expand(1, 64, 1, 16).contiguous(), rot)
     s1 = (qq[0, 10, 0] * kk[0, 3, 0]).sum()
     s2 = (qq[0, 40, 0] * kk[0, 33, 0]).sum()
     torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-4)
@@ -128,14 +129,14 @@ def reference_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """The textbook computation: K/V repeated per query head, explicit softmax attention."""
     args = model.args
     B, T = tokens.shape
-    cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+    rot = model.rope[:T, None]  # [T, 1, Dh/2]
     h = model.tok_embeddings(tokens)
     causal = torch.full((T, T), float("-inf")).triu(1)
     for layer in model.layers:
         att = layer.attention
         x = layer.attention_norm(h)
-        q = apply_rope(att.wq(x).view(B, T, args.n_heads, -1), cos, sin).transpose(1, 2)
-        k = apply_rope(att.wk(x).view(B, T, args.n_kv_heads, -1), cos, sin).transpose(1, 2)
+        q = rotate(att.wq(x).view(B, T, args.n_heads, -1), rot).transpose(1, 2)
+        k = rotate(att.wk(x).view(B, T, args.n_kv_heads, -1), rot).transpose(1, 2)
         v = att.wv(x).view(B, T, args.n_kv_heads, -1).transpose(1, 2)
         rep = args.n_heads // args.n_kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

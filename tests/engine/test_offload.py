@@ -10,11 +10,13 @@ import torch
 
 from engine.config import SamplingSettings
 from engine.errors import UserError
+from engine.events import Done
 from engine.generate import decode_one_token, generate, prefill
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
-from engine.offload import ALIGN, BLOCK_WEIGHTS, BlockStreamer, block_layout
+from engine.offload import ALIGN, BLOCK_WEIGHTS, BlockStreamer, block_layout, offload_metrics
 from engine.placement import Placement, resolve_placement
+from engine.session import ChatSession
 from tests.gguf_writer import write_tiny_gguf
 
 CPU = torch.device("cpu")
@@ -28,7 +30,7 @@ def load(path: Path, **kw: object) -> LoadedModel:
 
 
 def streamer(m: LoadedModel) -> BlockStreamer:
-    s = m.model.streamer
+    s = m.streamer
     assert isinstance(s, BlockStreamer)
     return s
 
@@ -118,15 +120,24 @@ def test_generate_reports_offload_bytes_per_token(four_layers: Path) -> None:
     a = m.args
     cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, 64, dtype=F32, device=CPU)
     greedy = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
-    done = list(generate(m.model, m.tokenizer, cache, [1, 2, 3], greedy, 6))[-1]
+    events = generate(m.model, m.tokenizer, cache, [1, 2, 3], greedy, 6)
+    done = list(offload_metrics(m.streamer, events))[-1]
     metrics = done.metrics  # type: ignore[union-attr]
     assert metrics.offload_bytes_per_token == a.n_layers * streamer(m).store.block_bytes
     assert metrics.as_dict()["offload_gb_s"] > 0
 
 
+def test_a_session_reply_reports_offload_bytes_per_token(four_layers: Path) -> None:
+    m = load(four_layers, offload=True)
+    greedy = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+    done = list(ChatSession(m).complete("one two three", greedy, 6))[-1]
+    assert isinstance(done, Done) and done.metrics.decode_steps > 0
+    assert done.metrics.offload_bytes_per_token == m.args.n_layers * streamer(m).store.block_bytes
+
+
 def test_excluding_everything_means_no_streaming(four_layers: Path) -> None:
     m = load(four_layers, offload=True, offload_exclusion=frozenset(BLOCK_WEIGHTS))
-    assert m.model.streamer is None
+    assert m.streamer is None
 
 
 def test_offload_without_cuda_is_a_one_line_error() -> None:

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
 from engine.chat_format import Message, encode_dialog
+from engine.generate import token_logits
 from engine.loaders import LoadedModel, load_model
 from engine.loaders.dequant import dequantize
-from engine.model import refine_top_logits
 from engine.placement import Placement
 from engine.quantized import Int4Linear, int4_cpu_supported, int4_linear_from_gguf
+from engine.sampling import refine_top_logits
 from tests.engine.test_dequant import random_blocks
 
 pytestmark = pytest.mark.skipif(not int4_cpu_supported(), reason="torch without int4 CPU kernels")
@@ -55,8 +56,8 @@ def test_default_model_runs_4bit_and_agrees_with_float32(
         [Message("user", "What is the capital of France?")],
     )
     with torch.inference_mode():
-        a = packed.model(torch.tensor([ids]))[0, -1]
-        b = default_model.model(torch.tensor([ids]))[0, -1]
+        a = token_logits(packed.model, torch.tensor([ids]))[0, -1]
+        b = token_logits(default_model.model, torch.tensor([ids]))[0, -1]
     # the top two tokens here are 0.08 apart in float32: the 4-bit path keeps their order
     assert a.topk(2).indices.tolist() == b.topk(2).indices.tolist()
     assert (a - b).abs().max() < 1.0

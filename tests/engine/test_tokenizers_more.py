@@ -18,9 +18,9 @@ import sentencepiece
 import tiktoken
 
 from engine.errors import ModelLoadError
-from engine.tokenizer_files import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, TiktokenTokenizer
-from engine.tokenizer_spm import SentencePieceTokenizer
 from engine.tokenizers import StreamDecoder, Tokenizer, load_tokenizer, load_tokenizer_from_gguf
+from engine.tokenizers.files import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, TiktokenTokenizer
+from engine.tokenizers.spm import SentencePieceTokenizer
 
 CORPUS = [
     "Hello world, the quick brown fox jumps over the lazy dog.",

@@ -32,11 +32,3 @@ class ProfilePicked(Message):
 class SettingEdited(Message):
     key: str  # a key of engine.config.KEYS
     text: str  # as typed; validated by the screen
-
-
-@dataclass
-class MetricsTick(Message):
-    """Asks the metrics pane to redraw (sent by its own timer; merged when queued)."""
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, MetricsTick)

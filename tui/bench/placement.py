@@ -111,6 +111,8 @@ def _random_weights(args: Any, device: Any, dtype: Any, seed: int) -> Any:
 
 def _resident_read_bytes(model: Any, device: Any) -> int:
     """Bytes of weights on `device` read per decode step (the embedding table reads one row)."""
+    from engine import streamer_of
+
     emb = model.tok_embeddings.weight
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
@@ -122,7 +124,7 @@ def _resident_read_bytes(model: Any, device: Any) -> int:
             total += state.absmax.numel() * state.absmax.element_size()
     if model.output is not None and emb.device.type == device.type:
         total -= emb.numel() * emb.element_size()
-    streamer = model.streamer
+    streamer = streamer_of(model)
     if streamer is not None:  # the two slots are read once per block each, i.e. block bytes
         total -= sum(s.numel() * s.element_size() for s in streamer.slots)
         total += streamer.store.block_bytes * len(streamer.host)
@@ -168,6 +170,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         prefill,
         resolve_placement,
         rss_bytes,
+        streamer_of,
     )
 
     mode = MODES[name]
@@ -202,7 +205,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         logits = prefill(model, cache, prompt, 0)
         token = int(logits.argmax())
         t1 = time.perf_counter()
-        s = model.streamer
+        s = streamer_of(model)
         copied0, wait0 = (s.bytes_copied, s.wait_s) if s else (0, 0.0)
         for _ in range(n - 1):
             token = int(decode_one_token(model, cache, token).argmax())

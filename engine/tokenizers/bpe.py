@@ -1,42 +1,21 @@
-"""Tokenizer protocol, a byte-level BPE backend on tiktoken, and the GGUF factory.
+"""Byte-level BPE (GGUF vocabularies of type "gpt2", tokenizer.json), encoded by tiktoken.
 
-GGUF vocabularies of type "gpt2" (byte-level BPE) are run by tiktoken. tiktoken's token values
-are merge ranks and it merges the adjacent pair whose *concatenation* ranks lowest; HF BPE merges
-the listed *pair* ranked first in the merges list, and tiktoken also takes a whole piece that is a
-token as is. Ranking each merge result by its position in the merges list makes them agree
-whenever a vocabulary's merges are self-consistent (SmolLM2's are: every token, and fuzzed text,
-is checked against transformers in the tests). SentencePiece vocabularies ("llama") run on
-sentencepiece (engine/tokenizer_spm.py); tokenizer files are read by engine/tokenizer_files.py.
+tiktoken's token values are merge ranks and it merges the adjacent pair whose *concatenation*
+ranks lowest; HF BPE merges the listed *pair* ranked first in the merges list, and tiktoken also
+takes a whole piece that is a token as is. Ranking each merge result by its position in the merges
+list makes them agree whenever a vocabulary's merges are self-consistent (SmolLM2's are: every
+token, and fuzzed text, is checked against transformers in the tests).
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import tiktoken
 
 from engine.errors import ModelLoadError
-
-# llama.cpp token types (tokenizer.ggml.token_type); SentencePiece numbers them the same
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-# Texts of control tokens that end a turn or a document, across model families.
-END_MARKERS = frozenset(
-    {
-        "<|endoftext|>",
-        "<|im_end|>",
-        "<|eot_id|>",
-        "<|end_of_text|>",
-        "<|eom_id|>",
-        "</s>",
-        "<end_of_turn>",
-        "<|end|>",
-        "<|eot|>",
-    }
-)
+from engine.tokenizers.protocol import CONTROL, END_MARKERS, NORMAL, USER_DEFINED
 
 # Pre-tokenizer split patterns (tiktoken / fancy-regex syntax), by tokenizer.ggml.pre.
 _GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -69,20 +48,6 @@ PRE_TOKENIZER_PATTERNS: dict[str, str] = {
     "qwen2": _QWEN2,
     "deepseek-r1-qwen": _QWEN2,
 }
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
-    add_bos: bool  # prepend BOS to a prompt (tokenizer.ggml.add_bos_token)
-    stop_ids: frozenset[int]  # ids that end generation
-
-    def encode(self, text: str, *, allow_special: bool = True) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def token_bytes(self, token_id: int) -> bytes: ...
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -239,36 +204,9 @@ def _merge_ranks(
     return ranks, rank_to_id
 
 
-class StreamDecoder:
-    """Token ids in, text deltas out; incomplete UTF-8 sequences are held until complete."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id), final=False)
-
-    def flush(self) -> str:
-        """Text still held back (a truncated sequence becomes U+FFFD); resets the decoder."""
-        tail = self._utf8.decode(b"", final=True)
-        self._utf8.reset()
-        return tail
-
-
-def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> Tokenizer:
-    """The tokenizer a GGUF file's metadata describes; `source` names the file in errors."""
+def load_bpe_from_gguf(metadata: Mapping[str, Any], source: str = "") -> ByteLevelBPETokenizer:
+    """The tokenizer a GGUF ``tokenizer.ggml.model = "gpt2"`` vocabulary holds."""
     where = f" in {source}" if source else ""
-    model = metadata.get("tokenizer.ggml.model")
-    if model == "llama":
-        from engine.tokenizer_spm import load_sentencepiece_from_gguf
-
-        return load_sentencepiece_from_gguf(metadata, source)
-    if model != "gpt2":
-        raise ModelLoadError(
-            f"unsupported tokenizer.ggml.model {model!r}{where}: "
-            "supported are 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"
-        )
     pre = metadata.get("tokenizer.ggml.pre", "default")
     pattern = PRE_TOKENIZER_PATTERNS.get(pre)
     if pattern is None:
@@ -308,10 +246,3 @@ def load_tokenizer_from_gguf(metadata: Mapping[str, Any], source: str = "") -> T
         name=f"gguf-{pre}",
         source=source,
     )
-
-
-def load_tokenizer(path: Path) -> Tokenizer:
-    """A tokenizer file, by content: SentencePiece .model, Llama 3 tiktoken, tokenizer.json."""
-    from engine.tokenizer_files import load_tokenizer as load_file
-
-    return load_file(path)

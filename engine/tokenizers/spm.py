@@ -16,7 +16,15 @@ from typing import Any
 import sentencepiece
 
 from engine.errors import ModelLoadError
-from engine.tokenizers import BYTE, CONTROL, END_MARKERS, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+from engine.tokenizers.protocol import (
+    BYTE,
+    CONTROL,
+    END_MARKERS,
+    NORMAL,
+    UNKNOWN,
+    UNUSED,
+    USER_DEFINED,
+)
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

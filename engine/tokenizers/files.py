@@ -1,6 +1,5 @@
-"""Tokenizer files, detected by content: SentencePiece ``.model``, Llama 3 tiktoken ranks, HF JSON.
+"""Tokenizer files other than SentencePiece's (engine/tokenizers/factory.py tells them apart).
 
-- a SentencePiece ModelProto (binary protobuf): Llama 1/2 ``tokenizer.model``;
 - lines ``base64-token rank``: Llama 3's tiktoken file, with Meta's pattern and 256 specials
   (the layout of Meta's Llama 3.1 ``tokenizer.py``: special i has id ``len(ranks) + i``);
 - a ``tokenizer.json`` whose model is byte-level BPE: vocab + merges on ByteLevelBPETokenizer,
@@ -11,24 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import tiktoken
 
 from engine.errors import ModelLoadError
-from engine.tokenizers import (
-    CONTROL,
-    NORMAL,
-    PRE_TOKENIZER_PATTERNS,
-    UNUSED,
-    USER_DEFINED,
-    ByteLevelBPETokenizer,
-    Tokenizer,
-)
+from engine.tokenizers.bpe import PRE_TOKENIZER_PATTERNS, ByteLevelBPETokenizer
+from engine.tokenizers.protocol import CONTROL, NORMAL, UNUSED, USER_DEFINED
 
 LLAMA3_PATTERN = PRE_TOKENIZER_PATTERNS["llama3"]
 LLAMA3_NUM_RESERVED_SPECIAL_TOKENS = 256
@@ -82,7 +72,7 @@ class TiktokenTokenizer:
         return bytes(self._enc.decode_single_token_bytes(token_id))
 
 
-def _tiktoken_ranks(data: bytes) -> dict[bytes, int] | None:
+def tiktoken_ranks(data: bytes) -> dict[bytes, int] | None:
     """The ranks of a tiktoken file, or None if `data` is not one."""
     lines = [line for line in data.splitlines() if line.strip()]
     if not lines or not all(_RANK_LINE.fullmatch(line.strip()) for line in lines[:64]):
@@ -181,30 +171,3 @@ def load_hf_tokenizer_json(data: Mapping[str, Any], source: str) -> ByteLevelBPE
         raise ModelLoadError(
             f"{source}: unsupported pre-tokenizer pattern ({' '.join(str(exc).split())})"
         ) from None
-
-
-def load_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer in a file, recognized by its content (never its name)."""
-    path = path.expanduser()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read tokenizer file {path}: {exc.strerror or exc}") from None
-    if data.lstrip()[:1] == b"{":
-        try:
-            parsed = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        if isinstance(parsed, dict) and "model" in parsed:
-            return load_hf_tokenizer_json(parsed, path.name)
-    ranks = _tiktoken_ranks(data)
-    if ranks is not None:
-        return TiktokenTokenizer(ranks)
-    if data[:1] == b"\x0a":  # protobuf field 1 (pieces), length-delimited: a SentencePiece model
-        from engine.tokenizer_spm import load_sentencepiece_file
-
-        return load_sentencepiece_file(data, path.name)
-    raise ModelLoadError(
-        f"{path.name} is not a tokenizer llama-tui reads: expected a SentencePiece "
-        "tokenizer.model, a Llama 3 tiktoken file or a byte-level BPE tokenizer.json"
-    )
