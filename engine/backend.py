@@ -63,7 +63,7 @@ def model_info(loaded: LoadedModel, reused: bool) -> ModelInfo:
     else:
         quantization = "none"
     offload = "off"
-    if model.streamer is not None:
+    if loaded.streamer is not None:
         kept = sorted(loaded.placement.offload_exclusion)
         offload = f"blocks → {loaded.device}" + (f" (except {', '.join(kept)})" if kept else "")
     return ModelInfo(
