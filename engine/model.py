@@ -105,7 +105,12 @@ class Transformer(nn.Module):
         # device="meta" builds the skeleton without memory; loaders then assign real weights
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device)
+        if device is not None and torch.device(device).type == "meta":
+            # skip nn.Embedding's normal_ init: on meta tensors it imports torch._dynamo (~1.5 s)
+            table = torch.empty(args.vocab_size, args.dim, device=device)
+            self.tok_embeddings = nn.Embedding.from_pretrained(table, freeze=False)
+        else:
+            self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device)
         self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, device)
         self.output = (
