@@ -16,6 +16,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from torch import nn
 
+from engine.rebuild import rebuildable
+
 GROUP = 32  # weights per GGUF block = the kernel's group size
 INT4_TYPES = frozenset({Q.Q4_0, Q.Q4_1})
 
@@ -27,6 +29,7 @@ def int4_cpu_supported() -> bool:
     )
 
 
+@rebuildable("int4_linear")
 class Int4Linear(nn.Module):
     """y = x @ W.T with W held as packed 4-bit groups: [out, in/2] bytes + [in/32, out, 2]."""
 
@@ -45,6 +48,16 @@ class Int4Linear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def rebuild_args(self) -> dict[str, int]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int) -> Int4Linear:
+        """Buffers on meta, shaped for the weights cache to assign (engine/rebuild.py)."""
+        packed = torch.empty(out_features, in_features // 2, dtype=torch.uint8, device="meta")
+        sz = torch.empty(in_features // GROUP, out_features, 2, dtype=torch.bfloat16, device="meta")
+        return cls(packed, sz, in_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, 4-bit groups of {GROUP}"
