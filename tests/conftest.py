@@ -39,6 +39,14 @@ def private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared weights and the dtype verdict cached by tests stay out of the user's cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["LLAMA_TUI_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def default_path() -> Path:
     return default_model_path()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
 
 from engine.default_model import default_model_path
 from engine.loaders.gguf_file import GGUFFile
@@ -44,7 +44,8 @@ def write_tiny_gguf(
     raw_type: GGMLQuantizationType | None = None,
     tied: bool = True,
 ) -> Path:
-    """A random-weight Llama with the SmolLM2 vocabulary (49152 tokens), F32 unless raw_type."""
+    """A random-weight Llama with the SmolLM2 vocabulary (49152 tokens), F32 unless raw_type
+    (matrices quantized to it; zero blocks where the gguf package cannot quantize it)."""
     tok = default_tokenizer_metadata()
     vocab = len(tok["tokenizer.ggml.tokens"])
     rng = np.random.default_rng(seed)
@@ -72,8 +73,11 @@ def write_tiny_gguf(
     def t(name: str, *shape: int, scale: float = 0.05) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
         if raw_type is not None and len(shape) > 1:
-            block, nbytes = GGML_QUANT_SIZES[raw_type]
-            raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
+            try:  # the random weights quantized, where the gguf package can (Q4_0, Q8_0, ...)
+                raw = quants.quantize(data, raw_type)
+            except NotImplementedError:  # else zero blocks: enough for "cannot load" tests
+                block, nbytes = GGML_QUANT_SIZES[raw_type]
+                raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=raw_type)
         else:
             w.add_tensor(name, data)

@@ -15,7 +15,8 @@ from engine.chat_format import ChatTemplate, chat_template_from_gguf
 from engine.config import Profile
 from engine.default_model import default_model_path
 from engine.errors import ModelLoadError
-from engine.loaders.gguf import is_gguf, load_gguf_weights
+from engine.loaders.cache import cacheable, read_prepared, write_prepared
+from engine.loaders.gguf import gguf_model_args, is_gguf, load_gguf_weights, rope_freq_factors
 from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.hf import chat_template_text, load_hf_weights, special_tokens
 from engine.loaders.meta import load_meta_weights
@@ -42,6 +43,8 @@ class LoadedModel:
     weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
+    # the prepared-weights cache (loaders/cache.py): "read", "written", "not written: why", "off"
+    weights_cache: str = "off"
 
     @property
     def streamer(self) -> BlockStreamer | None:
@@ -82,14 +85,13 @@ def _load_gguf(
     gguf = GGUFFile(path)
     tokenizer = load_tokenizer_from_gguf(gguf.metadata, source=path.name)
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
-    model, args, freq_factors, n_4bit = load_gguf_weights(
-        gguf, placement=placement, progress=progress
-    )
+    model, args, n_4bit, cache_state = _gguf_model(gguf, placement, progress)
     dtype, weights = placement.dtype, placement.describe()
     if n_4bit:  # activations, norms, embeddings and the KV cache run in float32
-        weights = f"4-bit int4 kernel ({n_4bit} tensors), {weights} head, float32 activations"
+        head = str(model.head_weight.dtype).removeprefix("torch.")
+        weights = f"4-bit int4 kernel ({n_4bit} tensors), {head} head, float32 activations"
         dtype = torch.float32
-    return _loaded(
+    loaded = _loaded(
         path,
         model,
         args,
@@ -99,11 +101,37 @@ def _load_gguf(
         context_length,
         t0,
         gguf.metadata,
-        freq_factors=freq_factors,
+        freq_factors=rope_freq_factors(gguf),
         packed_4bit=n_4bit,
         weights=weights,
         dtype=dtype,
     )
+    loaded.weights_cache = cache_state
+    return loaded
+
+
+def _gguf_model(
+    gguf: GGUFFile, placement: Placement, progress: Progress | None
+) -> tuple[Transformer, ModelArgs, int, str]:
+    """The placed model, its args, how many tensors are 4-bit, and what the weights cache did:
+    "read" (no dequantization or packing happened), "written", "not written: why", "off"."""
+    args = gguf_model_args(gguf)
+
+    def skeleton() -> Transformer:
+        return Transformer(args, device="meta")
+
+    if not cacheable(placement):
+        model, args, _, n_4bit = load_gguf_weights(gguf, placement=placement, progress=progress)
+        return model, args, n_4bit, "off"
+    cached = read_prepared(gguf.path, placement, skeleton)
+    if not isinstance(cached, str):
+        model, info = cached
+        if progress is not None:
+            progress(len(gguf.tensors), len(gguf.tensors))
+        return model, args, int(info.get("packed_4bit", 0)), "read"
+    model, args, _, n_4bit = load_gguf_weights(gguf, placement=placement, progress=progress)
+    state = write_prepared(gguf.path, placement, model, skeleton, {"packed_4bit": n_4bit})
+    return model, args, n_4bit, state
 
 
 TOKENIZER_FILES = ("tokenizer.model", "original/tokenizer.model", "tokenizer.json")

@@ -68,9 +68,7 @@ def load_gguf_weights(
         and any(i.ggml_type in INT4_TYPES for n, i in gguf.tensors.items() if n.startswith("blk."))
     )
     src = gguf.path.name
-    args = ModelArgs.from_gguf(
-        gguf.metadata, has_output="output.weight" in gguf.tensors, source=src
-    )
+    args = gguf_model_args(gguf)
     model = Transformer(args, device="meta")
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     placer = Placer(placement, args)
@@ -114,11 +112,20 @@ def load_gguf_weights(
         assert isinstance(head, torch.Tensor)
         model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
         model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
-    freq_factors = None
-    if "rope_freqs.weight" in gguf.tensors:
-        info = gguf.tensors["rope_freqs.weight"]
-        freq_factors = dequantize(gguf.raw("rope_freqs.weight"), info.ggml_type, info.shape)
-    return model, args, freq_factors, n_4bit
+    return model, args, rope_freq_factors(gguf), n_4bit
+
+
+def gguf_model_args(gguf: GGUFFile) -> ModelArgs:
+    has_output = "output.weight" in gguf.tensors
+    return ModelArgs.from_gguf(gguf.metadata, has_output=has_output, source=gguf.path.name)
+
+
+def rope_freq_factors(gguf: GGUFFile) -> torch.Tensor | None:
+    """Llama 3.1 rope frequency factors, if the file has them (llama.cpp's rope_freqs)."""
+    info = gguf.tensors.get("rope_freqs.weight")
+    if info is None:
+        return None
+    return dequantize(gguf.raw(info.name), info.ggml_type, info.shape)
 
 
 def is_gguf(path: Path) -> bool:

@@ -1,0 +1,207 @@
+"""The prepared-weights cache: a GGUF model as the loader left it, in one safetensors file.
+
+Dequantizing and packing the int4 projections is most of a cold start; after the first load the
+final state dict is saved in the user cache folder, and the next start memory-maps it into a
+skeleton built on the meta device (``load_state_dict(assign=True)``): no dequantization, no
+packing. The file's metadata holds its key (the model file's resolved path, size and mtime, the
+placement, CACHE_VERSION, torch's version and a fingerprint of the code that shapes the weights)
+and a manifest of the layers the loader swapped in (engine/rebuild.py names their kinds). A
+file whose key, header or tensors do not match is ignored and rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from engine.model import Transformer
+from engine.placement import Placement
+from engine.rebuild import Args, rebuild, spec_of
+from engine.user_cache import cache_dir, write_atomically
+
+CACHE_VERSION = 1  # bump when what a cache file holds, or how it is read, changes
+KEY, MANIFEST = "llama-tui.key", "llama-tui.manifest"
+# modules whose code decides what the prepared tensors are: a change to any of them is a new key
+SHAPING_MODULES = (
+    "engine.loaders.gguf",
+    "engine.loaders.dequant",
+    "engine.loaders.state",
+    "engine.loaders.cache",
+    "engine.quantized",
+    "engine.placement",
+    "engine.model",
+    "engine.rebuild",
+)
+
+
+def cacheable(placement: Placement) -> bool:
+    """CPU placements without bitsandbytes layers or offload: their state is plain tensors."""
+    p = placement
+    return p.device.type == "cpu" and p.quantization == "none" and not p.offload
+
+
+def _placement_key(p: Placement) -> dict[str, Any]:
+    return {
+        "device": str(p.device),
+        "dtype": str(p.dtype).removeprefix("torch."),
+        "native_4bit": p.native_4bit,
+    }
+
+
+def _code_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in SHAPING_MODULES:
+        source = getattr(sys.modules.get(name), "__file__", None)
+        digest.update(Path(source).read_bytes() if source else name.encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(source: Path, placement: Placement) -> dict[str, Any]:
+    stat = source.stat()
+    return {
+        "version": CACHE_VERSION,
+        "source": str(source.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "placement": _placement_key(placement),
+        "torch": torch.__version__,
+        "code": _code_fingerprint(),
+    }
+
+
+def entry_path(source: Path, placement: Placement) -> Path:
+    """One file per model file and placement: a rebuild replaces the stale entry."""
+    ident = json.dumps([str(source.resolve()), _placement_key(placement)], sort_keys=True)
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_dir() / "weights" / f"{source.stem[:48]}-{digest}.safetensors"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    swapped: dict[str, Args]  # module name -> {"kind", "args"}: layers the loader swapped in
+    removed: list[str]  # skeleton modules the loader set to None
+    aliases: dict[str, str]  # state-dict name -> the stored name of the same tensor
+    info: dict[str, Any]  # what the loader reports beside the model (e.g. packed_4bit)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        d = json.loads(text)
+        return cls(dict(d["swapped"]), list(d["removed"]), dict(d["aliases"]), dict(d["info"]))
+
+
+def _manifest(model: nn.Module, skeleton: nn.Module, info: dict[str, Any]) -> Manifest | str:
+    """How ``model``'s module tree differs from the skeleton's, or why it cannot be cached."""
+    before = dict(skeleton.named_modules())
+    after = dict(model.named_modules())
+    swapped: dict[str, Args] = {}
+    for name, module in after.items():
+        if _under(name, swapped):
+            continue  # built by its swapped parent
+        old = before.get(name)
+        spec = spec_of(module)
+        if old is not None and type(old) is type(module) and spec == spec_of(old):
+            continue
+        if spec is None:
+            return f"{type(module).__name__} at {name or 'the root'} is not in engine/rebuild.py"
+        swapped[name] = spec
+    removed: list[str] = []
+    for name in before:
+        if name not in after and not _under(name, swapped) and not _under(name, removed):
+            removed.append(name)
+    state = model.state_dict()
+    held = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    if not held <= set(state):
+        return f"non-persistent tensors ({sorted(held - set(state))[0]})"
+    aliases: dict[str, str] = {}
+    first: dict[tuple[int, tuple[int, ...], torch.dtype], str] = {}
+    for name, t in state.items():
+        ident = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if ident in first:
+            aliases[name] = first[ident]
+        else:
+            first[ident] = name
+    return Manifest(swapped, removed, aliases, info)
+
+
+def _under(name: str, parents: Iterable[str]) -> bool:
+    return any(name.startswith(f"{p}.") for p in parents)
+
+
+def write_prepared(
+    source: Path,
+    placement: Placement,
+    model: Transformer,
+    skeleton: Callable[[], Transformer],
+    info: dict[str, Any],
+) -> str:
+    """Save ``model``'s prepared weights; returns "written" or "not written: <why>"."""
+    manifest = _manifest(model, skeleton(), info)
+    if isinstance(manifest, str):
+        return f"not written: {manifest}"
+    tensors = {n: t for n, t in model.state_dict().items() if n not in manifest.aliases}
+    if not all(t.device.type == "cpu" and t.is_contiguous() for t in tensors.values()):
+        return "not written: tensors off the CPU or not contiguous"
+    metadata = {KEY: json.dumps(cache_key(source, placement)), MANIFEST: manifest.to_json()}
+
+    def save(temp: Path) -> None:
+        try:
+            save_file(tensors, temp, metadata)
+        except Exception as exc:  # SafetensorError (I/O) or shared storage: treat as OSError
+            raise OSError(str(exc).splitlines()[0]) from exc
+
+    why = write_atomically(entry_path(source, placement), save)
+    return "written" if why is None else f"not written: {why}"
+
+
+def read_prepared(
+    source: Path, placement: Placement, skeleton: Callable[[], Transformer]
+) -> tuple[Transformer, dict[str, Any]] | str:
+    """The cached model and the loader's info, or why there is none ("missing", "stale", ...)."""
+    path = entry_path(source, placement)
+    if not path.is_file():
+        return "missing"
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get(KEY, "null")) != cache_key(source, placement):
+                return "stale"
+            manifest = Manifest.from_json(meta[MANIFEST])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        for name, target in manifest.aliases.items():
+            tensors[name] = tensors[target]
+        model = _assemble(skeleton(), manifest, tensors)
+    except Exception:  # a corrupt file: truncated, garbage, a header that does not match
+        return "corrupt"
+    return model, manifest.info
+
+
+def _assemble(
+    model: Transformer, manifest: Manifest, tensors: Mapping[str, torch.Tensor]
+) -> Transformer:
+    for name, spec in manifest.swapped.items():
+        _set(model, name, rebuild(spec))
+    for name in manifest.removed:
+        _set(model, name, None)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"cache holds no tensor for {left[0]}")
+    return model.eval()
+
+
+def _set(model: nn.Module, name: str, module: nn.Module | None) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)

@@ -1,0 +1,225 @@
+"""The prepared-weights cache: the first load writes it, the next reads it without dequantizing
+or packing anything, and a stale, corrupt or unwritable cache only costs a rebuild."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from safetensors.torch import save_file
+from torch import nn
+
+import engine.loaders.gguf as gguf_loader
+from engine.loaders import LoadedModel, load_model
+from engine.loaders.cache import KEY, MANIFEST, entry_path, write_prepared
+from engine.model import Transformer
+from engine.placement import Placement
+from engine.quantized import Int4Linear, int4_cpu_supported
+from tests.gguf_writer import write_tiny_gguf
+
+CPU = torch.device("cpu")
+FLOAT32 = Placement(CPU, torch.float32)
+INT4 = Placement(CPU, torch.bfloat16, native_4bit=True)
+needs_int4 = pytest.mark.skipif(not int4_cpu_supported(), reason="torch without int4 CPU kernels")
+IDS = [1, 17, 402, 9, 3000, 12, 77]
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def q4_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("q4") / "tiny-q4.gguf", raw_type=Q.Q4_0)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Calls into the GGUF loader's dequantization and int4 packing, as the loader makes them."""
+    calls = {"dequantize": 0, "int4_linear_from_gguf": 0}
+
+    def counting(name: str) -> Callable[..., Any]:
+        real = getattr(gguf_loader, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(gguf_loader, name, counting(name))
+    return calls
+
+
+def load(path: Path, placement: Placement) -> LoadedModel:
+    return load_model(path, placement=placement, context_length=64)
+
+
+def logits(m: LoadedModel) -> torch.Tensor:
+    with torch.inference_mode():
+        return m.model(torch.tensor([IDS]))[0]
+
+
+def cold_then_warm(path: Path, placement: Placement, counted: dict[str, int]) -> LoadedModel:
+    cold = load(path, placement)
+    assert cold.weights_cache == "written"
+    assert counted["dequantize"] > 0
+    counted.update(dequantize=0, int4_linear_from_gguf=0)
+    warm = load(path, placement)
+    assert warm.weights_cache == "read"
+    assert counted == {"dequantize": 0, "int4_linear_from_gguf": 0}  # nothing was prepared
+    assert torch.equal(logits(cold), logits(warm))
+    for field in ("dtype", "weights", "packed_4bit", "context_length"):
+        assert getattr(warm, field) == getattr(cold, field)
+    return warm
+
+
+def test_float32_second_load_reads_the_cache(tiny_gguf: Path, counted: dict[str, int]) -> None:
+    cold_then_warm(tiny_gguf, FLOAT32, counted)
+
+
+@needs_int4
+def test_int4_second_load_rebuilds_the_packed_layers(
+    q4_gguf: Path, counted: dict[str, int]
+) -> None:
+    warm = cold_then_warm(q4_gguf, INT4, counted)
+    assert warm.packed_4bit == 14  # 7 projections x 2 blocks
+    assert sum(isinstance(m, Int4Linear) for m in warm.model.modules()) == 14
+    assert warm.model.output is not None and warm.model.output.weight.dtype == torch.bfloat16
+    assert not any(t.is_meta for t in warm.model.state_dict().values())
+
+
+def test_each_placement_has_its_own_entry(tiny_gguf: Path) -> None:
+    assert load(tiny_gguf, FLOAT32).weights_cache == "written"
+    bf16 = Placement(CPU, torch.bfloat16)
+    assert load(tiny_gguf, bf16).weights_cache == "written"
+    assert load(tiny_gguf, FLOAT32).weights_cache == "read"
+    warm = load(tiny_gguf, bf16)
+    assert warm.weights_cache == "read" and warm.model.tok_embeddings.weight.dtype == torch.bfloat16
+
+
+def copy_of(path: Path, folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    target.write_bytes(path.read_bytes())
+    return target
+
+
+def test_a_touched_model_file_is_rebuilt(
+    tiny_gguf: Path, tmp_path: Path, counted: dict[str, int]
+) -> None:
+    path = copy_of(tiny_gguf, tmp_path / "model")
+    reference = logits(load(path, FLOAT32))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    counted.update(dequantize=0)
+    again = load(path, FLOAT32)
+    assert again.weights_cache == "written" and counted["dequantize"] > 0
+    assert load(path, FLOAT32).weights_cache == "read"  # the rebuilt entry replaced the stale one
+    assert len(list(entry_path(path, FLOAT32).parent.iterdir())) == 1
+    with path.open("ab") as fh:  # a different size (trailing bytes a GGUF reader ignores)
+        fh.write(b"\0" * 64)
+    assert load(path, FLOAT32).weights_cache == "written"
+    assert torch.equal(logits(load(path, FLOAT32)), reference)
+
+
+def corrupt_truncated(entry: Path) -> None:
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+
+
+def corrupt_garbage(entry: Path) -> None:
+    entry.write_bytes(os.urandom(4096))
+
+
+def corrupt_header(entry: Path) -> None:
+    """A well-formed safetensors file with the right key whose tensors do not fit the model."""
+    from safetensors import safe_open
+
+    with safe_open(entry, framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "norm.weight"}
+    tensors["layers.0.attention.wq.weight"] = torch.zeros(3, 3)
+    save_file(tensors, entry, {KEY: meta[KEY], MANIFEST: meta[MANIFEST]})
+
+
+def corrupt_manifest(entry: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(entry, framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    manifest = meta[MANIFEST].replace('"swapped": {}', '"swapped": {"norm": {"kind": "nope"}}')
+    assert manifest != meta[MANIFEST]
+    save_file(tensors, entry, {KEY: meta[KEY], MANIFEST: manifest})
+
+
+@pytest.mark.parametrize(
+    "corrupt", [corrupt_truncated, corrupt_garbage, corrupt_header, corrupt_manifest]
+)
+def test_a_corrupt_cache_file_is_rebuilt(
+    tiny_gguf: Path, corrupt: Callable[[Path], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = logits(load(tiny_gguf, FLOAT32))
+    corrupt(entry_path(tiny_gguf, FLOAT32))
+    rebuilt = load(tiny_gguf, FLOAT32)
+    assert rebuilt.weights_cache == "written"
+    assert torch.equal(logits(rebuilt), reference)
+    assert load(tiny_gguf, FLOAT32).weights_cache == "read"
+    assert capsys.readouterr().err == ""  # no traceback, no noise
+
+
+def test_an_unwritable_cache_dir_still_loads(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(blocker / "cache"))
+    loaded = load(tiny_gguf, FLOAT32)
+    assert loaded.weights_cache.startswith("not written: ")
+    assert "\n" not in loaded.weights_cache
+    assert logits(loaded).isfinite().all()
+    assert load(tiny_gguf, FLOAT32).weights_cache.startswith("not written: ")
+
+
+class Unregistered(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_layer_type_without_a_rebuild_recipe_is_not_cached(tiny_gguf: Path) -> None:
+    loaded = load(tiny_gguf, FLOAT32)
+    model = loaded.model
+    model.layers[0].feed_forward = Unregistered()  # type: ignore[assignment]
+
+    def skeleton() -> Transformer:
+        return Transformer(loaded.args, device="meta")
+
+    why = write_prepared(tiny_gguf, FLOAT32, model, skeleton, {})
+    assert why.startswith("not written: Unregistered at layers.0.feed_forward")
+
+
+def test_offload_and_bitsandbytes_placements_are_not_cached() -> None:
+    from engine.loaders.cache import cacheable
+
+    assert cacheable(FLOAT32) and cacheable(INT4)
+    assert not cacheable(Placement(CPU, torch.float32, quantization="int8"))
+    assert not cacheable(Placement(torch.device("cuda"), torch.float16))
+
+
+@pytest.mark.slow
+@needs_int4
+def test_default_model_warm_start_is_the_same_model(
+    default_path: Path, counted: dict[str, int]
+) -> None:
+    warm = cold_then_warm(default_path, INT4, counted)
+    assert warm.packed_4bit == 210
+    assert warm.weights.startswith("4-bit int4 kernel (210 tensors), bfloat16 head")
