@@ -36,6 +36,8 @@ def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSes
             print(f"\rloading model: {100 * done // total:3d}%", end="", file=sys.stderr)
 
     loaded = load_profile_model(profile, progress if show_progress else None)
+    if loaded.weights_cache.startswith("not written"):  # e.g. a read-only cache folder
+        print(f"llama-tui: note: weights cache {loaded.weights_cache}", file=sys.stderr)
     if show_progress:
         print(
             f"\rloaded {loaded.path.name} ({loaded.weights}, {loaded.device}) "
