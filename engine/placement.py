@@ -41,23 +41,16 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"device {name!r} is not one of cpu, cuda, cuda:N, auto")
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """ "auto": float16 on CUDA; on CPU bfloat16 where the CPU has native bf16 (about twice the
-    decode speed of float32, which is memory-bound), else float32."""
+    """ "auto": float16 on CUDA; on a CPU the faster of float32 and bfloat16 as measured once
+    on this machine (engine/cpu_dtype.py). A GGUF file with Q4_0/Q4_1 blocks then still takes
+    bfloat16 for the int4 kernel (Placement.auto_dtype, engine/loaders)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        from engine.cpu_dtype import cpu_dense_dtype
+
+        return cpu_dense_dtype()
     if name not in DTYPES:
         raise UserError(f"dtype {name!r} is not one of {', '.join(DTYPES)}, auto")
     return DTYPES[name]
@@ -74,6 +67,7 @@ class Placement:
     offload: bool = False  # block weights in pinned host memory, streamed to `device`
     offload_exclusion: frozenset[str] = frozenset()  # block weights that stay on `device`
     native_4bit: bool = False  # GGUF Q4_0/Q4_1 on the CPU int4 kernel (bfloat16, CPU, no bnb)
+    auto_dtype: bool = False  # dtype was "auto": a loader may choose bfloat16 for the int4 kernel
 
     def describe(self) -> str:
         """For the user: "float16", "float16, nf4", "float16, offload (except w1, w2)"."""
@@ -115,6 +109,7 @@ def resolve_placement(
         offload=offload,
         offload_exclusion=frozenset(offload_exclusion),
         native_4bit=native_4bit and quantization == "none" and not offload,
+        auto_dtype=dtype == "auto",
     )
 
 

@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     return platformdirs.user_cache_path("llama-tui")
 
 
-def write_atomically(target: Path, write: Callable[[Path], None]) -> str | None:
+def write_atomically(target: Path, write: Callable[[Path], object]) -> str | None:
     """``write(temp)`` beside ``target``, then rename it over ``target``: readers see the old
     file or the whole new one, never a half-written one. ``write`` raises OSError when it
     fails; this returns None, or why it failed (read-only folder, disk full) in a few words."""

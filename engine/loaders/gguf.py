@@ -64,8 +64,7 @@ def load_gguf_weights(
         placement.native_4bit
         and placement.dtype == torch.bfloat16
         and placement.device.type == "cpu"
-        and int4_cpu_supported()
-        and any(i.ggml_type in INT4_TYPES for n, i in gguf.tensors.items() if n.startswith("blk."))
+        and has_int4_blocks(gguf)
     )
     src = gguf.path.name
     args = gguf_model_args(gguf)
@@ -113,6 +112,12 @@ def load_gguf_weights(
         model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
         model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
     return model, args, rope_freq_factors(gguf), n_4bit
+
+
+def has_int4_blocks(gguf: GGUFFile) -> bool:
+    """Block weights in Q4_0/Q4_1 and a torch with the int4 CPU kernel to run them."""
+    blocks = (i for n, i in gguf.tensors.items() if n.startswith("blk."))
+    return int4_cpu_supported() and any(i.ggml_type in INT4_TYPES for i in blocks)
 
 
 def gguf_model_args(gguf: GGUFFile) -> ModelArgs:
