@@ -2,47 +2,122 @@
 
 This module is the public API: the front ends (the app, the command line, the benchmarks)
 import only from here, and an import-linter contract checks it (pyproject.toml).
+
+Names are imported on first use (PEP 562 ``__getattr__``): ``llama-tui --help`` or ``history``
+never import torch, and ``import engine`` does no work at all.
 """
 
-from engine.args import ModelArgs
-from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
-from engine.chat_format import Message, encode_dialog
-from engine.config import (
-    DEFAULTS_NAME,
-    Config,
-    Profile,
-    SamplingSettings,
-    find_config_path,
-    load_config,
-    profile_to_dict,
-    resolve_profile,
-    sampling_changed_only,
-)
-from engine.default_model import default_model_path
-from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
-from engine.events import Done, Event, Failed, LoadProgress, PrefillDone, TokenEvent
-from engine.generate import decode_one_token, generate, prefill
-from engine.kv_cache import KVCache
-from engine.loaders import LoadedModel, load_model, load_profile_model
-from engine.loaders.state import assign_state
-from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
-from engine.model import Transformer
-from engine.offload import streamer_of
-from engine.placement import resolve_device, resolve_placement
-from engine.queue import (
-    ClearRequest,
-    EngineQueue,
-    LoadRequest,
-    MemoryStats,
-    ModelReady,
-    QueueEvent,
-    Request,
-    Started,
-    Ticket,
-)
-from engine.saving import Recorder, ReplySaver, reply_record, saved_events, title_of
-from engine.session import ChatSession
-from engine.store import ConversationStore, data_dir, open_store
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.args import ModelArgs
+    from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
+    from engine.chat_format import Message, encode_dialog
+    from engine.config import (
+        DEFAULTS_NAME,
+        Config,
+        Profile,
+        SamplingSettings,
+        find_config_path,
+        load_config,
+        profile_to_dict,
+        resolve_profile,
+        sampling_changed_only,
+    )
+    from engine.default_model import default_model_path
+    from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
+    from engine.events import Done, Event, Failed, LoadProgress, PrefillDone, TokenEvent
+    from engine.generate import decode_one_token, generate, prefill
+    from engine.kv_cache import KVCache
+    from engine.loaders import LoadedModel, load_model, load_profile_model
+    from engine.loaders.state import assign_state
+    from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
+    from engine.model import Transformer
+    from engine.offload import streamer_of
+    from engine.placement import resolve_device, resolve_placement
+    from engine.queue import (
+        ClearRequest,
+        EngineQueue,
+        LoadRequest,
+        MemoryStats,
+        ModelReady,
+        QueueEvent,
+        Request,
+        Started,
+        Ticket,
+    )
+    from engine.saving import Recorder, ReplySaver, reply_record, saved_events, title_of
+    from engine.session import ChatSession
+    from engine.store import ConversationStore, data_dir, open_store
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Backend": "engine.backend",
+    "ChatSession": "engine.session",
+    "ClearRequest": "engine.queue",
+    "Config": "engine.config",
+    "ConfigError": "engine.errors",
+    "ContextOverflowError": "engine.errors",
+    "ConversationStore": "engine.store",
+    "DEFAULTS_NAME": "engine.config",
+    "Done": "engine.events",
+    "EngineQueue": "engine.queue",
+    "Event": "engine.events",
+    "Failed": "engine.events",
+    "GenerationMetrics": "engine.metrics",
+    "GenerationRequest": "engine.backend",
+    "KVCache": "engine.kv_cache",
+    "LoadProgress": "engine.events",
+    "LoadRequest": "engine.queue",
+    "LoadedModel": "engine.loaders",
+    "LocalBackend": "engine.backend",
+    "MemoryStats": "engine.queue",
+    "Message": "engine.chat_format",
+    "ModelArgs": "engine.args",
+    "ModelInfo": "engine.backend",
+    "ModelLoadError": "engine.errors",
+    "ModelReady": "engine.queue",
+    "PrefillDone": "engine.events",
+    "Profile": "engine.config",
+    "QueueEvent": "engine.queue",
+    "Recorder": "engine.saving",
+    "ReplySaver": "engine.saving",
+    "Request": "engine.queue",
+    "SamplingSettings": "engine.config",
+    "Started": "engine.queue",
+    "Ticket": "engine.queue",
+    "TokenEvent": "engine.events",
+    "Transformer": "engine.model",
+    "UserError": "engine.errors",
+    "assign_state": "engine.loaders.state",
+    "data_dir": "engine.store",
+    "decode_one_token": "engine.generate",
+    "default_model_path": "engine.default_model",
+    "encode_dialog": "engine.chat_format",
+    "find_config_path": "engine.config",
+    "generate": "engine.generate",
+    "load_config": "engine.config",
+    "load_model": "engine.loaders",
+    "load_profile_model": "engine.loaders",
+    "open_store": "engine.store",
+    "peak_rss_bytes": "engine.metrics",
+    "prefill": "engine.generate",
+    "profile_to_dict": "engine.config",
+    "reply_record": "engine.saving",
+    "resolve_device": "engine.placement",
+    "resolve_placement": "engine.placement",
+    "resolve_profile": "engine.config",
+    "rss_bytes": "engine.metrics",
+    "sampling_changed_only": "engine.config",
+    "saved_events": "engine.saving",
+    "streamer_of": "engine.offload",
+    "title_of": "engine.saving",
+}
 
 __all__ = [
     "DEFAULTS_NAME",
@@ -106,3 +181,29 @@ __all__ = [
     "streamer_of",
     "title_of",
 ]
+
+
+class _Engine(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # importing the submodule engine.generate binds it as an attribute of engine, which
+        # would hide the public function generate(): a public name is only ever bound to the
+        # object _EXPORTS names (`from engine.generate import ...` is unaffected)
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Engine
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
