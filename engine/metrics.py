@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import psutil
 import torch
 
 
@@ -51,6 +50,8 @@ class GenerationMetrics:
 
 
 def rss_bytes() -> int:
+    import psutil  # here: a metrics query, not every start, pays for its import
+
     return int(psutil.Process().memory_info().rss)
 
 

@@ -13,8 +13,6 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import sentencepiece
-
 from engine.errors import ModelLoadError
 from engine.tokenizers.protocol import (
     BYTE,
@@ -42,6 +40,8 @@ class SentencePieceTokenizer:
         extra_stop_ids: Sequence[int] = (),
         source: str = "",
     ) -> None:
+        import sentencepiece  # here: only SentencePiece vocabularies need it
+
         sp = sentencepiece.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(model_proto)
