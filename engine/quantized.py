@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as Q
 from torch import nn
 
+from engine.ggml import GGMLType as Q
 from engine.rebuild import rebuildable
 
 GROUP = 32  # weights per GGUF block = the kernel's group size
@@ -63,7 +63,7 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, 4-bit groups of {GROUP}"
 
 
-def int4_linear_from_gguf(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...]) -> Int4Linear:
+def int4_linear_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> Int4Linear:
     """raw: uint8 [out, bytes_per_row] of Q4_0 or Q4_1 blocks -> an Int4Linear of ``shape``."""
     out_f, in_f = shape
     block_bytes = 18 if ggml_type == Q.Q4_0 else 20

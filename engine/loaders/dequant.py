@@ -7,15 +7,38 @@ package knows (K-quants, I-quants, ternary, MXFP4, ...) goes through ``gguf.quan
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Set
+from enum import IntEnum
+
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as Q
-from gguf import quants
 
-# Types we load: our fast paths plus every block format the gguf package can dequantize
-# (its private type table; public API only offers dequantize(), which raises for the rest).
+from engine.ggml import GGMLType as Q
+
 _FAST = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1})
-SUPPORTED = _FAST | frozenset(getattr(quants, "_type_traits", {}))
+
+
+class _Supported(Set[IntEnum]):
+    """Types we load: our fast paths plus every block format the gguf package can dequantize
+    (its private type table; public API only offers dequantize(), which raises for the rest).
+    gguf is imported only when a type outside the fast paths is asked about (engine/ggml.py)."""
+
+    def _all(self) -> frozenset[IntEnum]:
+        from gguf import quants
+
+        return _FAST | frozenset(getattr(quants, "_type_traits", {}))
+
+    def __contains__(self, t: object) -> bool:
+        return t in _FAST or t in self._all()
+
+    def __iter__(self) -> Iterator[IntEnum]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+SUPPORTED = _Supported()
 
 
 def _f16(blocks: torch.Tensor, lo: int) -> torch.Tensor:
@@ -28,7 +51,7 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat((qs & 0x0F, qs >> 4), dim=1).float()
 
 
-def dequantize(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...]) -> torch.Tensor:
+def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> torch.Tensor:
     """raw: uint8 [rows, bytes_per_row] -> float32 tensor of ``shape``."""
     if ggml_type == Q.F32:
         return torch.from_numpy(np.array(raw).view(np.float32)).reshape(shape)
@@ -49,4 +72,7 @@ def dequantize(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...]) -> torch.T
             b = data.reshape(-1, 20)
             out = _f16(b, 0) * _nibbles(b[:, 4:]) + _f16(b, 2)
         return out.reshape(shape)
-    return torch.from_numpy(quants.dequantize(np.array(raw), ggml_type)).reshape(shape)
+    from gguf import GGMLQuantizationType, quants
+
+    values = quants.dequantize(np.array(raw), GGMLQuantizationType(ggml_type))
+    return torch.from_numpy(values).reshape(shape)

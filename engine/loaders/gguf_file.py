@@ -10,13 +10,14 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from engine.errors import ModelLoadError
+from engine.ggml import block_size, ggml_type
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -55,7 +56,7 @@ _STRING, _ARRAY = 8, 9
 class TensorInfo:
     name: str
     shape: tuple[int, ...]  # numpy order: rows first (GGUF stores ne[] innermost first)
-    ggml_type: GGMLQuantizationType
+    ggml_type: IntEnum  # engine.ggml.GGMLType, or gguf's GGMLQuantizationType for the rest
     offset: int  # absolute byte offset in the file
     n_bytes: int
 
@@ -175,14 +176,14 @@ class GGUFFile:
         tensors: dict[str, TensorInfo] = {}
         for name, dims, type_code, rel_offset in raw_infos:
             try:
-                ggml_type = GGMLQuantizationType(type_code)
+                gtype = ggml_type(type_code)
             except ValueError:
                 raise ValueError(f"tensor {name} has unknown ggml type {type_code}") from None
-            block, type_bytes = GGML_QUANT_SIZES[ggml_type]
+            block, type_bytes = block_size(gtype)
             n_elements = int(np.prod(dims)) if dims else 1
             shape = tuple(int(d) for d in reversed(dims))
             tensors[name] = TensorInfo(
-                name, shape, ggml_type, data_offset + rel_offset, n_elements // block * type_bytes
+                name, shape, gtype, data_offset + rel_offset, n_elements // block * type_bytes
             )
         return version, metadata, tensors, data_offset
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import engine
 
@@ -54,3 +55,21 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         assert "NoSuchThing" in str(exc)
     else:
         raise AssertionError("engine.NoSuchThing resolved")
+
+
+def test_loading_and_running_a_gguf_of_the_fast_types_imports_only_what_it_needs(
+    tiny_gguf: Path,
+) -> None:
+    """No gguf package (nor the yaml and sentencepiece it brings), no psutil, no torch._dynamo:
+    the types of the default model (Q4_1, Q8_0, F32) are read by the engine's own code."""
+    code = (
+        "import torch\n"
+        "from pathlib import Path\n"
+        "from engine import load_model, resolve_placement\n"
+        f"m = load_model(Path({str(tiny_gguf)!r}), context_length=16,\n"
+        "    placement=resolve_placement('cpu', 'float32'))\n"
+        "m.model(torch.tensor([[1, 2, 3]]))\n"
+    )
+    loaded = modules_after(code)
+    for name in ("gguf", "yaml", "sentencepiece", "psutil", "torch._dynamo", "sympy"):
+        assert name not in loaded, name
