@@ -20,7 +20,16 @@ from engine.config import (
 )
 from engine.default_model import default_model_path
 from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
-from engine.events import Done, Event, Failed, LoadProgress, PrefillDone, TokenEvent
+from engine.events import (
+    Done,
+    Event,
+    Failed,
+    LoadProgress,
+    Pinned,
+    PrefillDone,
+    TokenEvent,
+    TurnStarted,
+)
 from engine.generate import decode_one_token, generate, prefill
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
@@ -35,6 +44,7 @@ from engine.queue import (
     LoadRequest,
     MemoryStats,
     ModelReady,
+    PinRequest,
     QueueEvent,
     Request,
     Started,
@@ -70,6 +80,8 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelReady",
+    "PinRequest",
+    "Pinned",
     "PrefillDone",
     "Profile",
     "QueueEvent",
@@ -81,6 +93,7 @@ __all__ = [
     "Ticket",
     "TokenEvent",
     "Transformer",
+    "TurnStarted",
     "UserError",
     "assign_state",
     "data_dir",

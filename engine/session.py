@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import chain
 from typing import NoReturn
 
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
 from engine.errors import UserError
-from engine.events import Done, Event
+from engine.events import Done, Event, TurnStarted
 from engine.generate import generate
 from engine.history import (
     CUT_MARKER,
@@ -72,9 +73,17 @@ class ChatSession:
         """Messages of this conversation no longer in the model's context."""
         return sum(1 for i in range(self.context_start) if i not in self.pinned)
 
-    def pin(self, index: int) -> None:
-        """Keep messages[index] in context whatever trimming drops."""
-        self.pinned.add(index)
+    def pin(self, index: int, pinned: bool = True) -> None:
+        """Keep messages[index] in context whatever trimming drops (pinned=False lets it go)."""
+        if not 0 <= index < len(self.messages):
+            raise UserError(
+                f"there is no message {index + 1}: this conversation has {len(self.messages)} "
+                "messages, numbered from 1"
+            )
+        if pinned:
+            self.pinned.add(index)
+        else:
+            self.pinned.discard(index)
 
     def visible(self, messages: list[Message], cut: int | None = None) -> list[Message]:
         """The messages still in context when messages[:cut] (except pinned) are dropped."""
@@ -96,12 +105,14 @@ class ChatSession:
         max_new_tokens: int,
         cancel: threading.Event | None = None,
     ) -> Iterator[Event]:
-        """One user turn: the reply streams as events; on Done both messages join the history.
+        """One user turn: TurnStarted (where its messages go), then the reply as events; on Done
+        both messages join the history.
 
         A stopped or cancelled reply is kept (partial text) so nothing the user saw is lost.
         """
         messages = [*self.messages, Message("user", text)]
         ids = self._fit(messages, max_new_tokens)
+        yield TurnStarted(len(messages) - 1, len(messages), self.last_notice)
         for event in self._run(ids, settings, max_new_tokens, cancel):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
@@ -169,7 +180,8 @@ class ChatSession:
                 f"its first {len(ids) - len(kept)} tokens were cut"
             )
             ids = kept
-        return self._run(ids, settings, max_new_tokens, cancel)
+        started = TurnStarted(None, None, self.last_notice)
+        return chain([started], self._run(ids, settings, max_new_tokens, cancel))
 
     def _run(
         self,
