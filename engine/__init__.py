@@ -18,6 +18,7 @@ from engine.config import (
     resolve_profile,
     sampling_changed_only,
 )
+from engine.conversation import Conversation, Turn
 from engine.default_model import default_model_path
 from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
 from engine.events import (
@@ -50,7 +51,7 @@ from engine.queue import (
     Started,
     Ticket,
 )
-from engine.saving import Recorder, ReplySaver, reply_record, saved_events, title_of
+from engine.saving import reply_record, title_of
 from engine.session import ChatSession
 from engine.store import ConversationStore, data_dir, open_store
 
@@ -62,6 +63,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ContextOverflowError",
+    "Conversation",
     "ConversationStore",
     "Done",
     "EngineQueue",
@@ -85,14 +87,13 @@ __all__ = [
     "PrefillDone",
     "Profile",
     "QueueEvent",
-    "Recorder",
-    "ReplySaver",
     "Request",
     "SamplingSettings",
     "Started",
     "Ticket",
     "TokenEvent",
     "Transformer",
+    "Turn",
     "TurnStarted",
     "UserError",
     "assign_state",
@@ -115,7 +116,6 @@ __all__ = [
     "resolve_profile",
     "rss_bytes",
     "sampling_changed_only",
-    "saved_events",
     "streamer_of",
     "title_of",
 ]

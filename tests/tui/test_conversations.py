@@ -321,7 +321,7 @@ async def test_resumed_chat_ending_unanswered_can_be_regenerated(
         store.add_message(conv, role, text)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
-        await app.chat.resume(conv)
+        await app.chat.saved.resume(conv)
         await pilot.pause(0.2)
         app.chat.query_one(PromptInput).focus()
         await pilot.press("ctrl+r")

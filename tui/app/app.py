@@ -106,7 +106,7 @@ class LlamaTuiApp(App[None]):
             yield SystemCommand(
                 f"Switch profile: {name}",
                 f"make profile '{name}' active",
-                lambda name=name: chat.switch_profile(name),  # type: ignore[misc]
+                lambda name=name: chat.profiles.switch(name),  # type: ignore[misc]
             )
         for theme in self.llama_themes:
             yield SystemCommand(

@@ -8,6 +8,8 @@ from textual.content import Content
 from textual.widgets import Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
+from engine import Done, Failed, PrefillDone, QueueEvent, Started, TokenEvent
+
 STOP_LABELS = {
     "stop": "",
     "length": "reached max_new_tokens",
@@ -76,6 +78,26 @@ class AssistantMessage(Vertical):
         self.set_class(kind == "failed", "-failed")
         self.set_class(kind == "pending", "-pending")
         self.role.update(self._header())
+
+    async def take(self, events: list[QueueEvent]) -> None:
+        """Draw a batch of the reply's events: its text (one write per run of tokens) and its
+        status (prefill, streaming, how it ended)."""
+        chunk: list[str] = []
+        for event in events:
+            if isinstance(event, TokenEvent):
+                chunk.append(event.text)
+                continue
+            await self.append("".join(chunk))
+            chunk.clear()
+            if isinstance(event, Started):
+                self.set_status("prefill…")
+            elif isinstance(event, PrefillDone):
+                self.set_status("streaming")
+            elif isinstance(event, Done):
+                await self.finish(event.stop_reason)
+            elif isinstance(event, Failed):
+                await self.fail(event.message)
+        await self.append("".join(chunk))
 
     async def append(self, text: str) -> None:
         if not text:
