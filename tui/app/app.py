@@ -128,6 +128,11 @@ class LlamaTuiApp(App[None]):
             chat.action_edit_message,
         )
         yield SystemCommand(
+            "Pin or unpin a message",
+            "trimming keeps a pinned message in the model's context (f8)",
+            chat.action_pin_message,
+        )
+        yield SystemCommand(
             "Copy last reply",
             "to the clipboard with OSC 52, works over SSH (ctrl+y)",
             chat.action_copy_reply,

@@ -23,6 +23,7 @@ from engine import (
     LoadRequest,
     LocalBackend,
     ModelReady,
+    Pinned,
     Profile,
     TokenEvent,
     Turn,
@@ -31,6 +32,8 @@ from engine import (
     open_store,
     reply_record,
 )
+
+PIN_USAGE = "/pin N keeps message N in context whatever trimming drops, /unpin N lets it go"
 
 
 def note(text: str, kind: str = "info") -> None:
@@ -113,10 +116,11 @@ def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None
 
 
 def chat_lines(chat: Conversation, as_json: bool) -> int:
-    """One stdin line per turn, until end of input."""
+    """One stdin line per turn, or a /pin N or /unpin N command, until end of input."""
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
-        print("one line per turn; Ctrl-D quits, Ctrl-C stops a reply", file=sys.stderr)
+        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply"
+        print(banner, file=sys.stderr)
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -128,10 +132,27 @@ def chat_lines(chat: Conversation, as_json: bool) -> int:
             continue
         previous = signal.signal(signal.SIGINT, lambda *_: chat.queue.cancel_all())  # Ctrl-C
         try:
-            stream(chat, chat.send(text), as_json, sys.stdout)
+            words = text.split()
+            if words[0] in ("/pin", "/unpin"):
+                pin(chat, words, words[0] == "/pin")
+            else:
+                stream(chat, chat.send(text), as_json, sys.stdout)
         except UserError as exc:  # e.g. a system prompt longer than the context: keep chatting
             note(str(exc), "error")
             if not interactive:
                 return 2
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def pin(chat: Conversation, words: list[str], pinned: bool) -> None:
+    """`/pin N` or `/unpin N`: N counts the conversation's messages from 1 (replies included)."""
+    if len(words) != 2 or not words[1].isdigit():
+        raise UserError(f"usage: {PIN_USAGE}")
+    number = int(words[1])
+    for event in chat.events(chat.pin(number - 1, pinned)):
+        if isinstance(event, Failed):
+            raise UserError(event.message)
+        if isinstance(event, Pinned):
+            how = "pinned: trimming keeps it in context" if pinned else "unpinned"
+            note(f"message {number} {how}")

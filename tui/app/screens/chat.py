@@ -21,6 +21,7 @@ from tui.app.messages import EngineUpdate, ProfilePicked, PromptSubmitted, Setti
 from tui.app.profile_switch import ProfileSwitcher
 from tui.app.profiles import ProfileState
 from tui.app.screens.edit_message import EditMessageScreen
+from tui.app.screens.pin_message import PinMessageScreen
 from tui.app.screens.saved_chats import SavedChats
 from tui.app.stats import LiveStats
 from tui.app.turn_view import TurnView
@@ -44,6 +45,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "pick_profile", "Profile"),
         Binding("ctrl+o", "conversations", "Conversations"),
         Binding("f5", "edit_message", "Edit msg"),
+        Binding("f8", "pin_message", "Pin msg"),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
@@ -183,6 +185,20 @@ class ChatScreen(Screen[None]):
             return
         await self.conversation.remove_from(user)
         self.send(text, edit=index)
+
+    def action_pin_message(self) -> None:
+        shown = self.conversation.held(self.controller.length)
+        if not shown:
+            self.notify("pin: there is no answered message to pin yet", timeout=3)
+            return
+        screen = PinMessageScreen(
+            shown, set(self.controller.pinned), cursor_blink=self.cursor_blink
+        )
+        self.app.push_screen(screen, self._on_pin_choice)
+
+    def _on_pin_choice(self, index: int | None) -> None:
+        if index is not None:  # a pinned message is unpinned, any other pinned
+            self.controller.pin(index, index not in self.controller.pinned)
 
     def action_copy_reply(self) -> None:
         last = self.conversation.last_reply()

@@ -171,12 +171,13 @@ class ConversationPane(VerticalScroll, can_focus=True):
         return [w for w in self.children if isinstance(w, UserMessage | AssistantMessage)]
 
     def mark_context(self, context_start: int, pinned: set[int]) -> tuple[int, int]:
-        """Dim the messages trimming took out of the context; returns (messages, user turns)."""
+        """Dim the messages trimming took out of the context and mark the pinned ones; returns
+        the dropped (messages, user turns)."""
         messages = turns = 0
         for widget in self.messages():
             i = widget.index
             dropped = i is not None and i < context_start and i not in pinned
-            widget.set_dropped(dropped)
+            widget.set_context(dropped, i in pinned)
             messages += dropped
             turns += dropped and isinstance(widget, UserMessage)
         return messages, turns
