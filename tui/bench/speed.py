@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tui.bench.common import (
+    CpuWindow,
+    WorkerFailed,
+    median_figures,
+    run_worker,
+    sync,
+    timed_runs,
+)
 
 if TYPE_CHECKING:
     from engine import Profile
@@ -36,37 +42,12 @@ PROMPT = (
 )
 PARITY_TOKENS = 32  # leading greedy tokens compared between the engines
 WARMUP_TOKENS = 8  # tokens decoded by the untimed warm-up run
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- workers: each runs in a fresh process and prints one JSON line --------------------------
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def worker_env() -> dict[str, str]:
-    """This environment with the repository first on PYTHONPATH, for ``python -m`` workers."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 Run = Callable[[int], tuple[dict[str, float], list[int]]]  # n tokens -> (figures, token ids)
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as fh:
-            ticks = [int(x) for x in fh.readline().split()[1:9]]
-    except OSError:
-        return 0.0
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
 def _timed(one_run: Run, w: argparse.Namespace) -> tuple[dict[str, float], list[int]]:
@@ -75,13 +56,10 @@ def _timed(one_run: Run, w: argparse.Namespace) -> tuple[dict[str, float], list[
     other_load: CPU time other processes used during the timed runs, as a share of all cores;
     above a few percent the machine was shared and the speeds are low.
     """
-    one_run(min(WARMUP_TOKENS, w.tokens))
-    busy0, cpu0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
-    runs = [one_run(w.tokens) for _ in range(w.runs)]
-    others = (_machine_busy_s() - busy0) - (time.process_time() - cpu0)
-    load = max(others, 0.0) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1))
-    median = {k: statistics.median(r[k] for r, _ in runs) for k in runs[0][0]}
-    return {**median, "other_load": load}, runs[0][1]
+    window = CpuWindow()
+    runs = timed_runs(one_run, w.tokens, w.runs, WARMUP_TOKENS)
+    load = window.other_load()
+    return {**median_figures([r for r, _ in runs]), "other_load": load}, runs[0][1]
 
 
 def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +103,7 @@ def worker_ours(w: argparse.Namespace) -> dict[str, Any]:
         cache.truncate(0)
         t0 = time.perf_counter()
         logits = prefill(model, cache, ids, 0)
-        _sync(device)
+        sync(device)
         t_prefill = time.perf_counter()
         out = [int(logits.argmax())]
         t_first = time.perf_counter()
@@ -186,7 +164,7 @@ def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
         with torch.inference_mode():
             t0 = time.perf_counter()
             model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
-            _sync(device)
+            sync(device)
             prefill_s = time.perf_counter() - t0
         clock = Clock()
         t0 = time.perf_counter()
@@ -227,18 +205,16 @@ def worker_transformers(w: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spawn(kind: str, dtype: str, flags: list[str], ids: list[int] | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tui.bench.speed", "--worker", kind, "--dtype", dtype, *flags]
+    argv = ["--worker", kind, "--dtype", dtype, *flags]
     if ids is not None:
-        cmd += ["--ids", ",".join(map(str, ids))]
+        argv += ["--ids", ",".join(map(str, ids))]
     print(f"bench: running {kind} {dtype} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
-    if proc.returncode != 0:
+    try:
+        return run_worker("tui.bench.speed", argv)
+    except WorkerFailed as exc:
         from engine import UserError
 
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"bench: {kind} {dtype} worker failed: {tail[0]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+        raise UserError(f"bench: {kind} {dtype} worker failed: {exc}") from None
 
 
 def _parity(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
