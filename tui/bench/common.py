@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+PARITY_TOKENS = 32  # leading greedy tokens compared between the engines
 T = TypeVar("T")
 
 
@@ -62,6 +63,30 @@ def median_figures(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+def parity_of(ours: Sequence[int], theirs: Sequence[int]) -> str:
+    """Whether two engines' first PARITY_TOKENS generated tokens agree, in words."""
+    a, b = list(ours[:PARITY_TOKENS]), list(theirs[:PARITY_TOKENS])
+    if a == b:
+        return f"identical ({len(a)} tokens)"
+    pairs = enumerate(zip(a, b, strict=False))
+    first = next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+    return f"DIFFER from token {first} of {len(a)}"
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as aligned columns (the first left, the rest right), a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = [
+        " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    out.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
 def machine_busy_s() -> float:
     """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
     try:
@@ -72,27 +97,36 @@ def machine_busy_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
-def other_share(machine_s: float, own_s: float, wall_s: float) -> float:
-    """Other processes' CPU time as a share of all cores over ``wall_s`` seconds."""
-    if wall_s <= 0:
-        return 0.0
-    return max(machine_s - own_s, 0.0) / (wall_s * (os.cpu_count() or 1))
+@dataclass(frozen=True)
+class Stamp:
+    """A moment with the machine's and this process's CPU use at it."""
+
+    at: float  # time.monotonic(): one clock for all processes of a machine (Linux)
+    busy_s: float  # machine_busy_s()
+    cpu_s: float  # this process's CPU time so far
+
+    @classmethod
+    def now(cls) -> Stamp:
+        return cls(time.monotonic(), machine_busy_s(), time.process_time())
 
 
-@dataclass
-class CpuWindow:
-    """From creation to ``other_load()``: the CPU share used by processes other than this one.
+def other_load(start: Stamp, end: Stamp, own_cpu_s: float | None = None) -> float:
+    """The share of all cores that other processes used from ``start`` to ``end``.
 
-    Above a few percent the machine was shared and speeds measured in the window are low.
+    Own CPU is ``end.cpu_s - start.cpu_s`` (both stamps from this process) unless given, as for
+    a parent's spawn stamp and its worker's. Above a few percent the machine was shared and
+    speeds measured in the window are low.
     """
+    wall = end.at - start.at
+    own = end.cpu_s - start.cpu_s if own_cpu_s is None else own_cpu_s
+    if wall <= 0:
+        return 0.0
+    return max(end.busy_s - start.busy_s - own, 0.0) / (wall * (os.cpu_count() or 1))
 
-    busy0: float = field(default_factory=machine_busy_s)
-    cpu0: float = field(default_factory=time.process_time)
-    wall0: float = field(default_factory=time.perf_counter)
 
-    def other_load(self) -> float:
-        return other_share(
-            machine_busy_s() - self.busy0,
-            time.process_time() - self.cpu0,
-            time.perf_counter() - self.wall0,
-        )
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux ru_maxrss is in KiB); here rather than
+    engine's so that a llama.cpp worker never imports torch."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -27,7 +27,7 @@ from engine import (
     TokenEvent,
     load_profile_model,
 )
-from tui.bench.common import CpuWindow
+from tui.bench.common import Stamp, other_load
 
 CONTEXT_LENGTH = 1024  # small enough that 30 turns trim several times
 MAX_NEW_TOKENS = 48
@@ -148,7 +148,7 @@ def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
     settings = replace(profile.sampling, temperature=0.0, seed=0)
     texts, n = questions(args.turns), profile.max_new_tokens
     run_conversation(loaded, texts[:2], settings, 8, cached=True)  # warm-up
-    window = CpuWindow()
+    window = Stamp.now()
     passes: dict[bool, list[list[Turn]]] = {True: [], False: []}
     for cached in (True, False):
         for r in range(args.runs):
@@ -156,7 +156,7 @@ def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
             print(f"bench: {name} run {r + 1}/{args.runs} ...", file=sys.stderr, flush=True)
             passes[cached].append(run_conversation(loaded, texts, settings, n, cached))
     ours, base = median_turns(passes[True]), median_turns(passes[False])
-    load = window.other_load()
+    load = other_load(window, Stamp.now())
     cores = torch.get_num_threads()
     figures = summary(ours, base)
     meta: dict[str, Any] = {
