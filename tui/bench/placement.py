@@ -28,6 +28,7 @@ SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, ffn_dim=1536),
     "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=512, ffn_dim=512),
 }
+PROMPT_TOKENS = 128  # unless --prompt-tokens
 ATTENTION = ("wq", "wk", "wv", "wo", "attention_norm")
 FEED_FORWARD = ("w1", "w2", "w3", "ffn_norm")
 
@@ -421,6 +422,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in MODES]
     if unknown:
         raise UserError(f"--modes: unknown mode {unknown[0]!r}; one of {', '.join(MODES)}")
+    prompt_tokens = args.prompt_tokens or PROMPT_TOKENS
     results = []
     for name in names:
         short = too_big(args.shape, MODES[name], *_free_memory())
@@ -428,7 +430,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
             print(f"bench: {args.shape} {name} skipped: {short}", file=sys.stderr)
             continue
         print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
-        argv = [name, args.shape, str(args.tokens), str(args.runs), str(args.prompt_tokens)]
+        argv = [name, args.shape, str(args.tokens), str(args.runs), str(prompt_tokens)]
         try:
             results.append(run_worker("tui.bench.placement", argv))
         except WorkerFailed as exc:
@@ -441,7 +443,7 @@ def run_placement_bench(args: argparse.Namespace) -> int:
     if not args.json:
         r0 = results[0]
         print(
-            f"{args.shape}-shaped Llama, random weights, {args.prompt_tokens}-token prompt, "
+            f"{args.shape}-shaped Llama, random weights, {prompt_tokens}-token prompt, "
             f"{args.tokens} greedy tokens, median of {args.runs}; {r0['device_name']}; "
             f"torch {torch.__version__}"
         )
