@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tokens", type=int, default=128, help="tokens to decode")
     bench.add_argument("--runs", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--no-peers", action="store_true", help="skip the transformers run")
-    bench.add_argument("--threads", type=int, help="torch threads for both engines")
+    bench.add_argument("--threads", type=int, help="threads for every engine (torch, llama.cpp)")
     bench.add_argument(
         "--shape",
         help="placement table on a random-weight model of these Llama dimensions "
