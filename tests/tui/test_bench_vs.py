@@ -24,7 +24,7 @@ from engine import (
 )
 from tui.bench.common import Stamp
 from tui.bench.vs import Sample, compare, format_table, summarize, to_json
-from tui.bench.workers import LLAMA_CPP, OURS, LlamaCpp, Ours, Spec
+from tui.bench.workers import LLAMA_CPP, OURS, TRANSFORMERS, LlamaCpp, Ours, Spec, Transformers
 from tui.cli.main import main
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
@@ -116,6 +116,16 @@ def test_ours_worker_generates_exactly_n_tokens_with_either_sampler(tiny_gguf: P
     sampled = Ours(replace(spec, sampling=asdict(replace(GREEDY, temperature=1.0))))
     again = sampled.run(5)
     assert len(again.tokens) == 5 and again.tokens == sampled.run(5).tokens  # seeded
+
+
+def test_transformers_worker_generates_exactly_n_tokens(tiny_gguf: Path) -> None:
+    pytest.importorskip("transformers")
+    spec = Spec(TRANSFORMERS, str(tiny_gguf), 1, 4, 1, ids=[1, 2, 3, 4, 5])
+    sampling = asdict(replace(SamplingSettings(), seed=1))
+    for engine in (Transformers(spec), Transformers(replace(spec, sampling=sampling))):
+        run = engine.run(4)
+        assert len(run.tokens) == len(run.times) == 4 and run.prefill_s > 0
+        assert engine.run(4).tokens == run.tokens  # greedy, or the same seed each run
 
 
 def needs_llama_cpp() -> None:
