@@ -88,6 +88,9 @@ def test_processes_pool_into_medians_ranges_and_ratios() -> None:
     table = format_table(summaries, {OURS: "a", LLAMA_CPP: "b"}).splitlines()
     assert table[0].split(" | ")[-1].strip() == f"ours/{LLAMA_CPP}"
     assert "90.0 (80.0-100.0)" in table[2] and table[2].endswith("2.00x")
+    loud = [(_record(OURS, [80.0], 3.0), SPAWNED), (_record(LLAMA_CPP, [40.0], 9.0, True), SPAWNED)]
+    start_row = format_table(compare(loud, 0.10), {OURS: "a", LLAMA_CPP: "b"}).splitlines()[5]
+    assert start_row.endswith("0.33x (noisy)")  # a ratio with a noisy side is marked too
 
 
 def test_generate_stops_on_the_stop_ids_given(tiny_model: LoadedModel) -> None:

@@ -129,7 +129,10 @@ def format_table(summaries: dict[str, dict[str, Summary]], weights: dict[str, st
             low, mid, high = (fmt.format(v * scale) for v in (s.low, s.median, s.high))
             mark = " (noisy)" if s.noisy else ""
             row.append((mid if s.total == 1 else f"{mid} ({low}-{high})") + mark)
-        row += [f"{ratio(summaries[OURS][key], summaries[p][key]):.2f}x" for p in peers]
+        for peer in peers:
+            ours, theirs = summaries[OURS][key], summaries[peer][key]
+            mark = " (noisy)" if ours.noisy or theirs.noisy else ""
+            row.append(f"{ratio(ours, theirs):.2f}x{mark}")
         lines.append(row)
     return text_table(lines)
 
@@ -244,7 +247,8 @@ def _print_report(
     if any(s.noisy for m in summaries.values() for s in m.values()):
         print(
             "warning: every sample of the figures marked (noisy) was over the limit, so all "
-            "were kept: the machine was busy and those figures are not to be trusted"
+            "were kept: the machine was busy and those figures (and their ratios) are not to "
+            "be trusted"
         )
     if meta["device"] != "cpu" and LLAMA_CPP in summaries:
         print(f"note: llama.cpp ran on the CPU (a CPU build), the others on {meta['device']}")
