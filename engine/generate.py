@@ -70,8 +70,14 @@ def generate(
     max_new_tokens: int,
     cancel: threading.Event | None = None,
     sampler_state: MirostatState | None = None,
+    stop_ids: frozenset[int] | None = None,
 ) -> Iterator[Event]:
-    """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel."""
+    """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel.
+
+    ``stop_ids`` replaces the tokenizer's stop ids (the bench passes none to decode exactly
+    ``max_new_tokens`` tokens).
+    """
+    stops = tokenizer.stop_ids if stop_ids is None else stop_ids
     t0 = time.perf_counter()
     if len(prompt_ids) >= cache.max_len:
         raise ContextOverflowError(
@@ -96,7 +102,7 @@ def generate(
         token = sample(logits, settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
-        if token in tokenizer.stop_ids:
+        if token in stops:
             stop_reason = "stop"
             break
         out_ids.append(token)
