@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from engine.chat_format import Message
 from engine.config import WEIGHT_KEYS, Profile, SamplingSettings, weights_key
 from engine.errors import UserError
-from engine.events import Done, Event, Failed, Pinned
+from engine.events import Done, Event, Failed, Pinned, TurnStarted
 from engine.loaders import LoadedModel, load_profile_model
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
@@ -176,7 +176,8 @@ class LocalBackend:
         session = self._active()
         if request.kind == "complete":
             s, n = request.sampling, request.max_new_tokens
-            return with_notice(session, session.complete(request.text, s, n, cancel))
+            events = session.complete(request.text, s, n, cancel)
+            return with_notice(session, started(session, None, events))
         return with_context(session, chat_turn(session, request, cancel))
 
     def clear(self, messages: Sequence[Message] = ()) -> None:
@@ -196,18 +197,29 @@ class LocalBackend:
 def chat_turn(
     session: ChatSession, request: GenerationRequest, cancel: threading.Event
 ) -> Iterator[Event]:
-    """A chat, regenerate or edit turn's events; a turn the session refuses ends with Failed
-    saying how many messages the conversation still holds (an edit drops what followed)."""
+    """A chat, regenerate or edit turn's events, TurnStarted first; a turn the session refuses
+    ends with Failed saying how many messages the conversation still holds (an edit or a
+    regenerate drops the answered message and what followed before it answers again)."""
     s, n = request.sampling, request.max_new_tokens
     try:
         if request.kind == "chat":
-            yield from session.send(request.text, s, n, cancel)
+            events = session.send(request.text, s, n, cancel)
         elif request.kind == "regenerate":
-            yield from session.regenerate(s, n, cancel)
+            events = session.regenerate(s, n, cancel)
         else:
-            yield from session.edit_message(request.index, request.text, s, n, cancel)
+            events = session.edit_message(request.index, request.text, s, n, cancel)
+        yield from started(session, len(session.messages), events)  # its user message's index
     except UserError as exc:
         yield Failed(str(exc), kept=len(session.messages))
+
+
+def started(session: ChatSession, user: int | None, events: Iterator[Event]) -> Iterator[Event]:
+    """The events with TurnStarted before the first: by then the session has fitted the prompt
+    (and set its notice). `user`: where a chat turn's user message goes (None: a completion)."""
+    for n, event in enumerate(events):
+        if n == 0:
+            yield TurnStarted(user, None if user is None else user + 1, session.last_notice)
+        yield event
 
 
 def with_context(session: ChatSession, events: Iterator[Event]) -> Iterator[Event]:

@@ -16,7 +16,7 @@ class LoadProgress:
 
 @dataclass(frozen=True)
 class TurnStarted:
-    """The prompt was fitted to the context; prefill starts next."""
+    """A turn's prompt was fitted to the context: the first event of a turn, before PrefillDone."""
 
     user: int | None  # a chat turn: its user message's index in the conversation (else None)
     reply: int | None  # a chat turn: its reply's index once it ends (user + 1)

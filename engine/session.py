@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import chain
 from typing import NoReturn
 
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
 from engine.errors import UserError
-from engine.events import Done, Event, TurnStarted
+from engine.events import Done, Event
 from engine.generate import generate
 from engine.history import (
     CUT_MARKER,
@@ -105,14 +104,12 @@ class ChatSession:
         max_new_tokens: int,
         cancel: threading.Event | None = None,
     ) -> Iterator[Event]:
-        """One user turn: TurnStarted (where its messages go), then the reply as events; on Done
-        both messages join the history.
+        """One user turn: the reply streams as events; on Done both messages join the history.
 
         A stopped or cancelled reply is kept (partial text) so nothing the user saw is lost.
         """
         messages = [*self.messages, Message("user", text)]
         ids = self._fit(messages, max_new_tokens)
-        yield TurnStarted(len(messages) - 1, len(messages), self.last_notice)
         for event in self._run(ids, settings, max_new_tokens, cancel):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
@@ -180,8 +177,7 @@ class ChatSession:
                 f"its first {len(ids) - len(kept)} tokens were cut"
             )
             ids = kept
-        started = TurnStarted(None, None, self.last_notice)
-        return chain([started], self._run(ids, settings, max_new_tokens, cancel))
+        return self._run(ids, settings, max_new_tokens, cancel)
 
     def _run(
         self,
