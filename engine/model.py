@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.args import ModelArgs
 from engine.kv_cache import KVCache
+from engine.quantized import QuantizedHead
 from engine.rope import rope_inv_freq, rope_table, rotate
 
 Device = torch.device | str | None
@@ -105,10 +106,13 @@ class Transformer(nn.Module):
         # device="meta" builds the skeleton without memory; loaders then assign real weights
         super().__init__()
         self.args = args
+        # a 4-bit placement swaps in a Q8_0 table with the same lookup (engine/quantized.py)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device)
         self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, device)
-        self.output = (
+        # None: tied to tok_embeddings. A 4-bit placement puts a QuantizedHead here (approximate
+        # logits on the int4 kernel, exact rows kept beside them; engine/quantized.py)
+        self.output: nn.Linear | QuantizedHead | None = (
             None
             if args.tie_embeddings
             else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
@@ -161,12 +165,26 @@ class Transformer(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
-        # [V, D]: the output projection, or the embedding table when they are tied
-        head = self.tok_embeddings if self.output is None else self.output
-        weight: torch.Tensor = head.weight
-        return weight
+        # [V, D]: the output projection, or the embedding table when they are tied (dense heads)
+        if isinstance(self.output, nn.Linear):
+            return self.output.weight
+        return self.tok_embeddings.weight
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, D] -> logits [B, T, V] float32, computed in the head's dtype
+        if isinstance(self.output, QuantizedHead):
+            return self.output(h)
         weight = self.head_weight
         return F.linear(h.to(weight.dtype), weight).float()
+
+    @property
+    def head_is_float32(self) -> bool:
+        if isinstance(self.output, QuantizedHead):
+            return False
+        return self.head_weight.dtype == torch.float32
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids: [...] -> the head's rows [..., D] in float32, to recompute chosen logits exactly
+        if isinstance(self.output, QuantizedHead):
+            return self.output.rows(ids)
+        return self.head_weight[ids].float()

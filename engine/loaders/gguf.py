@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from gguf import GGMLQuantizationType as Q
 
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
@@ -19,7 +20,17 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.state import check_complete, install, map_name
 from engine.model import Transformer
 from engine.placement import Placement, Placer
-from engine.quantized import INT4_TYPES, int4_cpu_supported, int4_linear_from_gguf
+from engine.quantized import (
+    INT4_TYPES,
+    Int4Linear,
+    QuantizedHead,
+    int4_cpu_supported,
+    int4_head_supported,
+    int4_linear_from_dense,
+    int4_linear_from_gguf,
+    q8_table,
+    q8_table_from_gguf,
+)
 
 TOP_LEVEL = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -38,6 +49,7 @@ PER_LAYER = {
     "ffn_up": "feed_forward.w3",
 }
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+TABLES = {"tok_embeddings.weight", "output.weight"}  # kept in Q8_0 beside 4-bit blocks
 IGNORED = {"rope_freqs.weight"}  # read separately: Llama 3.1 rope frequency factors
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors total)
@@ -56,7 +68,8 @@ def load_gguf_weights(
     """Build the model on the meta device and place each dequantized tensor, once.
 
     With ``placement.native_4bit`` (bfloat16 on CPU only), Q4_0/Q4_1 projection weights stay
-    4-bit and run on torch's int4 kernel (engine/quantized.py). Returns the model, its args,
+    4-bit and run on torch's int4 kernel (engine/quantized.py), Q8_0 embedding and head tables
+    stay Q8_0, and the head runs on the int4 kernel too (``quantized_head``). Returns the model, its args,
     Llama 3.1 rope frequency factors (if the file has them) and how many tensors were kept
     4-bit.
     """
@@ -95,6 +108,8 @@ def load_gguf_weights(
             )
         if keep_4bit and info.ggml_type in INT4_TYPES and target.startswith("layers."):
             placed[target] = int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+        elif keep_4bit and info.ggml_type == Q.Q8_0 and target in TABLES:
+            placed[target] = q8_table_from_gguf(gguf.raw(name), info.shape)
         elif keep_4bit:
             # with 4-bit projections the small rest (norms, embeddings) stays float32, and so
             # does the residual stream: only the big matmuls run in bfloat16
@@ -107,18 +122,33 @@ def load_gguf_weights(
         if progress is not None:
             progress(done, total)
     check_complete(expected, placed, src)
+    head = placed.pop("output.weight", None) if keep_4bit else None
     model = install(model, placed, placer)
-    n_4bit = sum(isinstance(v, torch.nn.Module) for v in placed.values()) if keep_4bit else 0
-    if n_4bit:  # the output head reads V x D per token: a bfloat16 copy halves that
-        head = placed.get("output.weight", placed["tok_embeddings.weight"])
-        assert isinstance(head, torch.Tensor)
-        model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
-        model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
+    n_4bit = sum(isinstance(v, Int4Linear) for v in placed.values())
+    if keep_4bit:
+        model.output = quantized_head(model.tok_embeddings if head is None else head, args)
     freq_factors = None
     if "rope_freqs.weight" in gguf.tensors:
         info = gguf.tensors["rope_freqs.weight"]
         freq_factors = dequantize(gguf.raw("rope_freqs.weight"), info.ggml_type, info.shape)
     return model, args, freq_factors, n_4bit
+
+
+def quantized_head(
+    table: torch.Tensor | torch.nn.Module, args: ModelArgs
+) -> QuantizedHead | torch.nn.Linear:
+    """The output head beside 4-bit blocks: it reads V x D weights per token, so it runs on the
+    int4 kernel too, and keeps exact rows for the top logits. ``table`` is the embedding module
+    (tied) or the file's head: Q8_0 blocks (a Q8Table), or a dense float32 tensor, whose rows
+    are then kept requantized to Q8_0 (1.06 bytes a weight; the bfloat16 rows used before took
+    2). A shape the kernel cannot pack keeps a bfloat16 head."""
+    dense = table if isinstance(table, torch.Tensor) else table(torch.arange(args.vocab_size))
+    if not int4_head_supported(args.vocab_size, args.dim):
+        linear = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
+        linear.weight = torch.nn.Parameter(dense.to(torch.bfloat16), requires_grad=False)
+        return linear
+    rows = q8_table(dense) if isinstance(table, torch.Tensor) else table
+    return QuantizedHead(int4_linear_from_dense(dense), rows)
 
 
 def is_gguf(path: Path) -> bool:
