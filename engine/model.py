@@ -40,6 +40,13 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False, device=device)
+        self.wqkv: nn.Module | None = None  # wq, wk, wv side by side, once fused (fuse)
+        self.qkv_sizes = (args.n_heads * args.head_dim, *(2 * [args.n_kv_heads * args.head_dim]))
+
+    def fuse(self, wqkv: nn.Module) -> None:
+        """Compute q, k, v with one layer (a 4-bit loader: one kernel call instead of three)."""
+        del self.wq, self.wk, self.wv
+        self.wqkv = wqkv
 
     def forward(
         self,
@@ -51,9 +58,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [B, T, D]; rot: [T, 1, Dh/2] complex rotations for positions start..start+T-1
         B, T, _ = x.shape
-        q = rotate(self.wq(x).view(B, T, self.n_heads, self.head_dim), rot)
-        k = rotate(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rot)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        q = rotate(q.view(B, T, self.n_heads, self.head_dim), rot)
+        k = rotate(k.view(B, T, self.n_kv_heads, self.head_dim), rot)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, Dh]
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)  # [B, KV, S, Dh]
@@ -75,10 +86,20 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # gate
         self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # up
         self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False, device=device)  # down
+        self.w13: nn.Module | None = None  # w1, w3 side by side, once fused (fuse)
+
+    def fuse(self, w13: nn.Module) -> None:
+        """Compute gate and up with one layer (a 4-bit loader: one kernel call instead of two)."""
+        del self.w1, self.w3
+        self.w13 = w13
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, D] -> SwiGLU -> [B, T, D]
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            gate, up = self.w1(x), self.w3(x)
+        else:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -52,6 +52,15 @@ class Int4Linear(nn.Module):
 
 def int4_linear_from_gguf(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...]) -> Int4Linear:
     """raw: uint8 [out, bytes_per_row] of Q4_0 or Q4_1 blocks -> an Int4Linear of ``shape``."""
+    return fused_int4_linear([int4_groups_from_gguf(raw, ggml_type, shape)])
+
+
+Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q [out, in], d and zero [out, in/32]
+
+
+def int4_groups_from_gguf(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...]) -> Groups:
+    """raw: uint8 [out, bytes_per_row] of Q4_0 or Q4_1 blocks -> (q uint8 [out, in] in 0..15,
+    d, zero float32 [out, in/32]) with w = (q - 8) * d + zero, the kernel's form."""
     out_f, in_f = shape
     block_bytes = 18 if ggml_type == Q.Q4_0 else 20
     blocks = torch.from_numpy(np.array(raw)).reshape(out_f, in_f // GROUP, block_bytes)
@@ -64,8 +73,14 @@ def int4_linear_from_gguf(raw: np.ndarray, ggml_type: Q, shape: tuple[int, ...])
         zero = m + 8.0 * d
         qs = blocks[..., 4:]
     # element j of a block is the low nibble of byte j, element j + 16 the high nibble
-    q = torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(out_f, in_f).to(torch.int32)
-    return _int4_linear(q, d, zero)
+    return torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(out_f, in_f), d, zero
+
+
+def fused_int4_linear(parts: list[Groups]) -> Int4Linear:
+    """One Int4Linear computing the parts' outputs side by side (wq|wk|wv, w1|w3): one kernel
+    call instead of several; each output column is the same sum as in its own matrix."""
+    q, d, zero = (torch.cat(t) for t in zip(*parts, strict=True))
+    return _int4_linear(q.to(torch.int32), d, zero)
 
 
 def _int4_linear(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> Int4Linear:
@@ -144,7 +159,7 @@ def int4_linear_from_dense(weight: torch.Tensor) -> Int4Linear:
     d = (hi - lo) / 15
     inv = torch.where(d == 0, 0.0, 1.0 / d)
     q = torch.round((w - lo[..., None]) * inv[..., None]).clamp(0, 15).reshape(out_f, in_f)
-    return _int4_linear(q.to(torch.int32), d, lo + 8.0 * d)
+    return fused_int4_linear([(q, d, lo + 8.0 * d)])
 
 
 def int4_head_supported(vocab: int, dim: int) -> bool:

@@ -11,9 +11,11 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
 from engine.chat_format import Message, encode_dialog
-from engine.generate import token_logits
+from engine.generate import decode_one_token, prefill, token_logits
+from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
 from engine.loaders.dequant import dequantize
+from engine.loaders.gguf_file import GGUFFile
 from engine.placement import Placement
 from engine.quantized import (
     Int4Linear,
@@ -59,7 +61,8 @@ def test_default_model_runs_4bit_and_agrees_with_float32(
     assert packed.weights.startswith("4-bit int4 kernel (210 tensors), 4-bit head")
     assert packed.dtype == torch.float32  # activations and KV cache
     n_int4 = sum(isinstance(m, Int4Linear) for m in packed.model.modules())
-    assert n_int4 == 211  # every Q4_1 projection of the 30 blocks, and the head
+    assert packed.packed_4bit == 210  # every Q4_1 projection of the 30 blocks ...
+    assert n_int4 == 30 * 4 + 1  # ... in 4 kernels a block (wq|wk|wv, wo, w1|w3, w2), + the head
     assert default_model.chat_template is not None
     ids = encode_dialog(
         default_model.tokenizer,
@@ -203,3 +206,62 @@ def test_default_model_4bit_head_agrees_with_float32_teacher_forced(
     table_bytes = sum(b.numel() * b.element_size() for b in model.output.buffers())
     v, d = ref.head_weight.shape
     assert table_bytes < 1.7 * v * d
+
+
+def unfused_from_file(model: torch.nn.Module, path: Path) -> None:
+    """Put each block's wq, wk, wv, w1, w3 back as their own Int4Linear, read from the file."""
+    gguf = GGUFFile(path)
+
+    def part(name: str) -> Int4Linear:
+        info = gguf.tensors[name]
+        return int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+
+    for i, block in enumerate(model.layers):
+        att, ff = block.attention, block.feed_forward
+        att.wq, att.wk, att.wv = (part(f"blk.{i}.attn_{p}.weight") for p in "qkv")
+        ff.w1, ff.w3 = part(f"blk.{i}.ffn_gate.weight"), part(f"blk.{i}.ffn_up.weight")
+        att.wqkv = ff.w13 = None
+
+
+def test_fused_projections_compute_each_part_bit_for_bit(tiny_q4_path: Path) -> None:
+    packed = Placement(CPU, torch.bfloat16, native_4bit=True)
+    fused = load_model(tiny_q4_path, placement=packed, context_length=64).model
+    apart = load_model(tiny_q4_path, placement=packed, context_length=64).model
+    unfused_from_file(apart, tiny_q4_path)
+    att, ff = fused.layers[1].attention, fused.layers[1].feed_forward
+    assert isinstance(att.wqkv, Int4Linear) and isinstance(ff.w13, Int4Linear)
+    assert not hasattr(att, "wq") and not hasattr(ff, "w1")  # replaced, not kept beside
+    x = torch.randn(2, 5, 64)
+    q, k, v = att.wqkv(x).split(att.qkv_sizes, dim=-1)
+    ref = apart.layers[1].attention
+    assert torch.equal(q, ref.wq(x)) and torch.equal(k, ref.wk(x)) and torch.equal(v, ref.wv(x))
+    gate, up = ff.w13(x).chunk(2, dim=-1)
+    ref_ff = apart.layers[1].feed_forward
+    assert torch.equal(gate, ref_ff.w1(x)) and torch.equal(up, ref_ff.w3(x))
+    tokens = torch.randint(0, 49152, (1, 7))
+    with torch.inference_mode():
+        assert torch.equal(fused(tokens), apart(tokens))
+
+
+@pytest.mark.slow
+def test_default_model_fused_decodes_the_same_greedy_tokens(default_path: Path) -> None:
+    packed = Placement(CPU, torch.bfloat16, native_4bit=True)
+    fused = load_model(default_path, placement=packed, context_length=256)
+    apart = load_model(default_path, placement=packed, context_length=256)
+    unfused_from_file(apart.model, default_path)
+    assert fused.chat_template is not None
+    ids = encode_dialog(
+        fused.tokenizer, fused.chat_template, [Message("user", "Write a short poem about the sea.")]
+    )
+    replies = []
+    for m in (fused, apart):
+        a = m.args
+        cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, 256)
+        logits = [prefill(m.model, cache, ids, 0)]
+        tokens = [int(logits[-1].argmax())]
+        for _ in range(47):
+            logits.append(decode_one_token(m.model, cache, tokens[-1]))
+            tokens.append(int(logits[-1].argmax()))
+        replies.append((tokens, torch.stack(logits)))
+    assert replies[0][0] == replies[1][0]
+    assert torch.equal(replies[0][1], replies[1][1])  # not only the tokens: the same logits
