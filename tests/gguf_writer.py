@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
 
 from engine.default_model import default_model_path
 from engine.loaders.gguf_file import GGUFFile
@@ -43,8 +43,12 @@ def write_tiny_gguf(
     seed: int = 0,
     raw_type: GGMLQuantizationType | None = None,
     tied: bool = True,
+    quantize: GGMLQuantizationType | None = None,
+    quantize_tables: GGMLQuantizationType | None = None,
 ) -> Path:
-    """A random-weight Llama with the SmolLM2 vocabulary (49152 tokens), F32 unless raw_type."""
+    """A random-weight Llama with the SmolLM2 vocabulary (49152 tokens), F32 unless raw_type
+    (zero blocks of that type) or ``quantize`` (block projections quantized to that type, as
+    llama.cpp would) and ``quantize_tables`` (the embedding and output head likewise)."""
     tok = default_tokenizer_metadata()
     vocab = len(tok["tokenizer.ggml.tokens"])
     rng = np.random.default_rng(seed)
@@ -71,7 +75,11 @@ def write_tiny_gguf(
 
     def t(name: str, *shape: int, scale: float = 0.05) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if raw_type is not None and len(shape) > 1:
+        qtype = quantize_tables if name in ("token_embd.weight", "output.weight") else quantize
+        if qtype is not None:
+            raw = quants.quantize(data, qtype)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        elif raw_type is not None and len(shape) > 1:
             block, nbytes = GGML_QUANT_SIZES[raw_type]
             raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=raw_type)
