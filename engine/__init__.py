@@ -29,9 +29,19 @@ if TYPE_CHECKING:
         resolve_profile,
         sampling_changed_only,
     )
+    from engine.conversation import Conversation, Turn
     from engine.default_model import default_model_path
     from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
-    from engine.events import Done, Event, Failed, LoadProgress, PrefillDone, TokenEvent
+    from engine.events import (
+        Done,
+        Event,
+        Failed,
+        LoadProgress,
+        Pinned,
+        PrefillDone,
+        TokenEvent,
+        TurnStarted,
+    )
     from engine.generate import decode_one_token, generate, prefill
     from engine.kv_cache import KVCache
     from engine.loaders import LoadedModel, load_model, load_profile_model
@@ -46,12 +56,13 @@ if TYPE_CHECKING:
         LoadRequest,
         MemoryStats,
         ModelReady,
+        PinRequest,
         QueueEvent,
         Request,
         Started,
         Ticket,
     )
-    from engine.saving import Recorder, ReplySaver, reply_record, saved_events, title_of
+    from engine.saving import reply_record, title_of
     from engine.session import ChatSession
     from engine.store import ConversationStore, data_dir, open_store
 
@@ -63,6 +74,7 @@ _EXPORTS = {
     "Config": "engine.config",
     "ConfigError": "engine.errors",
     "ContextOverflowError": "engine.errors",
+    "Conversation": "engine.conversation",
     "ConversationStore": "engine.store",
     "DEFAULTS_NAME": "engine.config",
     "Done": "engine.events",
@@ -82,17 +94,19 @@ _EXPORTS = {
     "ModelInfo": "engine.backend",
     "ModelLoadError": "engine.errors",
     "ModelReady": "engine.queue",
+    "PinRequest": "engine.queue",
+    "Pinned": "engine.events",
     "PrefillDone": "engine.events",
     "Profile": "engine.config",
     "QueueEvent": "engine.queue",
-    "Recorder": "engine.saving",
-    "ReplySaver": "engine.saving",
     "Request": "engine.queue",
     "SamplingSettings": "engine.config",
     "Started": "engine.queue",
     "Ticket": "engine.queue",
     "TokenEvent": "engine.events",
     "Transformer": "engine.model",
+    "Turn": "engine.conversation",
+    "TurnStarted": "engine.events",
     "UserError": "engine.errors",
     "assign_state": "engine.loaders.state",
     "data_dir": "engine.store",
@@ -114,7 +128,6 @@ _EXPORTS = {
     "resolve_profile": "engine.config",
     "rss_bytes": "engine.metrics",
     "sampling_changed_only": "engine.config",
-    "saved_events": "engine.saving",
     "streamer_of": "engine.offload",
     "title_of": "engine.saving",
 }
@@ -127,6 +140,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ContextOverflowError",
+    "Conversation",
     "ConversationStore",
     "Done",
     "EngineQueue",
@@ -145,17 +159,19 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelReady",
+    "PinRequest",
+    "Pinned",
     "PrefillDone",
     "Profile",
     "QueueEvent",
-    "Recorder",
-    "ReplySaver",
     "Request",
     "SamplingSettings",
     "Started",
     "Ticket",
     "TokenEvent",
     "Transformer",
+    "Turn",
+    "TurnStarted",
     "UserError",
     "assign_state",
     "data_dir",
@@ -177,7 +193,6 @@ __all__ = [
     "resolve_profile",
     "rss_bytes",
     "sampling_changed_only",
-    "saved_events",
     "streamer_of",
     "title_of",
 ]

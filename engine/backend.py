@@ -2,7 +2,7 @@
 
 A backend owns one conversation and the models it runs it on. The queue calls it from its one
 engine thread only, so a backend needs no locks. A remote backend (an OpenAI-compatible server)
-implements the same calls: ``load``, ``generate`` and ``clear``; cancel is the
+implements the same calls: ``load``, ``generate``, ``clear`` and ``pin``; cancel is the
 ``threading.Event`` handed to ``generate`` and checked once per decoded token.
 """
 
@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from engine.chat_format import Message
 from engine.config import WEIGHT_KEYS, Profile, SamplingSettings, weights_key
 from engine.errors import UserError
-from engine.events import Done, Event
+from engine.events import Done, Event, Failed, Pinned, TurnStarted
 from engine.loaders import LoadedModel, load_profile_model
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
@@ -50,6 +50,8 @@ class ModelInfo:
     load_s: float  # seconds this load took (0 when reused)
     quantization: str = "none"  # e.g. "int8 (bitsandbytes, 210 layers)", "GGUF 4-bit, int4 kernel"
     offload: str = "off"  # "off", or what streams: "blocks → cuda:0 (except w1, w2)"
+    weights: str = ""  # how the weights are held, as the loader says ("bfloat16", "int8 …")
+    weights_cache: str = "off"  # the prepared-weights cache: "read", "written", "not written: …"
 
 
 def model_info(loaded: LoadedModel, reused: bool) -> ModelInfo:
@@ -80,6 +82,8 @@ def model_info(loaded: LoadedModel, reused: bool) -> ModelInfo:
         load_s=0.0 if reused else loaded.load_s,
         quantization=quantization,
         offload=offload,
+        weights=loaded.weights,
+        weights_cache="off" if reused else loaded.weights_cache,
     )
 
 
@@ -95,6 +99,10 @@ class Backend(Protocol):
     def clear(self, messages: Sequence[Message] = ()) -> None:
         """Start a new conversation, or go on with `messages` (a saved one); cached prompt
         prefixes may still be reused."""
+        ...
+
+    def pin(self, index: int, pinned: bool = True) -> Pinned:
+        """Keep message `index` in context whatever trimming drops (pinned=False lets it go)."""
         ...
 
 
@@ -156,6 +164,7 @@ class LocalBackend:
             session = ChatSession(loaded, profile.system_prompt, profile.chat_format)
             if old is not None:
                 session.messages = list(old.messages)  # the conversation survives a reload
+                session.pinned = set(old.pinned)
             self.session = session
         self.profile = profile
         return model_info(loaded, reused)
@@ -167,15 +176,11 @@ class LocalBackend:
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         session = self._active()
-        s, n = request.sampling, request.max_new_tokens
-        if request.kind == "chat":
-            return with_context(session, session.send(request.text, s, n, cancel))
-        if request.kind == "regenerate":
-            return with_context(session, session.regenerate(s, n, cancel))
-        if request.kind == "edit":
-            events = session.edit_message(request.index, request.text, s, n, cancel)
-            return with_context(session, events)
-        return with_notice(session, session.complete(request.text, s, n, cancel))
+        if request.kind == "complete":
+            s, n = request.sampling, request.max_new_tokens
+            events = session.complete(request.text, s, n, cancel)
+            return with_notice(session, started(session, None, events))
+        return with_context(session, chat_turn(session, request, cancel))
 
     def clear(self, messages: Sequence[Message] = ()) -> None:
         if self.session is None:
@@ -184,6 +189,39 @@ class LocalBackend:
             return
         self.session.clear()
         self.session.messages = list(messages)  # a resumed chat: prefix reuse rebuilds the cache
+
+    def pin(self, index: int, pinned: bool = True) -> Pinned:
+        session = self._active()
+        session.pin(index, pinned)
+        return Pinned(session.context_start, tuple(sorted(session.pinned)))
+
+
+def chat_turn(
+    session: ChatSession, request: GenerationRequest, cancel: threading.Event
+) -> Iterator[Event]:
+    """A chat, regenerate or edit turn's events, TurnStarted first; a turn the session refuses
+    ends with Failed saying how many messages the conversation still holds (an edit or a
+    regenerate drops the answered message and what followed before it answers again)."""
+    s, n = request.sampling, request.max_new_tokens
+    try:
+        if request.kind == "chat":
+            events = session.send(request.text, s, n, cancel)
+        elif request.kind == "regenerate":
+            events = session.regenerate(s, n, cancel)
+        else:
+            events = session.edit_message(request.index, request.text, s, n, cancel)
+        yield from started(session, len(session.messages), events)  # its user message's index
+    except UserError as exc:
+        yield Failed(str(exc), kept=len(session.messages))
+
+
+def started(session: ChatSession, user: int | None, events: Iterator[Event]) -> Iterator[Event]:
+    """The events with TurnStarted before the first: by then the session has fitted the prompt
+    (and set its notice). `user`: where a chat turn's user message goes (None: a completion)."""
+    for n, event in enumerate(events):
+        if n == 0:
+            yield TurnStarted(user, None if user is None else user + 1, session.last_notice)
+        yield event
 
 
 def with_context(session: ChatSession, events: Iterator[Event]) -> Iterator[Event]:

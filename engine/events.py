@@ -15,6 +15,15 @@ class LoadProgress:
 
 
 @dataclass(frozen=True)
+class TurnStarted:
+    """A turn's prompt was fitted to the context: the first event of a turn, before PrefillDone."""
+
+    user: int | None  # a chat turn: its user message's index in the conversation (else None)
+    reply: int | None  # a chat turn: its reply's index once it ends (user + 1)
+    notice: str | None = None  # one line for the user: turns trimmed, an over-long prompt cut
+
+
+@dataclass(frozen=True)
 class PrefillDone:
     prompt_tokens: int
     cached_tokens: int  # reused from the KV cache
@@ -40,10 +49,25 @@ class Done:
     pinned: tuple[int, ...] = ()
     notice: str | None = None  # one line for the user: turns trimmed, an over-long prompt cut
 
+    @property
+    def dropped_messages(self) -> int:
+        """Messages no longer in the model's context after this turn (0 if not a chat turn)."""
+        start = self.context_start or 0
+        return sum(1 for i in range(start) if i not in self.pinned)
+
 
 @dataclass(frozen=True)
 class Failed:
     message: str  # one line for the user
+    kept: int | None = None  # a chat turn: messages the conversation still holds (None: unknown)
 
 
-Event = LoadProgress | PrefillDone | TokenEvent | Done | Failed
+@dataclass(frozen=True)
+class Pinned:
+    """Which messages trimming keeps, after a pin or an unpin."""
+
+    context_start: int  # messages[:context_start] left the context, except the pinned ones
+    pinned: tuple[int, ...]
+
+
+Event = LoadProgress | TurnStarted | PrefillDone | TokenEvent | Done | Failed | Pinned

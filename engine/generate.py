@@ -28,19 +28,19 @@ def token_logits(
     last_only: bool = False,
 ) -> torch.Tensor:
     """The model's logits [B, T, V] float32 to choose tokens from: a head that is not float32
-    has each row's top logits recomputed in float32 (sampling.refine_top_logits)."""
+    (bfloat16, or 4-bit) has each row's top logits recomputed in float32 from its exact rows
+    (sampling.refine_top_logits)."""
     h = model.hidden(tokens, start, cache, last_only)  # [B, T, D]
     logits = model.head(h)
-    weight = model.head_weight
-    if weight.dtype != torch.float32:
-        refine_top_logits(logits, h, weight)
+    if not model.head_is_float32:
+        refine_top_logits(logits, h, model.head_rows)
     return logits
 
 
 @torch.inference_mode()
 def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) -> torch.Tensor:
     """Run ids[start:] at positions start.. into the cache; returns next-token logits [V]."""
-    device = model.tok_embeddings.weight.device
+    device = model.norm.weight.device
     logits = torch.empty(0)
     for pos in range(start, len(ids), PREFILL_CHUNK):
         chunk = list(ids[pos : pos + PREFILL_CHUNK])
@@ -53,7 +53,7 @@ def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) 
 @torch.inference_mode()
 def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch.Tensor:
     """Feed one token at the cache's end; returns next-token logits [V]."""
-    device = model.tok_embeddings.weight.device
+    device = model.norm.weight.device
     pos = cache.length
     tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
     logits = token_logits(model, tokens, pos, cache)[0, -1]
@@ -70,8 +70,14 @@ def generate(
     max_new_tokens: int,
     cancel: threading.Event | None = None,
     sampler_state: MirostatState | None = None,
+    stop_ids: frozenset[int] | None = None,
 ) -> Iterator[Event]:
-    """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel."""
+    """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel.
+
+    ``stop_ids`` replaces the tokenizer's stop ids (the bench passes none to decode exactly
+    ``max_new_tokens`` tokens).
+    """
+    stops = tokenizer.stop_ids if stop_ids is None else stop_ids
     t0 = time.perf_counter()
     if len(prompt_ids) >= cache.max_len:
         raise ContextOverflowError(
@@ -96,7 +102,7 @@ def generate(
         token = sample(logits, settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
-        if token in tokenizer.stop_ids:
+        if token in stops:
             stop_reason = "stop"
             break
         out_ids.append(token)

@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.args import ModelArgs
 from engine.kv_cache import KVCache
+from engine.quantized import QuantizedHead
 from engine.rope import rope_inv_freq, rope_table, rotate
 
 Device = torch.device | str | None
@@ -39,6 +40,13 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False, device=device)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False, device=device)
+        self.wqkv: nn.Module | None = None  # wq, wk, wv side by side, once fused (fuse)
+        self.qkv_sizes = (args.n_heads * args.head_dim, *(2 * [args.n_kv_heads * args.head_dim]))
+
+    def fuse(self, wqkv: nn.Module) -> None:
+        """Compute q, k, v with one layer (a 4-bit loader: one kernel call instead of three)."""
+        del self.wq, self.wk, self.wv
+        self.wqkv = wqkv
 
     def forward(
         self,
@@ -50,9 +58,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [B, T, D]; rot: [T, 1, Dh/2] complex rotations for positions start..start+T-1
         B, T, _ = x.shape
-        q = rotate(self.wq(x).view(B, T, self.n_heads, self.head_dim), rot)
-        k = rotate(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rot)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        q = rotate(q.view(B, T, self.n_heads, self.head_dim), rot)
+        k = rotate(k.view(B, T, self.n_kv_heads, self.head_dim), rot)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, Dh]
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)  # [B, KV, S, Dh]
@@ -74,10 +86,20 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # gate
         self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False, device=device)  # up
         self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False, device=device)  # down
+        self.w13: nn.Module | None = None  # w1, w3 side by side, once fused (fuse)
+
+    def fuse(self, w13: nn.Module) -> None:
+        """Compute gate and up with one layer (a 4-bit loader: one kernel call instead of two)."""
+        del self.w1, self.w3
+        self.w13 = w13
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, T, D] -> SwiGLU -> [B, T, D]
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            gate, up = self.w1(x), self.w3(x)
+        else:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -105,6 +127,7 @@ class Transformer(nn.Module):
         # device="meta" builds the skeleton without memory; loaders then assign real weights
         super().__init__()
         self.args = args
+        # a 4-bit placement swaps in a Q8_0 table with the same lookup (engine/quantized.py)
         if device is not None and torch.device(device).type == "meta":
             # skip nn.Embedding's normal_ init: on meta tensors it imports torch._dynamo (~1.5 s)
             table = torch.empty(args.vocab_size, args.dim, device=device)
@@ -113,7 +136,9 @@ class Transformer(nn.Module):
             self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=device)
         self.layers = nn.ModuleList(Block(args, i, device) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, device)
-        self.output = (
+        # None: tied to tok_embeddings. A 4-bit placement puts a QuantizedHead here (approximate
+        # logits on the int4 kernel, exact rows kept beside them; engine/quantized.py)
+        self.output: nn.Linear | QuantizedHead | None = (
             None
             if args.tie_embeddings
             else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
@@ -166,12 +191,26 @@ class Transformer(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
-        # [V, D]: the output projection, or the embedding table when they are tied
-        head = self.tok_embeddings if self.output is None else self.output
-        weight: torch.Tensor = head.weight
-        return weight
+        # [V, D]: the output projection, or the embedding table when they are tied (dense heads)
+        if isinstance(self.output, nn.Linear):
+            return self.output.weight
+        return self.tok_embeddings.weight
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, D] -> logits [B, T, V] float32, computed in the head's dtype
+        if isinstance(self.output, QuantizedHead):
+            return self.output(h)
         weight = self.head_weight
         return F.linear(h.to(weight.dtype), weight).float()
+
+    @property
+    def head_is_float32(self) -> bool:
+        if isinstance(self.output, QuantizedHead):
+            return False
+        return self.head_weight.dtype == torch.float32
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids: [...] -> the head's rows [..., D] in float32, to recompute chosen logits exactly
+        if isinstance(self.output, QuantizedHead):
+            return self.output.rows(ids)
+        return self.head_weight[ids].float()

@@ -65,6 +65,15 @@ class Int4Linear(nn.Module):
 
 def int4_linear_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> Int4Linear:
     """raw: uint8 [out, bytes_per_row] of Q4_0 or Q4_1 blocks -> an Int4Linear of ``shape``."""
+    return fused_int4_linear([int4_groups_from_gguf(raw, ggml_type, shape)])
+
+
+Groups = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q [out, in], d and zero [out, in/32]
+
+
+def int4_groups_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> Groups:
+    """raw: uint8 [out, bytes_per_row] of Q4_0 or Q4_1 blocks -> (q uint8 [out, in] in 0..15,
+    d, zero float32 [out, in/32]) with w = (q - 8) * d + zero, the kernel's form."""
     out_f, in_f = shape
     block_bytes = 18 if ggml_type == Q.Q4_0 else 20
     blocks = torch.from_numpy(np.array(raw)).reshape(out_f, in_f // GROUP, block_bytes)
@@ -77,7 +86,95 @@ def int4_linear_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...
         zero = m + 8.0 * d
         qs = blocks[..., 4:]
     # element j of a block is the low nibble of byte j, element j + 16 the high nibble
-    q = torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(out_f, in_f).to(torch.int32)
+    return torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(out_f, in_f), d, zero
+
+
+def fused_int4_linear(parts: list[Groups]) -> Int4Linear:
+    """One Int4Linear computing the parts' outputs side by side (wq|wk|wv, w1|w3): one kernel
+    call instead of several; each output column is the same sum as in its own matrix."""
+    q, d, zero = (torch.cat(t) for t in zip(*parts, strict=True))
+    return _int4_linear(q.to(torch.int32), d, zero)
+
+
+def _int4_linear(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> Int4Linear:
+    # q: int32 [out, in] in 0..15; d, zero: [out, in/32] -> w = (q - 8) * d + zero
     packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
     scales_zeros = torch.stack((d.t(), zero.t()), dim=-1).contiguous().to(torch.bfloat16)
-    return Int4Linear(packed, scales_zeros, in_f)
+    return Int4Linear(packed, scales_zeros, q.shape[1])
+
+
+class Q8Table(nn.Module):
+    """A [V, D] table (embedding or output head) in GGUF Q8_0 blocks: int8 weights and one
+    float16 scale per 32, 1.06 bytes a weight. Rows are dequantized as they are looked up, with
+    the same float32 products as engine/loaders/dequant.py, so a row equals the dense row."""
+
+    qs: torch.Tensor
+    d: torch.Tensor
+
+    def __init__(self, qs: torch.Tensor, d: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("qs", qs)  # int8 [V, D]
+        self.register_buffer("d", d)  # float16 [V, D/32]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids: [...] -> rows [..., D] float32
+        q = self.qs[ids].float().unflatten(-1, (-1, GROUP))  # [..., D/32, 32]
+        return (self.d[ids].float()[..., None] * q).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"rows={self.qs.shape[0]}, dim={self.qs.shape[1]}, Q8_0 blocks of {GROUP}"
+
+
+def q8_table_from_gguf(raw: np.ndarray, shape: tuple[int, ...]) -> Q8Table:
+    """raw: uint8 [V, bytes_per_row] of Q8_0 blocks (d: float16, then 32 int8) -> a Q8Table."""
+    rows, dim = shape
+    blocks = torch.from_numpy(np.array(raw)).reshape(rows, dim // GROUP, 34)
+    d = blocks[..., 0:2].contiguous().view(torch.float16)[..., 0]  # [V, D/32]
+    qs = blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, dim)
+    return Q8Table(qs, d)
+
+
+def q8_table(weight: torch.Tensor) -> Q8Table:
+    """weight: float [V, D] -> Q8_0 blocks as llama.cpp makes them: d = max|w| / 127 per 32,
+    q = round(w / d)."""
+    rows, dim = weight.shape
+    w = weight.float().reshape(rows, dim // GROUP, GROUP)
+    d = (w.abs().amax(-1) / 127).half()  # [V, D/32]
+    inv = torch.where(d == 0, 0.0, 1.0 / d.float())
+    qs = torch.round(w * inv[..., None]).clamp(-127, 127).to(torch.int8).reshape(rows, dim)
+    return Q8Table(qs, d)
+
+
+class QuantizedHead(nn.Module):
+    """The output head on the int4 kernel, next to a table of its exact rows.
+
+    The kernel's logits are approximate (the head requantized to 4-bit groups); the caller
+    recomputes the top ones from ``rows`` (generate.token_logits, sampling.refine_top_logits).
+    ``rows`` is the embedding module itself when the head is tied (Q8Table or nn.Embedding).
+    """
+
+    def __init__(self, kernel: Int4Linear, rows: nn.Module) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.rows = rows  # ids [...] -> float32 rows [..., D]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # h: [B, T, D] float32 -> approximate logits [B, T, V] float32
+        return self.kernel(h.float())
+
+
+def int4_linear_from_dense(weight: torch.Tensor) -> Int4Linear:
+    """weight: float [out, in] -> 4-bit groups of 32 with a scale and a minimum each, as Q4_1:
+    w ~ q * d + m, q in 0..15 (the kernel's zero is m + 8d)."""
+    out_f, in_f = weight.shape
+    w = weight.float().reshape(out_f, in_f // GROUP, GROUP)
+    lo, hi = w.amin(-1), w.amax(-1)  # [out, in/32]
+    d = (hi - lo) / 15
+    inv = torch.where(d == 0, 0.0, 1.0 / d)
+    q = torch.round((w - lo[..., None]) * inv[..., None]).clamp(0, 15).reshape(out_f, in_f)
+    return fused_int4_linear([(q, d, lo + 8.0 * d)])
+
+
+def int4_head_supported(vocab: int, dim: int) -> bool:
+    """The kernel packs output rows in blocks of 16 and needs whole groups of 32 inputs."""
+    return int4_cpu_supported() and vocab % 16 == 0 and dim % GROUP == 0

@@ -2,9 +2,10 @@
 
 ``submit`` may be called from any thread. It returns a ``Ticket`` whose events arrive in order:
 ``Started`` when the engine thread picks it up, then the backend's events (``LoadProgress`` …
-``ModelReady``, or ``PrefillDone``, ``TokenEvent`` … ``Done``), ``MemoryStats`` along the way,
-or ``Failed``. Iterate a ticket with ``for`` in a plain thread or ``async for`` in the asyncio
-loop that submitted it; the engine thread never waits for a consumer.
+``ModelReady``; ``TurnStarted``, ``PrefillDone``, ``TokenEvent`` … ``Done``; ``Pinned``),
+``MemoryStats`` along the way, or ``Failed``. Iterate a ticket with ``for`` in a plain thread
+or ``async for`` in the asyncio loop that submitted it; the engine thread never waits for a
+consumer.
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ class ClearRequest:
     messages: tuple[Message, ...] = ()  # go on with these (a saved conversation) instead
 
 
-Request = GenerationRequest | LoadRequest | ClearRequest
+@dataclass(frozen=True)
+class PinRequest:
+    """Keep message `index` in context whatever trimming drops, or (pinned=False) let it go."""
+
+    index: int  # into the conversation's messages, 0 = the first
+    pinned: bool = True
+
+
+Request = GenerationRequest | LoadRequest | ClearRequest | PinRequest
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,8 @@ class EngineQueue:
             ticket._put(ModelReady(request.profile.name, info))
         elif isinstance(request, ClearRequest):
             self.backend.clear(request.messages)
+        elif isinstance(request, PinRequest):
+            ticket._put(self.backend.pin(request.index, request.pinned))
         else:
             last = time.perf_counter()
             for event in self.backend.generate(request, ticket.cancel_event):

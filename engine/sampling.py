@@ -18,26 +18,30 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from engine.config import SamplingSettings
 
-REFINE_K = 8  # logits recomputed in float32 when the head is not float32
+REFINE_K = 64  # logits recomputed in float32 when the head is not: more than the default top_k
 
 
-def refine_top_logits(logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
-    """Recompute the K largest logits in float32, in place.
+def refine_top_logits(
+    logits: torch.Tensor, h: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """Recompute the K largest logits in float32, in place, from the head's exact rows.
 
     A bfloat16 head rounds logits to 8 significant bits (steps of 0.125 near 25), which turns
     near-ties between the top tokens into exact ties; greedy decoding would then pick by token
-    id. The top K rows cost K x D multiply-adds, nothing next to the V x D head.
+    id. A 4-bit head is off by more (up to a few units); recomputing K above the default top_k
+    gives exact logits to every token sampling keeps at default settings. The top K rows cost
+    K x D multiply-adds, nothing next to the V x D head.
     """
-    # logits: [B, T, V] float32; h: [B, T, D]; weight: [V, D]
+    # logits: [B, T, V] float32; h: [B, T, D]; rows: ids [B, T, K] -> float32 rows [B, T, K, D]
     top = logits.topk(min(REFINE_K, logits.shape[-1]), dim=-1).indices  # [B, T, K]
-    exact = torch.einsum("btkd,btd->btk", weight[top].float(), h.float())
+    exact = torch.einsum("btkd,btd->btk", rows(top), h.float())
     logits.scatter_(-1, top, exact)
 
 

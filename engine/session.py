@@ -72,9 +72,17 @@ class ChatSession:
         """Messages of this conversation no longer in the model's context."""
         return sum(1 for i in range(self.context_start) if i not in self.pinned)
 
-    def pin(self, index: int) -> None:
-        """Keep messages[index] in context whatever trimming drops."""
-        self.pinned.add(index)
+    def pin(self, index: int, pinned: bool = True) -> None:
+        """Keep messages[index] in context whatever trimming drops (pinned=False lets it go)."""
+        if not 0 <= index < len(self.messages):
+            raise UserError(
+                f"there is no message {index + 1}: this conversation has {len(self.messages)} "
+                "messages, numbered from 1"
+            )
+        if pinned:
+            self.pinned.add(index)
+        else:
+            self.pinned.discard(index)
 
     def visible(self, messages: list[Message], cut: int | None = None) -> list[Message]:
         """The messages still in context when messages[:cut] (except pinned) are dropped."""

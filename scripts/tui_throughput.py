@@ -4,7 +4,7 @@
 
 Each run answers the same prompt greedily (a fixed number of tokens) once through the app
 (headless `run_test`, real widgets, real engine thread and queue) and once through
-`ChatSession.send`, which is what `llama-tui ask` runs; prints the medians and their ratio.
+`ChatSession.send`, the engine without any front end; prints the medians and their ratio.
 Every measurement runs in its own fresh process, alternating app and ask: two torch thread
 pools in one process (a finished run's and the next one's) would slow both down.
 """
@@ -19,10 +19,9 @@ import subprocess
 import sys
 import time
 
-from engine import Done, Profile, load_config, resolve_profile
+from engine import ChatSession, Done, Profile, load_config, load_profile_model, resolve_profile
 from tui.app.app import make_app
 from tui.app.messages import PromptSubmitted
-from tui.cli.plain import open_session
 
 PROMPT = "Write a long story about a dragon who learns to read."
 
@@ -44,7 +43,7 @@ async def app_run(overrides: dict[str, object]) -> float:
 
 
 def ask_run(profile: Profile) -> float:
-    session = open_session(profile, show_progress=False)
+    session = ChatSession(load_profile_model(profile), profile.system_prompt, profile.chat_format)
     events = session.send(PROMPT, profile.sampling, profile.max_new_tokens)
     done = [e for e in events if isinstance(e, Done)][0]
     return done.metrics.decode_tok_s

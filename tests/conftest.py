@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from engine.config import Profile, SamplingSettings
 from engine.default_model import default_model_path
 from engine.loaders import LoadedModel, load_model
 from engine.loaders.gguf_file import GGUFFile
@@ -66,6 +67,13 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_gguf: Path) -> LoadedModel:
     return load_model(tiny_gguf, placement=Placement(CPU, torch.float32), context_length=256)
+
+
+@pytest.fixture
+def tiny_profile(tiny_gguf: Path) -> Profile:
+    """A profile for the tiny model: float32 on the CPU, greedy, short replies."""
+    greedy = SamplingSettings(temperature=0.0, seed=0)
+    return Profile("tiny", str(tiny_gguf), dtype="float32", max_new_tokens=6, sampling=greedy)
 
 
 @pytest.fixture(scope="session")

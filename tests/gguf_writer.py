@@ -43,9 +43,12 @@ def write_tiny_gguf(
     seed: int = 0,
     raw_type: GGMLQuantizationType | None = None,
     tied: bool = True,
+    quantize: GGMLQuantizationType | None = None,
+    quantize_tables: GGMLQuantizationType | None = None,
 ) -> Path:
     """A random-weight Llama with the SmolLM2 vocabulary (49152 tokens), F32 unless raw_type
-    (matrices quantized to it; zero blocks where the gguf package cannot quantize it)."""
+    (zero blocks of that type) or ``quantize`` (block projections quantized to that type, as
+    llama.cpp would) and ``quantize_tables`` (the embedding and output head likewise)."""
     tok = default_tokenizer_metadata()
     vocab = len(tok["tokenizer.ggml.tokens"])
     rng = np.random.default_rng(seed)
@@ -72,12 +75,13 @@ def write_tiny_gguf(
 
     def t(name: str, *shape: int, scale: float = 0.05) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if raw_type is not None and len(shape) > 1:
-            try:  # the random weights quantized, where the gguf package can (Q4_0, Q8_0, ...)
-                raw = quants.quantize(data, raw_type)
-            except NotImplementedError:  # else zero blocks: enough for "cannot load" tests
-                block, nbytes = GGML_QUANT_SIZES[raw_type]
-                raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
+        qtype = quantize_tables if name in ("token_embd.weight", "output.weight") else quantize
+        if qtype is not None:
+            raw = quants.quantize(data, qtype)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        elif raw_type is not None and len(shape) > 1:
+            block, nbytes = GGML_QUANT_SIZES[raw_type]
+            raw = np.zeros((shape[0], shape[1] // block * nbytes), dtype=np.uint8)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=raw_type)
         else:
             w.add_tensor(name, data)

@@ -29,6 +29,7 @@ from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
 from engine.offload import BlockStreamer, streamer_of
 from engine.placement import Placement, resolve_placement
+from engine.quantized import QuantizedHead
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
 Progress = Callable[[int, int], None]
@@ -94,8 +95,8 @@ def _load_gguf(
     template = chat_template_from_gguf(gguf.metadata, source=path.name)
     model, args, n_4bit, cache_state = _gguf_model(gguf, placement, progress)
     dtype, weights = placement.dtype, placement.describe()
-    if n_4bit:  # activations, norms, embeddings and the KV cache run in float32
-        head = str(model.head_weight.dtype).removeprefix("torch.")
+    if n_4bit:  # activations, norms and the KV cache run in float32
+        head = "4-bit" if isinstance(model.output, QuantizedHead) else weights
         weights = f"4-bit int4 kernel ({n_4bit} tensors), {head} head, float32 activations"
         dtype = torch.float32
     loaded = _loaded(

@@ -14,12 +14,25 @@ import torch
 
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
+from engine.ggml import GGMLType as Q
 from engine.loaders.dequant import SUPPORTED, dequantize
 from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.state import check_complete, install, map_name
-from engine.model import Transformer
+from engine.model import Attention, FeedForward, Transformer
 from engine.placement import Placement, Placer
-from engine.quantized import INT4_TYPES, int4_cpu_supported, int4_linear_from_gguf
+from engine.quantized import (
+    INT4_TYPES,
+    Groups,
+    Int4Linear,
+    QuantizedHead,
+    fused_int4_linear,
+    int4_cpu_supported,
+    int4_groups_from_gguf,
+    int4_head_supported,
+    int4_linear_from_dense,
+    q8_table,
+    q8_table_from_gguf,
+)
 
 TOP_LEVEL = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -38,6 +51,7 @@ PER_LAYER = {
     "ffn_up": "feed_forward.w3",
 }
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+TABLES = {"tok_embeddings.weight", "output.weight"}  # kept in Q8_0 beside 4-bit blocks
 IGNORED = {"rope_freqs.weight"}  # read separately: Llama 3.1 rope frequency factors
 
 Progress = Callable[[int, int], None]  # (tensors done, tensors total)
@@ -56,9 +70,10 @@ def load_gguf_weights(
     """Build the model on the meta device and place each dequantized tensor, once.
 
     With ``placement.native_4bit`` (bfloat16 on CPU only), Q4_0/Q4_1 projection weights stay
-    4-bit and run on torch's int4 kernel (engine/quantized.py). Returns the model, its args,
-    Llama 3.1 rope frequency factors (if the file has them) and how many tensors were kept
-    4-bit.
+    4-bit and run on torch's int4 kernel (engine/quantized.py), Q8_0 embedding and head tables
+    stay Q8_0, the head runs on the int4 kernel too (``quantized_head``), and wq|wk|wv and
+    w1|w3 are fused (``FUSED``). Returns the model, its args, Llama 3.1 rope frequency factors
+    (if the file has them) and how many of the file's tensors were kept 4-bit.
     """
     keep_4bit = (
         placement.native_4bit
@@ -72,6 +87,17 @@ def load_gguf_weights(
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     placer = Placer(placement, args)
     placed: dict[str, torch.Tensor | torch.nn.Module] = {}
+    four_bit = {  # projections kept 4-bit, and those of them fused side by side
+        t
+        for n, i in gguf.tensors.items()
+        if keep_4bit
+        and i.ggml_type in INT4_TYPES
+        and (t := internal_name(n)) in expected
+        and t.startswith("layers.")
+    }
+    fusions = fusion_groups(four_bit)
+    pending: dict[str, Groups] = {}
+    fused: dict[str, Int4Linear] = {}
     total = len(gguf.tensors)
     for done, (name, info) in enumerate(gguf.tensors.items(), 1):
         if name in IGNORED:
@@ -90,8 +116,17 @@ def load_gguf_weights(
                 f"{src}: tensor {name} has shape {list(info.shape)}, expected "
                 f"{list(expected[target])} from the metadata; the file is inconsistent"
             )
-        if keep_4bit and info.ggml_type in INT4_TYPES and target.startswith("layers."):
-            placed[target] = int4_linear_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+        if keep_4bit and target in four_bit:
+            groups = int4_groups_from_gguf(gguf.raw(name), info.ggml_type, info.shape)
+            if target in fusions:  # held until its group is complete
+                fused_name, parts = fusions[target]
+                pending[target] = groups
+                if all(p in pending for p in parts):
+                    fused[fused_name] = fused_int4_linear([pending.pop(p) for p in parts])
+            else:
+                placed[target] = fused_int4_linear([groups])
+        elif keep_4bit and info.ggml_type == Q.Q8_0 and target in TABLES:
+            placed[target] = q8_table_from_gguf(gguf.raw(name), info.shape)
         elif keep_4bit:
             # with 4-bit projections the small rest (norms, embeddings) stays float32, and so
             # does the residual stream: only the big matmuls run in bfloat16
@@ -103,14 +138,16 @@ def load_gguf_weights(
         gguf.release(name)
         if progress is not None:
             progress(done, total)
-    check_complete(expected, placed, src)
+    check_complete(expected, [*placed, *fusions], src)
+    head = placed.pop("output.weight", None) if keep_4bit else None
     model = install(model, placed, placer)
-    n_4bit = sum(isinstance(v, torch.nn.Module) for v in placed.values()) if keep_4bit else 0
-    if n_4bit:  # the output head reads V x D per token: a bfloat16 copy halves that
-        head = placed.get("output.weight", placed["tok_embeddings.weight"])
-        assert isinstance(head, torch.Tensor)
-        model.output = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
-        model.output.weight = torch.nn.Parameter(head.to(torch.bfloat16), requires_grad=False)
+    for name, layer in fused.items():
+        owner = model.get_submodule(name.rpartition(".")[0])
+        assert isinstance(owner, Attention | FeedForward)
+        owner.fuse(layer)
+    if keep_4bit:
+        model.output = quantized_head(model.tok_embeddings if head is None else head, args)
+    n_4bit = len(four_bit)
     return model, args, rope_freq_factors(gguf), n_4bit
 
 
@@ -131,6 +168,41 @@ def rope_freq_factors(gguf: GGUFFile) -> torch.Tensor | None:
     if info is None:
         return None
     return dequantize(gguf.raw(info.name), info.ggml_type, info.shape)
+
+
+FUSED = {  # 4-bit projections computed side by side: one kernel call (model.py fuse)
+    "attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
+    "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3"),
+}
+
+
+def fusion_groups(four_bit: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Weight name -> (fused layer, its parts' weight names), for groups whose parts are all
+    4-bit: "layers.3.attention.wk.weight" -> ("layers.3.attention.wqkv", (wq, wk, wv))."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for block in {".".join(name.split(".")[:2]) for name in four_bit}:  # "layers.3"
+        for fused, parts in FUSED.items():
+            names = tuple(f"{block}.{p}.weight" for p in parts)
+            if all(n in four_bit for n in names):
+                out.update(dict.fromkeys(names, (f"{block}.{fused}", names)))
+    return out
+
+
+def quantized_head(
+    table: torch.Tensor | torch.nn.Module, args: ModelArgs
+) -> QuantizedHead | torch.nn.Linear:
+    """The output head beside 4-bit blocks: it reads V x D weights per token, so it runs on the
+    int4 kernel too, and keeps exact rows for the top logits. ``table`` is the embedding module
+    (tied) or the file's head: Q8_0 blocks (a Q8Table), or a dense float32 tensor, whose rows
+    are then kept requantized to Q8_0 (1.06 bytes a weight; the bfloat16 rows used before took
+    2). A shape the kernel cannot pack keeps a bfloat16 head."""
+    dense = table if isinstance(table, torch.Tensor) else table(torch.arange(args.vocab_size))
+    if not int4_head_supported(args.vocab_size, args.dim):
+        linear = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
+        linear.weight = torch.nn.Parameter(dense.to(torch.bfloat16), requires_grad=False)
+        return linear
+    rows = q8_table(dense) if isinstance(table, torch.Tensor) else table
+    return QuantizedHead(int4_linear_from_dense(dense), rows)
 
 
 def is_gguf(path: Path) -> bool:

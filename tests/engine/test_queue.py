@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import Pinned, PinRequest, TurnStarted
 from engine.backend import GenerationRequest, LocalBackend
 from engine.config import Profile, SamplingSettings
 from engine.events import Done, Failed, LoadProgress, PrefillDone, TokenEvent
@@ -229,3 +230,19 @@ def test_resume_and_edit_through_the_queue(engine: EngineQueue) -> None:
     assert any(isinstance(e, Failed) and "not a user message" in e.message for e in bad)
     raw = done_of(list(engine.submit(GenerationRequest("complete", "once upon", GREEDY, 4))))
     assert raw.context_start is None  # not a chat turn
+
+
+def test_turns_say_where_their_messages_go_and_pins_run_in_order(engine: EngineQueue) -> None:
+    [started] = [e for e in engine.submit(chat("remember this")) if isinstance(e, TurnStarted)]
+    assert (started.user, started.reply, started.notice) == (0, 1, None)
+    pin, second = engine.submit(PinRequest(0)), engine.submit(chat("next"))  # in order
+    assert [e for e in pin if isinstance(e, Pinned)] == [Pinned(0, (0,))]
+    events = list(second)
+    assert [(e.user, e.reply) for e in events if isinstance(e, TurnStarted)] == [(2, 3)]
+    assert done_of(events).pinned == (0,)
+    bad = [e for e in engine.submit(PinRequest(7)) if isinstance(e, Failed)]
+    assert [e.message for e in bad] == [
+        "there is no message 8: this conversation has 4 messages, numbered from 1"
+    ]
+    unpinned = [e for e in engine.submit(PinRequest(0, pinned=False)) if isinstance(e, Pinned)]
+    assert unpinned == [Pinned(0, ())]

@@ -26,7 +26,7 @@ async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float 
 
 
 def idle(app: LlamaTuiApp) -> Callable[[], bool]:
-    return lambda: app.chat.info is not None and not app.chat.busy
+    return lambda: app.chat.profiles.info is not None and not app.chat.busy
 
 
 def backend(app: LlamaTuiApp) -> LocalBackend:
@@ -55,13 +55,13 @@ async def test_prompt_streams_a_reply(app: LlamaTuiApp) -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
         updates: list[int] = []
-        original = app.chat._on_reply_events
+        original = app.chat.view.on_reply_events
 
         async def spy(update):  # type: ignore[no-untyped-def]
             updates.append(len(update.events))
             await original(update)
 
-        app.chat._on_reply_events = spy  # type: ignore[method-assign]
+        app.chat.view.on_reply_events = spy  # type: ignore[method-assign]
         reply = await say(pilot, "hello there")
         assert [u.text for u in app.chat.query(UserMessage)] == ["hello there"]
         session = backend(app).session
@@ -99,7 +99,7 @@ async def test_escape_cancels_mid_stream_and_the_next_prompt_works(tiny_config: 
         assert stopped is not None and stopped.status == "stopped"
         assert stopped.has_class("-stopped") and stopped.text
         assert 3 <= app.chat.stats.last.generated_tokens < 4000  # type: ignore[union-attr]
-        app.chat.switch_profile("tiny")  # short replies again (sampling-only switch)
+        app.chat.profiles.switch("tiny")  # short replies again (sampling-only switch)
         reply = await say(pilot, "next question")
         assert reply is not stopped and reply.status == "reached max_new_tokens"
         session = backend(app).session
@@ -113,8 +113,9 @@ async def test_sampling_only_switch_does_not_reload(app: LlamaTuiApp) -> None:
         loads = backend(app).loads
         app.chat.query_one("#profile-picker", Select).value = "tiny-hot"  # as the picker does
         await pilot.pause(0.2)
-        assert not app.chat.loads and backend(app).loads == loads
-        assert app.chat.profile is not None and app.chat.profile.sampling.temperature == 1.3
+        assert not app.chat.profiles.loads and backend(app).loads == loads
+        profile = app.chat.controller.profile
+        assert profile is not None and profile.sampling.temperature == 1.3
         assert app.chat.state.name == "tiny-hot"
         await say(pilot, "second")
         assert backend(app).loads == loads
@@ -135,21 +136,21 @@ async def test_weight_change_reloads_in_background_and_keeps_the_conversation(
             return bars[-1]
 
         app.chat.conversation.show_load = spy  # type: ignore[method-assign]
-        app.chat.switch_profile("tiny-bf16")
+        app.chat.profiles.switch("tiny-bf16")
         await wait_for(pilot, idle(app))
         assert bars and bars[-1].bar.progress == bars[-1].bar.total  # progress reached the end
         await pilot.pause(0.2)
         assert not app.chat.query(LoadBar)  # and the bar is gone once the model is ready
-        assert backend(app).loads == 2 and app.chat.info is not None
-        assert app.chat.info.dtype == "bfloat16" and not app.chat.info.reused
+        assert backend(app).loads == 2 and app.chat.profiles.info is not None
+        assert app.chat.profiles.info.dtype == "bfloat16" and not app.chat.profiles.info.reused
         assert first in app.chat.query(AssistantMessage)  # still on screen
         await say(pilot, "and now?")
         session = backend(app).session
         assert session is not None and session.messages[0].content == "remember this"
         # back to float32: the model cache still holds it
-        app.chat.switch_profile("tiny")
+        app.chat.profiles.switch("tiny")
         await wait_for(pilot, idle(app))
-        assert backend(app).loads == 2 and app.chat.info.reused
+        assert backend(app).loads == 2 and app.chat.profiles.info.reused
 
 
 async def test_bad_value_in_the_config_pane_is_refused_in_place(app: LlamaTuiApp) -> None:
@@ -163,7 +164,8 @@ async def test_bad_value_in_the_config_pane_is_refused_in_place(app: LlamaTuiApp
         error = str(app.chat.query_one("#config-error", Static).render())
         assert "temperature = -1: must be >= 0" in error
         assert field.has_class("-invalid") and field.value == "-1"
-        assert app.chat.profile is not None and app.chat.profile.sampling.temperature == 1.0
+        profile = app.chat.controller.profile
+        assert profile is not None and profile.sampling.temperature == 1.0
         field.value = "abc"
         await pilot.press("enter")
         await pilot.pause(0.1)
@@ -171,7 +173,7 @@ async def test_bad_value_in_the_config_pane_is_refused_in_place(app: LlamaTuiApp
         field.value = "0.25"  # a good value applies at once, without a reload
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert app.chat.profile.sampling.temperature == 0.25
+        assert app.chat.controller.profile.sampling.temperature == 0.25
         assert not field.has_class("-invalid") and backend(app).loads == 1
         await say(pilot, "still alive")
 
@@ -184,12 +186,12 @@ async def test_config_file_edits_show_up_live(app: LlamaTuiApp, tiny_config: Pat
         await wait_for(pilot, lambda: "added" in app.chat.state.names, timeout=5)
         picker = app.chat.query_one("#profile-picker", Select)
         assert ("added", "added") in [(str(o[0]), o[1]) for o in picker._options]
-        profile = lambda: app.chat.profile  # noqa: E731
+        profile = lambda: app.chat.controller.profile  # noqa: E731
         await wait_for(pilot, lambda: profile().sampling.top_k == 7, timeout=5)  # type: ignore
         tiny_config.write_text(text + "\n[profiles.broken]\ntemperature = -3\n")
         error = app.chat.query_one("#config-error", Static)
         await wait_for(pilot, lambda: "not reloaded" in str(error.render()), timeout=5)
-        assert app.chat.profile.sampling.top_k == 7  # type: ignore[union-attr]
+        assert app.chat.controller.profile.sampling.top_k == 7  # type: ignore[union-attr]
 
 
 async def test_prompt_history_newline_regenerate_and_clear(app: LlamaTuiApp) -> None:
@@ -260,7 +262,7 @@ async def test_default_model_chats(tmp_path: Path) -> None:
     app = make_app(config_path=config, cursor_blink=False)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, idle(app), timeout=60)
-        assert app.chat.info is not None and "SmolLM2" in app.chat.info.name
+        assert app.chat.profiles.info is not None and "SmolLM2" in app.chat.profiles.info.name
         reply = await say(pilot, "What is the capital of France?")
         assert "Paris" in reply.text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.loaders import LoadedModel
-from tui.bench.placement import MODES, _too_big, format_table, limit_tok_s, weight_bytes, worker
+from tui.bench.placement import MODES, format_table, limit_tok_s, too_big, weight_bytes, worker
 
 
 def test_weight_estimate_matches_the_real_135m_model(default_model: LoadedModel) -> None:
@@ -24,5 +24,10 @@ def test_worker_measures_a_tiny_cpu_model_against_its_limit() -> None:
 
 
 def test_modes_that_cannot_fit_are_skipped_with_a_reason() -> None:
-    assert _too_big("tiny", MODES["cpu"]) is None
-    assert "GiB of free RAM" in (_too_big("13b", MODES["cpu"]) or "")  # 48 GiB of float32
+    gib = 2**30
+    assert too_big("tiny", MODES["cpu"], free_ram=8 * gib, free_gpu=None) is None
+    assert too_big("13b", MODES["cpu"], free_ram=64 * gib, free_gpu=None) is None
+    assert "GiB of free RAM" in (too_big("13b", MODES["cpu"], 8 * gib, None) or "")  # 48 GiB
+    assert "GiB of free GPU memory" in (too_big("7b", MODES["gpu"], 8 * gib, 4 * gib) or "")
+    assert too_big("7b", MODES["nf4"], 8 * gib, 4 * gib) is None  # ~3.5 GiB packed
+    assert "GiB of free RAM" in (too_big("7b", MODES["off_all"], 8 * gib, 80 * gib) or "")

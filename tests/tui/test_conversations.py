@@ -15,6 +15,7 @@ from tui.app.app import LlamaTuiApp, make_app
 from tui.app.screens.confirm import ConfirmScreen
 from tui.app.screens.conversations import ConversationsScreen
 from tui.app.screens.edit_message import EditMessageScreen
+from tui.app.screens.pin_message import PinMessageScreen
 from tui.app.screens.text_prompt import TextPromptScreen
 from tui.app.widgets.message import AssistantMessage, UserMessage
 from tui.app.widgets.metrics_pane import metric_lines
@@ -295,6 +296,54 @@ async def test_trimmed_messages_are_dimmed_and_counted(tiny_config: Path, data: 
         assert f"{session.dropped_messages} msgs" in shown
 
 
+async def pick_message(pilot, app: LlamaTuiApp, option: int) -> str:  # type: ignore[no-untyped-def]
+    """F8, then Enter on `option` of the list; returns the option's label."""
+    await pilot.press("f8")
+    await wait_for(pilot, lambda: isinstance(app.screen, PinMessageScreen))
+    options = app.screen.query_one(OptionList)
+    options.highlighted = option
+    label = str(options.get_option_at_index(option).prompt)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.screen is app.chat)
+    return label
+
+
+async def test_a_pinned_message_survives_trims_until_unpinned(
+    tiny_config: Path, data: Path
+) -> None:
+    overrides = {"context_length": 160, "max_new_tokens": 24}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=data)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "remember: the code is 42")
+        assert await pick_message(pilot, app, 0) == "1. remember: the code is 42"
+        await wait_for(pilot, lambda: app.chat.controller.pinned == (0,))
+        first = app.chat.conversation.messages()[0]
+        assert first.has_class("-pinned") and "[pinned]" in str(first.render())
+        session = backend(app).session
+        assert session is not None
+        for n in range(12):
+            await say(pilot, f"message number {n}")
+            if session.context_start > 2:
+                break
+        assert session.context_start > 2 and session.pinned == {0}
+        assert session.visible(session.messages)[0].content == "remember: the code is 42"
+        await pilot.pause(0.6)
+        blocks = app.chat.conversation.messages()
+        dimmed = [b for b in blocks if b.has_class("-dropped")]
+        assert blocks[0] not in dimmed and blocks[1] in dimmed  # the reply was not pinned
+        assert len(dimmed) == session.dropped_messages == session.context_start - 1
+        assert dict(metric_lines(app.chat.stats))["dropped"].startswith(f"{len(dimmed)} msgs")
+        # unpinning lets it go: dimmed at once, out of the next prompt
+        assert await pick_message(pilot, app, 0) == "1. [pinned] remember: the code is 42"
+        await wait_for(pilot, lambda: app.chat.controller.pinned == ())
+        assert first.has_class("-dropped") and not first.has_class("-pinned")
+        assert "[out of context]" in str(first.render())
+        await say(pilot, "one more")
+        assert session.pinned == set()
+        assert session.visible(session.messages)[0].content != "remember: the code is 42"
+
+
 async def test_a_failed_turn_is_not_saved_and_its_text_comes_back(
     tiny_config: Path, data: Path
 ) -> None:
@@ -321,7 +370,7 @@ async def test_resumed_chat_ending_unanswered_can_be_regenerated(
         store.add_message(conv, role, text)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
-        await app.chat.resume(conv)
+        await app.chat.saved.resume(conv)
         await pilot.pause(0.2)
         app.chat.query_one(PromptInput).focus()
         await pilot.press("ctrl+r")

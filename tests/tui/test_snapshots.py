@@ -1,28 +1,34 @@
 """Snapshots of the main screen at 80x24 and 160x48 in every theme.
 
-Deterministic: the real app loads the tiny model, then the conversation and the metrics are
-replaced by a fixed replay of engine events (fixed text and timings), the cursor does not
-blink, and the model path is shown by file name only.
+Deterministic: the real app runs over a small real backend that answers with fixed engine
+events (fixed text and timings) through the real engine queue and bridge; the prompt is typed
+with keys. Only the machine's memory figures are fixed from outside (as TZ is for the list),
+the cursor does not blink, and the model path is shown by file name only.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
 
-from engine.backend import ModelInfo
-from engine.events import Done, PrefillDone, TokenEvent
+from engine.backend import GenerationRequest, ModelInfo, Progress
+from engine.chat_format import Message
+from engine.config import Profile
+from engine.events import Done, Event, Pinned, PrefillDone, TokenEvent, TurnStarted
 from engine.metrics import GenerationMetrics
-from engine.queue import MemoryStats, ModelReady, Started
+from engine.queue import MemoryStats
 from engine.store import DB_NAME, ConversationStore
 from tui.app.app import LlamaTuiApp, make_app
-from tui.app.messages import EngineUpdate
+from tui.app.widgets.prompt import PromptInput
 
 THEMES = ("llama-dark", "llama-light", "llama-high-contrast")
 SIZES = ((80, 24), (160, 48))
+PROMPT = "How do I reverse a list in Python?"
 REPLY = [
     "Use ",
     "slicing",
@@ -47,37 +53,68 @@ METRICS = GenerationMetrics(
     context_limit=512,
 )
 INFO = ModelInfo("tiny-llama.gguf", "tiny-llama.gguf", "cpu", "float32", 512, False, 0.5)
+MEMORY = MemoryStats(512 << 20, None, None)
+
+
+class ReplayBackend:
+    """A Backend that loads nothing and answers each chat turn with the same events."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def load(self, profile: Profile, progress: Progress) -> ModelInfo:
+        return INFO
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        user = len(self.messages)
+        yield TurnStarted(user, user + 1)
+        yield PrefillDone(42, 30, 0.1)
+        for i, text in enumerate(REPLY):
+            yield TokenEvent(i, text, 0.125 + 0.05 * i)
+        done = Done("".join(REPLY), [], "stop", METRICS, context_start=0)
+        self.messages += [Message("user", request.text), Message("assistant", done.text)]
+        yield done
+
+    def clear(self, messages: Sequence[Message] = ()) -> None:
+        self.messages = list(messages)
+
+    def pin(self, index: int, pinned: bool = True) -> Pinned:
+        return Pinned(0, (index,) if pinned else ())
+
+
+def wait_idle(app: LlamaTuiApp) -> Iterator[float]:
+    end = time.monotonic() + 30
+    while app.chat.profiles.info is None or app.chat.busy:
+        assert time.monotonic() < end, "the app did not settle"
+        yield 0.05
 
 
 async def replay(pilot: Pilot[None]) -> None:
     app = pilot.app
     assert isinstance(app, LlamaTuiApp)
-    end = time.monotonic() + 30
-    while app.chat.info is None or app.chat.busy:
-        assert time.monotonic() < end, "the tiny model did not load"
-        await pilot.pause(0.05)
-    chat = app.chat
-    await chat.conversation.clear_messages()
-    chat.stats.__init__()  # type: ignore[misc]
-    chat.loads[-1] = chat.state.profile()
-    await chat.on_engine_update(EngineUpdate(-1, [ModelReady("tiny", INFO)], finished=True))
-    chat.conversation.add_user("How do I reverse a list in Python?")
-    chat.replies[-2] = chat.conversation.add_assistant()
-    tokens = [TokenEvent(i, text, 0.125 + 0.05 * i) for i, text in enumerate(REPLY)]
-    done = Done("".join(REPLY), [], "stop", METRICS)
-    memory = MemoryStats(512 << 20, None, None)
-    events = [Started(-2), PrefillDone(42, 30, 0.1), *tokens, done, memory]
-    await chat.on_engine_update(EngineUpdate(-2, events, finished=True))
+    for pause in wait_idle(app):
+        await pilot.pause(pause)
+    app.chat.query_one(PromptInput).focus()
+    await pilot.press(*PROMPT, "enter")
+    for pause in wait_idle(app):
+        await pilot.pause(pause)
     await pilot.pause(1.2)  # metrics and subtitle timers
     await pilot.wait_for_scheduled_animations()
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("theme", THEMES)
-def test_main_screen(snap_compare, tiny_config: Path, theme: str, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+def test_main_screen(
+    snap_compare: Callable[..., bool],
+    tiny_config: Path,
+    theme: str,
+    size: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("engine.queue.memory_stats", lambda: MEMORY)
     text = tiny_config.read_text().replace('theme = "llama-dark"', f'theme = "{theme}"')
     tiny_config.write_text(text)
-    app = make_app(config_path=tiny_config, cursor_blink=False)
+    app = make_app(config_path=tiny_config, cursor_blink=False, backend=ReplayBackend())
     assert snap_compare(app, terminal_size=size, run_before=replay)
 
 
@@ -100,10 +137,8 @@ def test_conversation_list(snap_compare, tiny_config: Path, tmp_path: Path, monk
     app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
 
     async def open_list(pilot: Pilot[None]) -> None:
-        end = time.monotonic() + 30
-        while app.chat.info is None or app.chat.busy:
-            assert time.monotonic() < end, "the tiny model did not load"
-            await pilot.pause(0.05)
+        for pause in wait_idle(app):
+            await pilot.pause(pause)
         await pilot.press("ctrl+o")
         await pilot.pause(0.3)
         await pilot.wait_for_scheduled_animations()

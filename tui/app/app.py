@@ -106,7 +106,7 @@ class LlamaTuiApp(App[None]):
             yield SystemCommand(
                 f"Switch profile: {name}",
                 f"make profile '{name}' active",
-                lambda name=name: chat.switch_profile(name),  # type: ignore[misc]
+                lambda name=name: chat.profiles.switch(name),  # type: ignore[misc]
             )
         for theme in self.llama_themes:
             yield SystemCommand(
@@ -126,6 +126,11 @@ class LlamaTuiApp(App[None]):
             "Edit an earlier message",
             "the chat forks there; the saved original stays (f5)",
             chat.action_edit_message,
+        )
+        yield SystemCommand(
+            "Pin or unpin a message",
+            "trimming keeps a pinned message in the model's context (f8)",
+            chat.action_pin_message,
         )
         yield SystemCommand(
             "Copy last reply",

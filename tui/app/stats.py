@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine import GenerationMetrics, MemoryStats, ModelInfo
+from engine import (
+    Done,
+    Failed,
+    GenerationMetrics,
+    MemoryStats,
+    ModelInfo,
+    QueueEvent,
+    Started,
+    TokenEvent,
+)
 
 WINDOW = 8  # tokens per rolling-rate sample
 
@@ -29,6 +38,19 @@ class LiveStats:
     dropped_messages: int = 0  # messages of the conversation trimmed out of the context
     dropped_turns: int = 0  # user turns among them
     dirty: bool = True  # something changed since the pane last drew
+
+    def take(self, event: QueueEvent) -> None:
+        """What a reply's event changes: a start, a token, its end, memory figures."""
+        if isinstance(event, TokenEvent) and event.token_id >= 0:
+            self.on_token(event.elapsed_s)
+        elif isinstance(event, Started):
+            self.start()
+        elif isinstance(event, Done):
+            self.on_done(event.metrics)
+        elif isinstance(event, Failed):
+            self.on_stopped()
+        elif isinstance(event, MemoryStats):
+            self.on_memory(event)
 
     def start(self) -> None:
         self.streaming, self.tokens = True, 0

@@ -27,6 +27,7 @@ from engine import (
     TokenEvent,
     load_profile_model,
 )
+from tui.bench.common import Stamp, other_load
 
 CONTEXT_LENGTH = 1024  # small enough that 30 turns trim several times
 MAX_NEW_TOKENS = 48
@@ -134,7 +135,6 @@ def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
     import torch
 
     from engine import UserError
-    from tui.bench.speed import _machine_busy_s
 
     if args.turns < 2 or args.runs < 1:
         raise UserError("bench --conversation needs --turns >= 2 and --runs >= 1")
@@ -148,7 +148,7 @@ def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
     settings = replace(profile.sampling, temperature=0.0, seed=0)
     texts, n = questions(args.turns), profile.max_new_tokens
     run_conversation(loaded, texts[:2], settings, 8, cached=True)  # warm-up
-    busy0, cpu0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+    window = Stamp.now()
     passes: dict[bool, list[list[Turn]]] = {True: [], False: []}
     for cached in (True, False):
         for r in range(args.runs):
@@ -156,9 +156,8 @@ def run_conversation_bench(args: argparse.Namespace, profile: Profile) -> int:
             print(f"bench: {name} run {r + 1}/{args.runs} ...", file=sys.stderr, flush=True)
             passes[cached].append(run_conversation(loaded, texts, settings, n, cached))
     ours, base = median_turns(passes[True]), median_turns(passes[False])
-    others = (_machine_busy_s() - busy0) - (time.process_time() - cpu0)
+    load = other_load(window, Stamp.now())
     cores = torch.get_num_threads()
-    load = max(others, 0.0) / ((time.perf_counter() - wall0) * max(cores, 1))
     figures = summary(ours, base)
     meta: dict[str, Any] = {
         "model": loaded.path.name,

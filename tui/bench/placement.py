@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from tui.bench.speed import _sync, worker_env
+from tui.bench.common import WorkerFailed, median_figures, run_worker, sync, timed_runs
 
 SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008),
@@ -30,6 +28,7 @@ SHAPES: dict[str, dict[str, int]] = {  # published Llama dimensions
     "135m": dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, ffn_dim=1536),
     "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=512, ffn_dim=512),
 }
+PROMPT_TOKENS = 128  # unless --prompt-tokens
 ATTENTION = ("wq", "wk", "wv", "wo", "attention_norm")
 FEED_FORWARD = ("w1", "w2", "w3", "ffn_norm")
 
@@ -80,11 +79,11 @@ def _bandwidths(device: Any) -> dict[str, float]:
 
     def timed(fn: Any, reps: int = 5) -> float:
         fn()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             fn()
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - t0) / reps
 
     out["memory_gb_s"] = 2 * a.nbytes / timed(lambda: b.copy_(a)) / 1e9
@@ -188,7 +187,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
         args, _random_weights(args, device, dtype, 0), placement=placement, source=shape
     )
     model.init_rope(args.max_seq_len, device)
-    _sync(device)
+    sync(device)
     load_s = time.perf_counter() - t0
     ids = torch.randint(
         0, args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(1)
@@ -200,7 +199,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
 
     def one_run(n: int) -> dict[str, float]:
         cache.truncate(0)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         logits = prefill(model, cache, prompt, 0)
         token = int(logits.argmax())
@@ -230,9 +229,7 @@ def worker(name: str, shape: str, tokens: int, runs: int, prompt_len: int) -> di
 
 
 def _median_runs(one_run: Any, tokens: int, runs: int) -> dict[str, float]:
-    one_run(min(4, tokens))  # warm-up: kernels, allocator, first copies
-    timed = [one_run(tokens) for _ in range(runs)]
-    return {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    return median_figures(timed_runs(one_run, tokens, runs, warmup=4))  # + first copies
 
 
 def _result(
@@ -289,7 +286,7 @@ def _peer_worker(
 
     @torch.inference_mode()
     def one_run(n: int) -> dict[str, float]:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -390,22 +387,29 @@ def weight_bytes(shape: str, bytes_per_weight: float) -> int:
     return int((d["n_layers"] * block + rest) * bytes_per_weight)
 
 
-def _too_big(shape: str, mode: Mode) -> str | None:
-    """Why this mode cannot fit here (CPU RAM for host weights, GPU memory for resident ones),
-    or None: a worker killed for memory would say nothing useful."""
+def too_big(shape: str, mode: Mode, free_ram: int, free_gpu: int | None) -> str | None:
+    """Why this mode cannot fit in ``free_ram`` bytes of CPU RAM (host weights) and
+    ``free_gpu`` bytes of GPU memory (resident weights; None: no GPU to check), or None:
+    a worker killed for memory would say nothing useful."""
+    per_weight = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}[mode.dtype]
+    host = weight_bytes(shape, per_weight) if mode.device == "cpu" or mode.offload else 0
+    if host > free_ram:
+        return f"needs ~{host / 2**30:.1f} GiB of free RAM for its weights"
+    if mode.device == "cuda" and not mode.offload and free_gpu is not None:
+        packed = {"none": per_weight, "int8": 1.0, "nf4": 0.5}[mode.quantization]
+        need = weight_bytes(shape, packed)
+        if need > free_gpu:
+            return f"needs ~{need / 2**30:.1f} GiB of free GPU memory"
+    return None
+
+
+def _free_memory() -> tuple[int, int | None]:
+    """Free CPU RAM and free GPU memory (None without CUDA), in bytes."""
     import psutil
     import torch
 
-    per_weight = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}[mode.dtype]
-    host = weight_bytes(shape, per_weight) if mode.device == "cpu" or mode.offload else 0
-    if host > psutil.virtual_memory().available:
-        return f"needs ~{host / 2**30:.1f} GiB of free RAM for its weights"
-    if mode.device == "cuda" and not mode.offload and torch.cuda.is_available():
-        packed = {"none": per_weight, "int8": 1.0, "nf4": 0.5}[mode.quantization]
-        need = weight_bytes(shape, packed)
-        if need > torch.cuda.mem_get_info()[0]:
-            return f"needs ~{need / 2**30:.1f} GiB of free GPU memory"
-    return None
+    gpu = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    return psutil.virtual_memory().available, gpu
 
 
 def run_placement_bench(args: argparse.Namespace) -> int:
@@ -421,29 +425,28 @@ def run_placement_bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in MODES]
     if unknown:
         raise UserError(f"--modes: unknown mode {unknown[0]!r}; one of {', '.join(MODES)}")
+    prompt_tokens = args.prompt_tokens or PROMPT_TOKENS
     results = []
     for name in names:
-        short = _too_big(args.shape, MODES[name])
+        short = too_big(args.shape, MODES[name], *_free_memory())
         if short:
             print(f"bench: {args.shape} {name} skipped: {short}", file=sys.stderr)
             continue
         print(f"bench: {args.shape} {name} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, "-m", "tui.bench.placement", name, args.shape]
-        cmd += [str(args.tokens), str(args.runs), str(args.prompt_tokens)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            print(f"bench: {name} failed: {tail}", file=sys.stderr)
+        argv = [name, args.shape, str(args.tokens), str(args.runs), str(prompt_tokens)]
+        try:
+            results.append(run_worker("tui.bench.placement", argv))
+        except WorkerFailed as exc:
+            print(f"bench: {name} failed: {exc}", file=sys.stderr)
             continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         if args.json:
-            print(proc.stdout.strip().splitlines()[-1], flush=True)
+            print(json.dumps(results[-1]), flush=True)
     if not results:
         raise UserError("bench: no mode ran (see the lines above)")
     if not args.json:
         r0 = results[0]
         print(
-            f"{args.shape}-shaped Llama, random weights, {args.prompt_tokens}-token prompt, "
+            f"{args.shape}-shaped Llama, random weights, {prompt_tokens}-token prompt, "
             f"{args.tokens} greedy tokens, median of {args.runs}; {r0['device_name']}; "
             f"torch {torch.__version__}"
         )

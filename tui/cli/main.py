@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tokens", type=int, default=128, help="tokens to decode")
     bench.add_argument("--runs", type=int, default=3, help="timed runs (median is reported)")
     bench.add_argument("--no-peers", action="store_true", help="skip the transformers run")
-    bench.add_argument("--threads", type=int, help="torch threads for both engines")
+    bench.add_argument("--threads", type=int, help="threads for every engine (torch, llama.cpp)")
     bench.add_argument(
         "--shape",
         help="placement table on a random-weight model of these Llama dimensions "
@@ -115,13 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --shape: comma-separated modes (gpu, int8, nf4, off_all, off_ff, off_att, "
         "off_att_int8, cpu, cpu_bf16, cpu_int8, cpu_nf4); default: all for this machine",
     )
-    bench.add_argument("--prompt-tokens", type=int, default=128, help="with --shape")
+    bench.add_argument(
+        "--prompt-tokens", type=int, help="prompt length (--shape: default 128; --vs: 256)"
+    )
     bench.add_argument(
         "--conversation",
         action="store_true",
         help="time to first token over a long chat with trims, cache vs re-prefill each turn",
     )
     bench.add_argument("--turns", type=int, default=30, help="--conversation: user turns")
+    bench.add_argument(
+        "--vs",
+        metavar="ENGINES",
+        help="compare with peers, each in its own processes: llama.cpp, transformers "
+        "(comma-separated)",
+    )
+    bench.add_argument(
+        "--sampling",
+        choices=("greedy", "default"),
+        default="greedy",
+        help="--vs: greedy, or the profile's sampler chain (top-k, top-p, min-p, ...) everywhere",
+    )
+    bench.add_argument(
+        "--processes", type=int, default=3, help="--vs: processes per engine, interleaved"
+    )
+    bench.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.10,
+        help="--vs: drop samples taken while other processes used more of the CPU than this",
+    )
     return parser
 
 
@@ -196,6 +219,10 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
             from tui.bench.conversation import run_conversation_bench
 
             return run_conversation_bench(args, profile)
+        if args.vs:
+            from tui.bench.vs import run_vs
+
+            return run_vs(args, profile)
         from tui.bench.speed import run_bench
 
         return run_bench(args, profile)

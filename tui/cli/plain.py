@@ -1,4 +1,9 @@
-"""Headless front end: `llama-tui ask` and `llama-tui chat --plain` (no Textual here)."""
+"""Line mode: `llama-tui ask` and `llama-tui chat --plain` (no Textual here).
+
+Both run the engine queue and the chat controller the app runs (engine.Conversation), so saving,
+trimming and notices behave the same; only the rendering differs: the reply on stdout as it
+streams (or one JSON object per reply), notices and errors as one line each on stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,91 +11,118 @@ import argparse
 import json
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import asdict
 from typing import TextIO
 
 from engine import (
-    ChatSession,
+    Backend,
+    Conversation,
     Done,
-    Event,
+    EngineQueue,
+    Failed,
+    LoadProgress,
+    LoadRequest,
+    LocalBackend,
+    ModelReady,
+    Pinned,
     Profile,
     TokenEvent,
+    Turn,
+    TurnStarted,
     UserError,
-    load_profile_model,
     open_store,
     reply_record,
-    saved_events,
-    title_of,
 )
 
+PIN_USAGE = "/pin N keeps message N in context whatever trimming drops, /unpin N lets it go"
 
-def open_session(profile: Profile, show_progress: bool | None = None) -> ChatSession:
-    """Load the profile's model (progress on stderr when it is a terminal) into a session."""
+
+def note(text: str, kind: str = "info") -> None:
+    """One line on stderr: a notice, or (kind "error") an error that does not end the chat."""
+    label = "error" if kind == "error" else "note"
+    print(f"llama-tui: {label}: {text}", file=sys.stderr, flush=True)
+
+
+def open_engine(
+    profile: Profile, show_progress: bool | None = None, backend: Backend | None = None
+) -> EngineQueue:
+    """The engine queue with the profile's model loaded (progress on stderr when it is a
+    terminal); UserError with the engine's one line when the model cannot be loaded."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
+    queue = EngineQueue(backend or LocalBackend(max_loaded_models=1))
+    for event in queue.submit(LoadRequest(profile)):
+        if isinstance(event, Failed):
+            queue.close()
+            raise UserError(event.message)
+        if isinstance(event, ModelReady) and event.info.weights_cache.startswith("not written"):
+            note(f"weights cache {event.info.weights_cache}")  # e.g. a read-only cache folder
+        if show_progress:
+            show_load(event)
+    return queue
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 16 == 0:
-            print(f"\rloading model: {100 * done // total:3d}%", end="", file=sys.stderr)
 
-    loaded = load_profile_model(profile, progress if show_progress else None)
-    if loaded.weights_cache.startswith("not written"):  # e.g. a read-only cache folder
-        print(f"llama-tui: note: weights cache {loaded.weights_cache}", file=sys.stderr)
-    if show_progress:
+def show_load(event: object) -> None:
+    if isinstance(event, LoadProgress) and (event.done == event.total or event.done % 16 == 0):
+        print(f"\rloading model: {100 * event.done // event.total:3d}%", end="", file=sys.stderr)
+    elif isinstance(event, ModelReady):
+        info = event.info
         print(
-            f"\rloaded {loaded.path.name} ({loaded.weights}, {loaded.device}) "
-            f"in {loaded.load_s:.1f} s",
+            f"\rloaded {info.name} ({info.weights}, {info.device}) in {info.load_s:.1f} s",
             file=sys.stderr,
         )
-    return ChatSession(loaded, profile.system_prompt, profile.chat_format)
 
 
-def stream(
-    events: Iterator[Event], as_json: bool, out: TextIO, session: ChatSession | None = None
-) -> Done:
-    """Print a reply as it streams (or one JSON object at the end); returns the Done event.
+def stream(chat: Conversation, turn: Turn, as_json: bool, out: TextIO) -> Done:
+    """Print a reply as it streams (or one JSON object at the end); returns the Done event, or
+    raises UserError with the engine's one line when the turn failed.
 
     A trim or cut notice goes to stderr before the reply (text mode) or into the JSON record."""
-    noticed = as_json
-    for event in events:
-        if not noticed and session is not None and session.last_notice:
-            print(f"llama-tui: note: {session.last_notice}", file=sys.stderr, flush=True)
-        noticed = True
-        if isinstance(event, TokenEvent) and not as_json:
+    for event in chat.events(turn.ticket):
+        if isinstance(event, TurnStarted) and event.notice and not as_json:
+            note(event.notice)
+        elif isinstance(event, TokenEvent) and not as_json:
             out.write(event.text)
             out.flush()
         elif isinstance(event, Done):
             if as_json:
-                out.write(json.dumps(reply_record(event, session), ensure_ascii=False) + "\n")
+                record = reply_record(event, conversation=True)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
                 out.write("\n" if event.stop_reason != "cancelled" else " [stopped]\n")
             out.flush()
             return event
+        elif isinstance(event, Failed):
+            raise UserError(event.message)
     raise RuntimeError("generation ended without a Done event")
 
 
 def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    session = open_session(profile)
-    s, n = profile.sampling, profile.max_new_tokens
-    if profile.chat_template:
-        events = session.send(prompt, s, n)
-    else:
-        events = session.complete(prompt, s, n)
-    stream(events, args.json, sys.stdout, session)
+    queue = open_engine(profile)
+    try:
+        chat = Conversation(queue, profile=profile)  # one turn, not saved
+        stream(chat, chat.send(prompt), args.json, sys.stdout)
+    finally:
+        queue.close()
     return 0
 
 
-def run_chat(args: argparse.Namespace, profile: Profile) -> int:
-    session = open_session(profile)
-    interactive = sys.stdin.isatty() and not args.json
+def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None = None) -> int:
+    queue = open_engine(profile, backend=backend)
+    try:
+        store = None if getattr(args, "no_save", False) else open_store(args.data_dir)
+        chat = Conversation(queue, store, profile=profile, notify=note)
+        return chat_lines(chat, args.json)
+    finally:
+        queue.close()
+
+
+def chat_lines(chat: Conversation, as_json: bool) -> int:
+    """One stdin line per turn, or a /pin N or /unpin N command, until end of input."""
+    interactive = sys.stdin.isatty() and not as_json
     if interactive:
-        print("one line per turn; Ctrl-D quits, Ctrl-C stops a reply", file=sys.stderr)
-    s, n = profile.sampling, profile.max_new_tokens
-    store = None if getattr(args, "no_save", False) else open_store(args.data_dir)
-    conv: int | None = None
+        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply"
+        print(banner, file=sys.stderr)
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -100,22 +132,29 @@ def run_chat(args: argparse.Namespace, profile: Profile) -> int:
         text = line.rstrip("\n")
         if not text.strip():
             continue
-        cancel = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_, c=cancel: c.set())  # Ctrl-C: stop reply
+        previous = signal.signal(signal.SIGINT, lambda *_: chat.queue.cancel_all())  # Ctrl-C
         try:
-            if profile.chat_template:
-                events = session.send(text, s, n, cancel)
+            words = text.split()
+            if words[0] in ("/pin", "/unpin"):
+                pin(chat, words, words[0] == "/pin")
             else:
-                events = session.complete(text, s, n, cancel)
-            if store is not None:
-                if conv is None:
-                    conv = store.new_conversation(title_of(text), asdict(profile))
-                store.add_message(conv, "user", text)
-                events = saved_events(events, store, conv)
-            stream(events, args.json, sys.stdout, session)
-        except UserError as exc:  # e.g. a prompt longer than the context: keep the chat alive
-            print(f"llama-tui: error: {exc}", file=sys.stderr)
+                stream(chat, chat.send(text), as_json, sys.stdout)
+        except UserError as exc:  # e.g. a system prompt longer than the context: keep chatting
+            note(str(exc), "error")
             if not interactive:
                 return 2
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def pin(chat: Conversation, words: list[str], pinned: bool) -> None:
+    """`/pin N` or `/unpin N`: N counts the conversation's messages from 1 (replies included)."""
+    if len(words) != 2 or not words[1].isdigit():
+        raise UserError(f"usage: {PIN_USAGE}")
+    number = int(words[1])
+    for event in chat.events(chat.pin(number - 1, pinned)):
+        if isinstance(event, Failed):
+            raise UserError(event.message)
+        if isinstance(event, Pinned):
+            how = "pinned: trimming keeps it in context" if pinned else "unpinned"
+            note(f"message {number} {how}")

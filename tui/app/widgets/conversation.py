@@ -8,6 +8,7 @@ from textual import events
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
+from engine import QueueEvent
 from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
 
 W = TypeVar("W", bound=Widget)
@@ -18,6 +19,11 @@ class ConversationPane(VerticalScroll, can_focus=True):
 
     BORDER_TITLE = "Conversation"
     follow = True  # keep the newest text in view
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.replies: dict[int, AssistantMessage] = {}  # ticket id -> a reply being answered
+        self._users: dict[int, UserMessage] = {}  # ticket id -> the user message it answers
 
     def keep_up(self) -> None:
         """Scroll to the bottom after the next layout, if following."""
@@ -105,17 +111,73 @@ class ConversationPane(VerticalScroll, can_focus=True):
                 reply.index = index
                 await reply.show(text, stopped)
 
+    def add_turn(self, ticket_id: int, user: UserMessage | None, loads: int) -> AssistantMessage:
+        """The reply block of a submitted turn, pending behind the replies and `loads` ahead."""
+        ahead = len(self.replies) + loads
+        self.follow = True
+        reply = self.add_assistant("pending" if ahead else "…")
+        if ahead:
+            reply.set_status(f"pending · {ahead} ahead", "pending")
+        self.replies[ticket_id] = reply
+        if user is not None:
+            self._users[ticket_id] = user
+        return reply
+
+    def place(self, ticket_id: int, user: int | None, reply: int | None) -> None:
+        """A chat turn ended: its blocks take their indices in the conversation."""
+        if ticket_id in self._users:
+            self._users[ticket_id].index = user
+        self.replies[ticket_id].index = reply
+
+    async def draw(self, ticket_id: int, events: list[QueueEvent], finished: bool) -> None:
+        """A batch of a turn's events into its reply; once it ends, the ones pending move up."""
+        await self.replies[ticket_id].take(events)
+        self.keep_up()
+        if finished:
+            del self.replies[ticket_id]
+            self._users.pop(ticket_id, None)
+            for ahead, pending in enumerate(list(self.replies.values())[1:], 1):
+                pending.set_status(f"pending · {ahead} ahead", "pending")
+
+    def drop_last_reply(self) -> UserMessage | None:
+        """Before answering the last user message again: its reply goes (kept when the chat
+        ends with a message never answered, as a resumed one may); returns that message."""
+        users, last = self.query(UserMessage), self.last_reply()
+        blocks = list(self.children)
+        if last is not None and (not users or blocks.index(last) > blocks.index(users.last())):
+            last.remove()
+        return users.last() if users else None
+
+    def held(self, length: int, users_only: bool = False) -> list[tuple[int, str]]:
+        """(index, text) of the blocks of messages[:length] (users_only: the user's)."""
+        return [
+            (w.index, w.text)
+            for w in self.messages()
+            if w.index is not None
+            and w.index < length
+            and (isinstance(w, UserMessage) or not users_only)
+        ]
+
+    def user_at(self, index: int) -> UserMessage | None:
+        return next((w for w in self.query(UserMessage) if w.index == index), None)
+
+    def show_subtitle(self, *parts: str) -> None:
+        subtitle = " · ".join(p for p in parts if p)
+        if subtitle != self.border_subtitle:  # a border repaint is not free
+            self.border_subtitle = subtitle
+
     def messages(self) -> list[UserMessage | AssistantMessage]:
         """The user and assistant blocks, in order."""
         return [w for w in self.children if isinstance(w, UserMessage | AssistantMessage)]
 
     def mark_context(self, context_start: int, pinned: set[int]) -> tuple[int, int]:
-        """Dim the messages trimming took out of the context; returns (messages, user turns)."""
+        """Dim the messages trimming took out of the context and mark the pinned ones; returns
+        the dropped (messages, user turns)."""
         messages = turns = 0
         for widget in self.messages():
             i = widget.index
             dropped = i is not None and i < context_start and i not in pinned
-            widget.set_dropped(dropped)
+            widget.set_context(dropped, i in pinned)
             messages += dropped
             turns += dropped and isinstance(widget, UserMessage)
         return messages, turns
@@ -131,6 +193,8 @@ class ConversationPane(VerticalScroll, can_focus=True):
         return replies.last() if replies else None
 
     async def clear_messages(self) -> None:
+        self.replies.clear()
+        self._users.clear()
         bar, self._bar = self._bar, None
         await self.remove_children()
         if bar is not None:  # a load still running keeps its progress bar

@@ -8,6 +8,8 @@ from textual.content import Content
 from textual.widgets import Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
+from engine import Done, Failed, PrefillDone, QueueEvent, Started, TokenEvent
+
 STOP_LABELS = {
     "stop": "",
     "length": "reached max_new_tokens",
@@ -17,6 +19,7 @@ STOP_LABELS = {
 
 
 DROPPED_MARK = "out of context"  # shown on messages the model no longer sees
+PINNED_MARK = "pinned"  # shown on messages trimming keeps in context
 
 
 class UserMessage(Static):
@@ -27,15 +30,19 @@ class UserMessage(Static):
         self.text = text
         self.index: int | None = None  # its place in the session's messages, once answered
         self.dropped = False
+        self.pinned = False
 
-    def set_dropped(self, dropped: bool) -> None:
-        """Dim it, with a marker, when trimming has taken it out of the model's context."""
-        if dropped == self.dropped:
+    def set_context(self, dropped: bool, pinned: bool) -> None:
+        """Dim it, with a marker, when trimming has taken it out of the model's context; mark
+        it when it is pinned (trimming keeps it)."""
+        if (dropped, pinned) == (self.dropped, self.pinned):
             return
-        self.dropped = dropped
+        self.dropped, self.pinned = dropped, pinned
         self.set_class(dropped, "-dropped")
-        mark = Content.styled(f"[{DROPPED_MARK}] ", "italic")
-        self.update(mark + Content(self.text) if dropped else Content(self.text))
+        self.set_class(pinned, "-pinned")
+        mark = PINNED_MARK if pinned else DROPPED_MARK if dropped else None
+        text = Content(self.text)
+        self.update(Content.styled(f"[{mark}] ", "italic") + text if mark else text)
 
 
 class AssistantMessage(Vertical):
@@ -47,6 +54,7 @@ class AssistantMessage(Vertical):
         self.status = status
         self.index: int | None = None  # its place in the session's messages, once finished
         self.dropped = False
+        self.pinned = False
         self._stream: MarkdownStream | None = None
         self.role = Label(self._header(), classes="role")
         self.body = Markdown("", classes="reply")
@@ -59,15 +67,18 @@ class AssistantMessage(Vertical):
         label = Content.styled("assistant", "bold")
         if self.status:
             label += Content(f" · {self.status}")
-        if self.dropped:
-            label += Content.styled(f" [{DROPPED_MARK}]", "italic")
+        mark = PINNED_MARK if self.pinned else DROPPED_MARK if self.dropped else None
+        if mark:
+            label += Content.styled(f" [{mark}]", "italic")
         return label
 
-    def set_dropped(self, dropped: bool) -> None:
-        """Dim it, with a marker, when trimming has taken it out of the model's context."""
-        if dropped != self.dropped:
-            self.dropped = dropped
+    def set_context(self, dropped: bool, pinned: bool) -> None:
+        """Dim it, with a marker, when trimming has taken it out of the model's context; mark
+        it when it is pinned (trimming keeps it)."""
+        if (dropped, pinned) != (self.dropped, self.pinned):
+            self.dropped, self.pinned = dropped, pinned
             self.set_class(dropped, "-dropped")
+            self.set_class(pinned, "-pinned")
             self.role.update(self._header())
 
     def set_status(self, status: str, kind: str = "") -> None:
@@ -76,6 +87,26 @@ class AssistantMessage(Vertical):
         self.set_class(kind == "failed", "-failed")
         self.set_class(kind == "pending", "-pending")
         self.role.update(self._header())
+
+    async def take(self, events: list[QueueEvent]) -> None:
+        """Draw a batch of the reply's events: its text (one write per run of tokens) and its
+        status (prefill, streaming, how it ended)."""
+        chunk: list[str] = []
+        for event in events:
+            if isinstance(event, TokenEvent):
+                chunk.append(event.text)
+                continue
+            await self.append("".join(chunk))
+            chunk.clear()
+            if isinstance(event, Started):
+                self.set_status("prefill…")
+            elif isinstance(event, PrefillDone):
+                self.set_status("streaming")
+            elif isinstance(event, Done):
+                await self.finish(event.stop_reason)
+            elif isinstance(event, Failed):
+                await self.fail(event.message)
+        await self.append("".join(chunk))
 
     async def append(self, text: str) -> None:
         if not text:

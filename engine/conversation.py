@@ -1,0 +1,221 @@
+"""The chat controller: one conversation's turns over the engine queue, saved as they happen.
+
+No Textual here. The app (tui/app) and line mode (tui/cli/plain.py) drive the same object, so
+what is sent, what is saved when, and what a failed, stopped, edited or regenerated turn leaves
+behind are the same in both. A front end submits through it, hands it every event of its
+tickets in order (``feed``), and renders the events itself.
+
+Saving: message i of the engine's conversation is message seq i of the saved one. A user message
+is written when the engine takes its turn (``TurnStarted`` says where it went), its reply when
+the first token arrives, at least every SAVE_INTERVAL_S while it streams, and once more with its
+metrics when it ends or is stopped. A turn that fails leaves nothing saved; an edit forks the
+saved conversation there. A store write that fails stops saving, with one line saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from engine.backend import GenerationRequest, RequestKind
+from engine.chat_format import Message
+from engine.config import Profile
+from engine.errors import UserError
+from engine.events import Done, Failed, Pinned, TokenEvent, TurnStarted
+from engine.queue import (
+    ClearRequest,
+    EngineQueue,
+    LoadRequest,
+    PinRequest,
+    QueueEvent,
+    Request,
+    Ticket,
+)
+from engine.saving import ReplySaver, title_of
+from engine.store import ConversationStore
+
+Notify = Callable[[str, str], None]  # (one line for the user, "info" | "error")
+SavedMessage = tuple[str, str, bool]  # (role, text, stopped)
+
+
+@dataclass
+class Turn:
+    """A request that adds to the conversation, from submission to its Done or Failed."""
+
+    ticket: Ticket
+    kind: RequestKind
+    text: str  # what the user sent (edit: the new text; regenerate: "")
+    user: int | None = None  # once it runs, a chat turn's user message index in the conversation
+    reply: int | None = None  # and its reply's
+    saver: ReplySaver | None = None  # the reply's saved copy, once it runs
+
+    @property
+    def id(self) -> int:
+        return self.ticket.id
+
+
+class Conversation:
+    def __init__(
+        self,
+        queue: EngineQueue,
+        store: ConversationStore | None = None,
+        *,
+        submit: Callable[[Request], Ticket] | None = None,
+        notify: Notify | None = None,
+        profile: Profile | None = None,
+    ) -> None:
+        self.queue = queue
+        self._submit = submit or queue.submit  # the app's submit routes events to its screen
+        self.store = store  # None: not saved (--no-save, or a store write failed)
+        self.notify: Notify = notify or (lambda text, kind: None)
+        self.profile = profile  # what new requests use (read per request)
+        self.conv: int | None = None  # the saved copy, from the first turn that ran
+        self.turns: dict[int, Turn] = {}  # ticket id -> a turn that has not ended
+        self.length = 0  # messages in the engine's conversation, as its events last said
+        self.context_start = 0  # messages[:context_start] left the context, except pinned
+        self.pinned: tuple[int, ...] = ()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.turns)
+
+    # Requests ------------------------------------------------------------------------------
+
+    def send(self, text: str) -> Turn:
+        """A user turn; a raw completion when the profile has no chat template."""
+        return self._turn("chat" if self._active().chat_template else "complete", text)
+
+    def regenerate(self) -> Turn:
+        """Answer the last user message again; its old reply is dropped."""
+        return self._turn("regenerate", "")
+
+    def edit(self, index: int, text: str) -> Turn:
+        """Replace user message `index`, drop what followed and answer it (the saved copy forks
+        there; the original stays as it was)."""
+        return self._turn("edit", text, index)
+
+    def load(self, profile: Profile) -> Ticket:
+        """Load `profile`'s model in order with the turns (weights only when they changed); the
+        ticket ends with ModelReady or Failed. Which profile new requests use is `profile`."""
+        return self._submit(LoadRequest(profile))
+
+    def pin(self, index: int, pinned: bool = True) -> Ticket:
+        """Keep message `index` in context whatever trimming drops, or let it go; the ticket
+        ends with Pinned (or Failed for a message the conversation does not hold)."""
+        return self._submit(PinRequest(index, pinned))
+
+    def restart(self, messages: Sequence[Message] = ()) -> Ticket:
+        """Stop everything and start over: empty, or with a saved conversation's messages. A
+        reply cut short here is saved as stopped."""
+        self.queue.cancel_all()
+        savers = [turn.saver for turn in self.turns.values() if turn.saver is not None]
+        with self._saving() as store:
+            for saver in savers if store is not None else ():
+                saver.stop()
+        self.turns.clear()
+        self.conv = None
+        self.length, self.context_start, self.pinned = len(messages), 0, ()
+        return self._submit(ClearRequest(tuple(messages)))
+
+    def resume(self, store: ConversationStore, conv: int) -> tuple[str, list[SavedMessage]]:
+        """Go on with saved conversation `conv` (UserError if it cannot be read): its title and
+        messages. New turns are saved there when `store` is the one this chat saves to."""
+        title = str(store.get(conv)["title"])
+        rows = store.messages(conv)
+        self.restart([Message(r["role"], r["content"]) for r in rows])
+        if store is self.store:
+            self.conv = conv
+        return title, [(r["role"], r["content"], bool(r["stopped"])) for r in rows]
+
+    def _active(self) -> Profile:
+        if self.profile is None:
+            raise RuntimeError("the conversation has no profile yet")
+        return self.profile
+
+    def _turn(self, kind: RequestKind, text: str, index: int = -1) -> Turn:
+        p = self._active()
+        ticket = self._submit(GenerationRequest(kind, text, p.sampling, p.max_new_tokens, index))
+        turn = self.turns[ticket.id] = Turn(ticket, kind, text)
+        return turn
+
+    # Events --------------------------------------------------------------------------------
+
+    def feed(self, ticket_id: int, event: QueueEvent) -> Turn | None:
+        """Take one event of a ticket (in order): follow the conversation, save what it says.
+        Returns the turn it belongs to, if any; a turn ends with its Done or Failed."""
+        if isinstance(event, Pinned):
+            self.context_start, self.pinned = event.context_start, event.pinned
+        turn = self.turns.get(ticket_id)
+        if turn is None:
+            return None
+        self._follow(turn, event)
+        with self._saving() as store:
+            if store is not None:
+                self._record(store, turn, event)
+        if isinstance(event, Done | Failed):
+            del self.turns[ticket_id]
+        return turn
+
+    def events(self, ticket: Ticket) -> Iterator[QueueEvent]:
+        """A ticket's events, iterated in this thread, each fed to the controller first."""
+        for event in ticket:
+            self.feed(ticket.id, event)
+            yield event
+
+    def _follow(self, turn: Turn, event: QueueEvent) -> None:
+        """Where the engine put the turn's messages, and what its conversation holds now."""
+        if isinstance(event, TurnStarted):
+            turn.user, turn.reply = event.user, event.reply
+            if event.user is not None:
+                self.length = event.user
+        elif isinstance(event, Done) and event.context_start is not None:
+            self.context_start, self.pinned = event.context_start, event.pinned
+            if turn.reply is not None:
+                self.length = turn.reply + 1
+        elif isinstance(event, Failed) and event.kept is not None:
+            self.length = event.kept
+
+    def _record(self, store: ConversationStore, turn: Turn, event: QueueEvent) -> None:
+        if isinstance(event, TurnStarted):
+            turn.saver = self._start(store, turn)
+        elif turn.saver is None:
+            return
+        elif isinstance(event, TokenEvent):
+            turn.saver.token(event.text)
+        elif isinstance(event, Done):
+            turn.saver.done(event)
+        elif isinstance(event, Failed):  # forget what the turn saved
+            keep = event.kept if event.kept is not None else turn.user
+            if keep is not None:
+                store.truncate(turn.saver.conv, keep)
+
+    def _start(self, store: ConversationStore, turn: Turn) -> ReplySaver | None:
+        """The engine took the turn: save its user message where the engine put it."""
+        parent = self.conv
+        if turn.kind == "regenerate":
+            if parent is None or turn.reply is None:
+                return None
+            store.truncate(parent, turn.reply)  # the old reply and anything after it
+            return ReplySaver(store, parent)
+        if parent is None:
+            conv = store.new_conversation(title_of(turn.text), asdict(self._active()))
+        elif turn.kind == "edit" and turn.user is not None:
+            conv = store.fork(parent, turn.user)
+            self.notify(f"forked: conversation #{conv} (#{parent} stays as it was)", "info")
+        else:
+            conv = parent
+            if turn.user is not None:
+                store.truncate(conv, turn.user)  # what a failed turn left after the history
+        self.conv = conv
+        store.add_message(conv, "user", turn.text)
+        return ReplySaver(store, conv)
+
+    @contextmanager
+    def _saving(self) -> Iterator[ConversationStore | None]:
+        """The store to write to (None: not saving); a failed write stops saving, saying why."""
+        try:
+            yield self.store
+        except UserError as exc:
+            self.store = None
+            self.notify(f"saving stopped: {exc}", "error")
