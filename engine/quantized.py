@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from engine.ggml import GGMLType as Q
-from engine.rebuild import rebuildable
+from engine.rebuild import Args, rebuild, rebuildable, spec_of
 
 GROUP = 32  # weights per GGUF block = the kernel's group size
 INT4_TYPES = frozenset({Q.Q4_0, Q.Q4_1})
@@ -103,6 +103,7 @@ def _int4_linear(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> Int4Li
     return Int4Linear(packed, scales_zeros, q.shape[1])
 
 
+@rebuildable("q8_table")
 class Q8Table(nn.Module):
     """A [V, D] table (embedding or output head) in GGUF Q8_0 blocks: int8 weights and one
     float16 scale per 32, 1.06 bytes a weight. Rows are dequantized as they are looked up, with
@@ -120,6 +121,15 @@ class Q8Table(nn.Module):
         # ids: [...] -> rows [..., D] float32
         q = self.qs[ids].float().unflatten(-1, (-1, GROUP))  # [..., D/32, 32]
         return (self.d[ids].float()[..., None] * q).flatten(-2)
+
+    def rebuild_args(self) -> dict[str, int]:
+        return {"rows": self.qs.shape[0], "dim": self.qs.shape[1]}
+
+    @classmethod
+    def empty(cls, rows: int, dim: int) -> Q8Table:
+        """Buffers on meta, shaped for the weights cache to assign (engine/rebuild.py)."""
+        qs = torch.empty(rows, dim, dtype=torch.int8, device="meta")
+        return cls(qs, torch.empty(rows, dim // GROUP, dtype=torch.float16, device="meta"))
 
     def extra_repr(self) -> str:
         return f"rows={self.qs.shape[0]}, dim={self.qs.shape[1]}, Q8_0 blocks of {GROUP}"
@@ -145,6 +155,7 @@ def q8_table(weight: torch.Tensor) -> Q8Table:
     return Q8Table(qs, d)
 
 
+@rebuildable("quantized_head")
 class QuantizedHead(nn.Module):
     """The output head on the int4 kernel, next to a table of its exact rows.
 
@@ -161,6 +172,18 @@ class QuantizedHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, D] float32 -> approximate logits [B, T, V] float32
         return self.kernel(h.float())
+
+    def rebuild_args(self) -> Args:
+        # the parts' own kinds; a tied head's rows (the embedding module itself) are linked
+        # back to it by the cache's manifest (shared modules)
+        return {
+            "kernel": spec_of(self.kernel, strict=True),
+            "rows": spec_of(self.rows, strict=True),
+        }
+
+    @classmethod
+    def empty(cls, kernel: Args, rows: Args) -> QuantizedHead:
+        return cls(rebuild(kernel), rebuild(rows))  # type: ignore[arg-type]
 
 
 def int4_linear_from_dense(weight: torch.Tensor) -> Int4Linear:

@@ -51,11 +51,14 @@ def rebuildable(name: str) -> Callable[[R], R]:
     return decorate
 
 
-def spec_of(module: nn.Module) -> Args | None:
-    """{"kind": name, "args": {...}} for a registered type (exact type), else None."""
+def spec_of(module: nn.Module, strict: bool = False) -> Args | None:
+    """{"kind": name, "args": {...}} for a registered type (exact type), else None, or with
+    ``strict`` a ValueError (a composite kind describing its parts uses that)."""
     for kind in _KINDS.values():
         if type(module) is kind.cls:
             return {"kind": kind.name, "args": kind.args_of(module)}
+    if strict:
+        raise ValueError(f"{type(module).__name__} is not in engine/rebuild.py")
     return None
 
 
