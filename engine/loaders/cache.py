@@ -89,7 +89,9 @@ def entry_path(source: Path, placement: Placement) -> Path:
 @dataclass(frozen=True)
 class Manifest:
     swapped: dict[str, Args]  # module name -> {"kind", "args"}: layers the loader swapped in
-    removed: list[str]  # skeleton modules the loader set to None
+    removed: list[str]  # skeleton modules the loader deleted (e.g. wq, wk, wv once fused)
+    nulled: list[str]  # skeleton modules the loader set to None
+    shared: dict[str, str]  # module name -> the first name of the same module (a tied head)
     aliases: dict[str, str]  # state-dict name -> the stored name of the same tensor
     info: dict[str, Any]  # what the loader reports beside the model (e.g. packed_4bit)
 
@@ -99,7 +101,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         d = json.loads(text)
-        return cls(dict(d["swapped"]), list(d["removed"]), dict(d["aliases"]), dict(d["info"]))
+        swapped, aliases, info = dict(d["swapped"]), dict(d["aliases"]), dict(d["info"])
+        removed, nulled, shared = list(d["removed"]), list(d["nulled"]), dict(d["shared"])
+        return cls(swapped, removed, nulled, shared, aliases, info)
 
 
 def _manifest(model: nn.Module, skeleton: nn.Module, info: dict[str, Any]) -> Manifest | str:
@@ -111,16 +115,23 @@ def _manifest(model: nn.Module, skeleton: nn.Module, info: dict[str, Any]) -> Ma
         if _under(name, swapped):
             continue  # built by its swapped parent
         old = before.get(name)
-        spec = spec_of(module)
+        try:
+            spec = spec_of(module)
+        except ValueError as exc:  # a composite kind with a part no kind describes
+            return f"{exc} (at {name})"
         if old is not None and type(old) is type(module) and spec == spec_of(old):
             continue
         if spec is None:
             return f"{type(module).__name__} at {name or 'the root'} is not in engine/rebuild.py"
         swapped[name] = spec
     removed: list[str] = []
+    nulled: list[str] = []
     for name in before:
-        if name not in after and not _under(name, swapped) and not _under(name, removed):
-            removed.append(name)
+        if name in after or _under(name, swapped) or _under(name, [*removed, *nulled]):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        (nulled if leaf in owner._modules else removed).append(name)
     state = model.state_dict()
     held = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     if not held <= set(state):
@@ -133,7 +144,16 @@ def _manifest(model: nn.Module, skeleton: nn.Module, info: dict[str, Any]) -> Ma
             aliases[name] = first[ident]
         else:
             first[ident] = name
-    return Manifest(swapped, removed, aliases, info)
+    first_name: dict[int, str] = {}
+    shared: dict[str, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if _under(name, shared):
+            continue
+        if id(module) in first_name:
+            shared[name] = first_name[id(module)]
+        else:
+            first_name[id(module)] = name
+    return Manifest(swapped, removed, nulled, shared, aliases, info)
 
 
 def _under(name: str, parents: Iterable[str]) -> bool:
@@ -194,8 +214,13 @@ def _assemble(
     for name, spec in manifest.swapped.items():
         _set(model, name, rebuild(spec))
     for name in manifest.removed:
+        parent, _, leaf = name.rpartition(".")
+        delattr(model.get_submodule(parent) if parent else model, leaf)
+    for name in manifest.nulled:
         _set(model, name, None)
     model.load_state_dict(tensors, strict=True, assign=True)
+    for name, first in manifest.shared.items():
+        _set(model, name, model.get_submodule(first))
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"cache holds no tensor for {left[0]}")

@@ -115,8 +115,8 @@ def test_auto_keeps_q4_files_on_the_int4_kernel_and_others_on_the_verdict(
     empty_cache: Path, tmp_path: Path
 ) -> None:
     remember(empty_cache, "float32")
-    q4 = write_tiny_gguf(tmp_path / "q4.gguf", raw_type=Q.Q4_0)
-    q8 = write_tiny_gguf(tmp_path / "q8.gguf", raw_type=Q.Q8_0)
+    q4 = write_tiny_gguf(tmp_path / "q4.gguf", quantize=Q.Q4_0)
+    q8 = write_tiny_gguf(tmp_path / "q8.gguf", quantize=Q.Q8_0)
     auto = resolve_placement("cpu", "auto", native_4bit=True)
     assert auto.dtype == torch.float32
     m4 = load_model(q4, placement=auto, context_length=32)

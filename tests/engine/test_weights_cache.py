@@ -4,6 +4,8 @@ or packing anything, and a stale, corrupt or unwritable cache only costs a rebui
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from engine.loaders import LoadedModel, load_model
 from engine.loaders.cache import KEY, MANIFEST, entry_path, write_prepared
 from engine.model import Transformer
 from engine.placement import Placement
-from engine.quantized import Int4Linear, int4_cpu_supported
+from engine.quantized import Int4Linear, Q8Table, QuantizedHead, int4_cpu_supported
 from tests.gguf_writer import write_tiny_gguf
 
 CPU = torch.device("cpu")
@@ -38,13 +40,14 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def q4_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("q4") / "tiny-q4.gguf", raw_type=Q.Q4_0)
+    path = tmp_path_factory.mktemp("q4") / "tiny-q4.gguf"  # laid out as the default model
+    return write_tiny_gguf(path, quantize=Q.Q4_0, quantize_tables=Q.Q8_0)
 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Calls into the GGUF loader's dequantization and int4 packing, as the loader makes them."""
-    calls = {"dequantize": 0, "int4_linear_from_gguf": 0}
+    calls = {"dequantize": 0, "int4_groups_from_gguf": 0, "q8_table_from_gguf": 0}
 
     def counting(name: str) -> Callable[..., Any]:
         real = getattr(gguf_loader, name)
@@ -69,32 +72,43 @@ def logits(m: LoadedModel) -> torch.Tensor:
         return m.model(torch.tensor([IDS]))[0]
 
 
-def cold_then_warm(path: Path, placement: Placement, counted: dict[str, int]) -> LoadedModel:
+def cold_then_warm(
+    path: Path, placement: Placement, counted: dict[str, int]
+) -> tuple[LoadedModel, LoadedModel]:
     cold = load(path, placement)
     assert cold.weights_cache == "written"
-    assert counted["dequantize"] > 0
-    counted.update(dequantize=0, int4_linear_from_gguf=0)
+    assert sum(counted.values()) > 0
+    counted.update(dict.fromkeys(counted, 0))
     warm = load(path, placement)
     assert warm.weights_cache == "read"
-    assert counted == {"dequantize": 0, "int4_linear_from_gguf": 0}  # nothing was prepared
+    assert set(counted.values()) == {0}  # nothing was dequantized or packed
     assert torch.equal(logits(cold), logits(warm))
     for field in ("dtype", "weights", "packed_4bit", "context_length"):
         assert getattr(warm, field) == getattr(cold, field)
-    return warm
+    return cold, warm
 
 
 def test_float32_second_load_reads_the_cache(tiny_gguf: Path, counted: dict[str, int]) -> None:
     cold_then_warm(tiny_gguf, FLOAT32, counted)
 
 
+def layout(model: nn.Module) -> list[tuple[str, str]]:
+    return [(name, type(m).__name__) for name, m in model.named_modules()]
+
+
 @needs_int4
 def test_int4_second_load_rebuilds_the_packed_layers(
     q4_gguf: Path, counted: dict[str, int]
 ) -> None:
-    warm = cold_then_warm(q4_gguf, INT4, counted)
+    cold, warm = cold_then_warm(q4_gguf, INT4, counted)
     assert warm.packed_4bit == 14  # 7 projections x 2 blocks
-    assert sum(isinstance(m, Int4Linear) for m in warm.model.modules()) == 14
-    assert warm.model.output is not None and warm.model.output.weight.dtype == torch.bfloat16
+    assert layout(warm.model) == layout(cold.model)  # same layers, fused, same kinds
+    attention = warm.model.layers[0].attention
+    assert isinstance(attention.wqkv, Int4Linear) and not hasattr(attention, "wq")
+    assert isinstance(warm.model.tok_embeddings, Q8Table)
+    assert isinstance(warm.model.output, QuantizedHead)
+    # the tied head's exact rows are the embedding module itself, as the loader left them
+    assert warm.model.output.rows is warm.model.tok_embeddings
     assert not any(t.is_meta for t in warm.model.state_dict().values())
 
 
@@ -220,6 +234,24 @@ def test_offload_and_bitsandbytes_placements_are_not_cached() -> None:
 def test_default_model_warm_start_is_the_same_model(
     default_path: Path, counted: dict[str, int]
 ) -> None:
-    warm = cold_then_warm(default_path, INT4, counted)
+    _, warm = cold_then_warm(default_path, INT4, counted)
     assert warm.packed_4bit == 210
-    assert warm.weights.startswith("4-bit int4 kernel (210 tensors), bfloat16 head")
+    assert warm.weights.startswith("4-bit int4 kernel (210 tensors), 4-bit head")
+
+
+def test_ask_with_an_unwritable_cache_says_so_in_one_line(tiny_gguf: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "LLAMA_TUI_CACHE_DIR": str(blocker / "cache")}
+    argv = ["ask", "--model", str(tiny_gguf), "--max-new-tokens", "2", "--temperature", "0", "hi"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tui.cli.main", *argv],
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "weights cache" in line]
+    assert len(notes) == 1 and notes[0].startswith("llama-tui: note: weights cache not written")
+    assert "Traceback" not in proc.stderr and proc.stdout  # the reply (random tokens)
