@@ -7,10 +7,12 @@ dtypes (tens of ms) and keeps the verdict in the user cache folder, keyed by the
 torch's version. bfloat16 must win clearly (MARGIN): float32 is exact, and noise or a tie
 should not trade precision for nothing.
 
-The verdict depends on matrix size: on the AMX Xeon this was written on, the default model's
-small matrices ([1536, 576]) ran ~8% faster in float32 and a [4096, 2048] one ~20% faster in
-bfloat16. SHAPE is the latter, a 1B-class projection, since larger models are the ones that run
-dense (the default Q4 model runs on the int4 kernel whatever the verdict).
+The answer depends on matrix size and on how busy the machine is: on the AMX Xeon this was
+written on, one thread, the default model's small matrices ([1536, 576]) ran ~8% faster in
+float32, and a [4096, 2048] one took 0.9-1.05x float32's time in bfloat16 when the machine was
+quiet (0.75-0.95x when it was busy). SHAPE is the latter, a 1B-class projection, since larger
+models are the ones that run dense (the default Q4 model runs on the int4 kernel whatever the
+verdict); there, this machine measures float32.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from engine.user_cache import cache_dir, write_atomically
 
 VERDICT_FILE = "cpu-dtype.json"
 SHAPE = (4096, 2048)  # out x in of the weight (a 1B-class FFN); the activation is one token
-ROUNDS = 12  # timed rounds after one warm-up, each float32 then bfloat16
-MARGIN = 0.9  # bfloat16 is chosen when its best time is under MARGIN x float32's
+WARMUP, ROUNDS = 2, 10  # untimed then timed rounds, each float32 then bfloat16
+MARGIN = 0.85  # bfloat16 is chosen when its best time is under MARGIN x float32's
 CANDIDATES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -65,11 +67,11 @@ def measure() -> dict[str, float]:
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for round_ in range(ROUNDS + 1):
+            for round_ in range(WARMUP + ROUNDS):
                 for name, (x, w) in cases.items():
                     t0 = time.perf_counter()
                     F.linear(x, w)
-                    if round_:  # round 0 warms up the kernels
+                    if round_ >= WARMUP:  # the first rounds warm up kernels and caches
                         best[name] = min(best[name], time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
