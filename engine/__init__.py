@@ -7,6 +7,7 @@ import only from here, and an import-linter contract checks it (pyproject.toml).
 from engine.args import ModelArgs
 from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
 from engine.chat_format import Message, encode_dialog
+from engine.compiled import compile_decode_step
 from engine.config import (
     DEFAULTS_NAME,
     Config,
@@ -98,6 +99,7 @@ __all__ = [
     "UserError",
     "assign_state",
     "data_dir",
+    "compile_decode_step",
     "decode_one_token",
     "default_model_path",
     "encode_dialog",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from engine.offload import BlockStreamer, streamer_of
 from engine.placement import Placement, resolve_placement
 from engine.quantized import QuantizedHead
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
+
+if TYPE_CHECKING:
+    from engine.compiled import CompileStatus
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +46,7 @@ class LoadedModel:
     weights: str  # how the weights are held, for the user: "bfloat16", "4-bit kernel + bfloat16"
     load_s: float
     metadata: dict[str, Any]
+    compiled: CompileStatus | None = None  # the background build of a compiled decode step
 
     @property
     def streamer(self) -> BlockStreamer | None:
@@ -218,10 +222,15 @@ def load_profile_model(profile: Profile, progress: Progress | None = None) -> Lo
         profile.offload_exclusion,
         profile.native_4bit,
     )
-    return load_model(
+    loaded = load_model(
         Path(profile.model) if profile.model else default_model_path(),
         placement=placement,
         context_length=profile.context_length,
         progress=progress,
         tokenizer=Path(profile.tokenizer) if profile.tokenizer else None,
     )
+    from engine.compiled import compile_in_background, compile_supported, compile_wanted
+
+    if compile_wanted(profile.compile) and compile_supported(loaded.model):
+        loaded.compiled = compile_in_background(loaded.model)  # decodes eagerly until ready
+    return loaded
