@@ -29,6 +29,7 @@ import torch
 from engine.generate import token_logits
 from engine.kv_cache import KVCache
 from engine.model import Transformer
+from engine.quantized import Int4Linear
 
 ENV_COMPILE = "LLAMA_TUI_COMPILE"  # "0" (or "false", "off") turns the compiled step off
 ENV_CACHE_DIR = "LLAMA_TUI_CACHE_DIR"  # the llama-tui cache folder (default: the user's)
@@ -42,8 +43,6 @@ def compile_wanted(setting: bool) -> bool:
 
 def compile_supported(model: Transformer) -> bool:
     """The compiled step is for the CPU path with 4-bit blocks (the default placement)."""
-    from engine.quantized import Int4Linear
-
     on_cpu = model.norm.weight.device.type == "cpu"
     return on_cpu and any(isinstance(m, Int4Linear) for m in model.modules())
 
