@@ -7,6 +7,10 @@ w = (q - 8) * scale + zero per group of 32 weights, which holds both formats exa
 Q4_0 is d * (q - 8) (zero = 0) and Q4_1 is d * q + m (zero = m + 8d). Scales and zeros are
 kept in bfloat16, the kernel's activation dtype; that rounding (about 0.4%) is the only change
 against the float32 dequantization.
+
+Beside the blocks: wq|wk|wv and w1|w3 fused side by side (one kernel call each), the output
+head on the same kernel with exact Q8_0 rows for its top logits (QuantizedHead, Q8Table), and
+long prefill chunks on dense bfloat16 GEMMs from one shared scratch buffer (DenseScratch).
 """
 
 from __future__ import annotations
