@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from engine.args import ModelArgs
     from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
     from engine.chat_format import Message, encode_dialog
+    from engine.compiled import compile_decode_step
     from engine.config import (
         DEFAULTS_NAME,
         Config,
@@ -71,6 +72,7 @@ _EXPORTS = {
     "Backend": "engine.backend",
     "ChatSession": "engine.session",
     "ClearRequest": "engine.queue",
+    "compile_decode_step": "engine.compiled",
     "Config": "engine.config",
     "ConfigError": "engine.errors",
     "ContextOverflowError": "engine.errors",
@@ -175,6 +177,7 @@ __all__ = [
     "UserError",
     "assign_state",
     "data_dir",
+    "compile_decode_step",
     "decode_one_token",
     "default_model_path",
     "encode_dialog",

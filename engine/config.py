@@ -70,6 +70,7 @@ class Profile:
     chat_template: bool = True  # False = raw completion (no template)
     chat_format: str = "auto"  # auto, template, llama2, llama3, chatml or raw (chat_format.py)
     native_4bit: bool = True  # bfloat16 on CPU: keep Q4_0/Q4_1 GGUF blocks 4-bit (int4 kernel)
+    compile: bool = True  # CPU 4-bit: build a compiled decode step in the background (compiled.py)
     theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
     sampling: SamplingSettings = SamplingSettings()
 
@@ -102,6 +103,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "chat_template": (bool, lambda v: True, ""),
     "chat_format": (str, lambda v: v in CHAT_FORMATS, "one of " + ", ".join(CHAT_FORMATS)),
     "native_4bit": (bool, lambda v: True, ""),
+    "compile": (bool, lambda v: True, ""),
     "quantization": (str, lambda v: v in QUANTIZATIONS, "one of " + ", ".join(QUANTIZATIONS)),
     "offload": (bool, lambda v: True, ""),
     "offload_exclusion": (tuple, lambda v: True, ""),  # names checked in _check, with a hint
@@ -229,6 +231,7 @@ WEIGHT_KEYS = (
     "device",
     "dtype",
     "native_4bit",
+    "compile",
     "quantization",
     "offload",
     "offload_exclusion",

@@ -52,11 +52,13 @@ def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) 
 
 @torch.inference_mode()
 def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch.Tensor:
-    """Feed one token at the cache's end; returns next-token logits [V]."""
+    """Feed one token at the cache's end; returns next-token logits [V] (through the compiled
+    step once one is built: engine/compiled.py)."""
     device = model.norm.weight.device
     pos = cache.length
     tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
-    logits = token_logits(model, tokens, pos, cache)[0, -1]
+    step = model.decode_step or token_logits
+    logits = step(model, tokens, pos, cache)[0, -1]
     cache.append([token_id])
     return logits
 

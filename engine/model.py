@@ -7,6 +7,8 @@ pairs (x[2i], x[2i+1]) as Meta's reference code does; GGUF files store q/k in th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,6 +146,8 @@ class Transformer(nn.Module):
             else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
         )
         self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
+        # generate.token_logits compiled for one-token steps, once built (engine/compiled.py)
+        self.decode_step: Callable[..., torch.Tensor] | None = None
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None

@@ -7,9 +7,15 @@ w = (q - 8) * scale + zero per group of 32 weights, which holds both formats exa
 Q4_0 is d * (q - 8) (zero = 0) and Q4_1 is d * q + m (zero = m + 8d). Scales and zeros are
 kept in bfloat16, the kernel's activation dtype; that rounding (about 0.4%) is the only change
 against the float32 dequantization.
+
+Beside the blocks: wq|wk|wv and w1|w3 fused side by side (one kernel call each), the output
+head on the same kernel with exact Q8_0 rows for its top logits (QuantizedHead, Q8Table), and
+long prefill chunks on dense bfloat16 GEMMs from one shared scratch buffer (DenseScratch).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -29,6 +35,23 @@ def int4_cpu_supported() -> bool:
     )
 
 
+class DenseScratch:
+    """One bfloat16 buffer that the 4-bit layers of a model dequantize into (W.T), one at a time,
+    for a long prefill chunk: dense bfloat16 GEMMs (AMX, AVX512-BF16) beat the int4 kernel there
+    by far, and this buffer, the size of the largest layer, is the only memory they add."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.bfloat16)
+
+    def take(self, rows: int, cols: int) -> torch.Tensor:
+        if self.buffer.numel() < rows * cols:
+            self.buffer = torch.empty(rows * cols, dtype=torch.bfloat16)
+        return self.buffer[: rows * cols].view(rows, cols)
+
+
+DENSE_ROWS = 128  # activation rows (prefill tokens) from which a layer runs dense
+
+
 @rebuildable("int4_linear")
 class Int4Linear(nn.Module):
     """y = x @ W.T with W held as packed 4-bit groups: [out, in/2] bytes + [in/32, out, 2]."""
@@ -42,11 +65,16 @@ class Int4Linear(nn.Module):
         self.out_features = packed.shape[0]
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros)
+        self.scratch: DenseScratch | None = None  # set: long inputs run dense (share_scratch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., in] -> [..., out]; the kernel takes 2-D bfloat16 activations
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
+        if self.scratch is not None and flat.shape[0] >= DENSE_ROWS:
+            weight_t = self.scratch.take(self.in_features, self.out_features)
+            out = flat @ dequantize_t(self.packed, self.scales_zeros, weight_t)
+        else:
+            out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def rebuild_args(self) -> dict[str, int]:
@@ -61,6 +89,62 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, 4-bit groups of {GROUP}"
+
+
+PACK_BLOCK = 64  # torch's CPU int4 pack works in blocks of 64 output rows
+
+
+def dequantize_t(
+    packed: torch.Tensor, scales_zeros: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """An Int4Linear's W.T [in, out] in bfloat16, written into ``out``: w = q * scale + (zero -
+    8 scale), in float32 as the kernel computes it, rounded once. Reads torch's CPU pack layout
+    (``PACK_BLOCK``, checked by ``pack_layout_known``): per block of 64 output rows, byte j at
+    input k holds row j in its low nibble and row j + 32 in its high nibble, so runs of 32
+    bytes become runs of 32 weights of W.T, without a transpose."""
+    n_in, n_out = out.shape
+    nb, g, half = n_out // PACK_BLOCK, n_in // GROUP, PACK_BLOCK // 2
+    blocks = packed.view(nb, g, GROUP, half).permute(1, 2, 0, 3)  # [g, k, nb, j]
+    sz = scales_zeros.view(g, 1, nb, 2, half, 2).float()  # [g, 1, nb, nibble, j, scale|zero]
+    scale, bias = sz[..., 0], sz[..., 1] - 8.0 * sz[..., 0]
+    cols = out.view(g, GROUP, nb, 2, half)  # W.T[32 g + k, 64 b + 32 nibble + j]
+    for nibble, q in enumerate((blocks & 0x0F, blocks >> 4)):
+        torch.addcmul(bias[..., nibble, :], q, scale[..., nibble, :], out=cols[..., nibble, :])
+    return out
+
+
+@functools.cache
+def pack_layout_known() -> bool:
+    """Whether this torch build packs as dequantize_t reads (checked once)."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (2 * PACK_BLOCK, 2 * GROUP), generator=gen, dtype=torch.uint8)
+    d, zero = torch.rand(2 * PACK_BLOCK, 2), torch.rand(2 * PACK_BLOCK, 2)
+    layer = fused_int4_linear([(q, d, zero)])
+    if layer.packed.shape != (q.shape[0], q.shape[1] // 2):
+        return False
+    weight_t = torch.empty(q.shape[1], q.shape[0], dtype=torch.bfloat16)
+    weight = dequantize_t(layer.packed, layer.scales_zeros, weight_t).t()
+    sz = layer.scales_zeros.float().transpose(0, 1).repeat_interleave(GROUP, dim=1)
+    exact = (q - 8.0) * sz[..., 0] + sz[..., 1]
+    return bool(((weight.float() - exact).abs() <= exact.abs() / 128).all())  # bf16 rounding
+
+
+def share_scratch(model: nn.Module) -> int:
+    """Give the block projections of ``model`` (not the head) one DenseScratch: prefill chunks
+    of DENSE_ROWS tokens or more then run on dense bfloat16 GEMMs. Returns how many layers."""
+    scratch = DenseScratch()
+    layers = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, Int4Linear)
+        and name.startswith("layers.")
+        and m.out_features % PACK_BLOCK == 0
+    ]
+    if not pack_layout_known():
+        return 0
+    for m in layers:
+        m.scratch = scratch
+    return len(layers)
 
 
 def int4_linear_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> Int4Linear:

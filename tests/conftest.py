@@ -48,6 +48,13 @@ def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_background_compile() -> None:
+    """Loaded profiles decode on the eager step: no compile threads in the app and CLI tests
+    (tests/engine/test_compiled.py compiles on purpose)."""
+    os.environ["LLAMA_TUI_COMPILE"] = "0"
+
+
 @pytest.fixture(scope="session")
 def default_path() -> Path:
     return default_model_path()

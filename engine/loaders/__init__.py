@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,8 +29,11 @@ from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
 from engine.offload import BlockStreamer, streamer_of
 from engine.placement import Placement, resolve_placement
-from engine.quantized import QuantizedHead
+from engine.quantized import QuantizedHead, share_scratch
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
+
+if TYPE_CHECKING:
+    from engine.compiled import CompileStatus
 
 Progress = Callable[[int, int], None]
 
@@ -52,6 +55,7 @@ class LoadedModel:
     metadata: dict[str, Any]
     # the prepared-weights cache (loaders/cache.py): "read", "written", "not written: why", "off"
     weights_cache: str = "off"
+    compiled: CompileStatus | None = None  # the background build of a compiled decode step
 
     @property
     def streamer(self) -> BlockStreamer | None:
@@ -143,6 +147,8 @@ def _gguf_model(
     cached = read_prepared(gguf.path, placement, skeleton)
     if not isinstance(cached, str):
         model, info = cached
+        if info.get("packed_4bit", 0):
+            share_scratch(model)  # as load_gguf_weights does: long prefill chunks run dense
         if progress is not None:
             progress(len(gguf.tensors), len(gguf.tensors))
         return model, args, int(info.get("packed_4bit", 0)), "read"
@@ -261,10 +267,15 @@ def load_profile_model(profile: Profile, progress: Progress | None = None) -> Lo
         profile.offload_exclusion,
         profile.native_4bit,
     )
-    return load_model(
+    loaded = load_model(
         Path(profile.model) if profile.model else default_model_path(),
         placement=placement,
         context_length=profile.context_length,
         progress=progress,
         tokenizer=Path(profile.tokenizer) if profile.tokenizer else None,
     )
+    from engine.compiled import compile_in_background, compile_supported, compile_wanted
+
+    if compile_wanted(profile.compile) and compile_supported(loaded.model):
+        loaded.compiled = compile_in_background(loaded.model)  # decodes eagerly until ready
+    return loaded

@@ -32,6 +32,7 @@ from engine.quantized import (
     int4_linear_from_dense,
     q8_table,
     q8_table_from_gguf,
+    share_scratch,
 )
 
 TOP_LEVEL = {
@@ -147,6 +148,7 @@ def load_gguf_weights(
         owner.fuse(layer)
     if keep_4bit:
         model.output = quantized_head(model.tok_embeddings if head is None else head, args)
+        share_scratch(model)  # long prefill chunks: dense bfloat16 GEMMs, one layer at a time
     n_4bit = len(four_bit)
     return model, args, rope_freq_factors(gguf), n_4bit
 

@@ -369,9 +369,9 @@ def test_sampling_changed_only_and_weights_key(tmp_path: Path) -> None:
     a, b, c, d = (config.profiles[n] for n in "abcd")
     assert sampling_changed_only(a, b) and sampling_changed_only(a, a)
     assert not sampling_changed_only(a, c) and not sampling_changed_only(a, d)
-    base = (None, None, "auto", "auto", True, "none", False, ())
+    base = (None, None, "auto", "auto", True, True, "none", False, ())
     assert weights_key(a) == weights_key(b) == weights_key(d) == base
-    assert weights_key(c) == (None, None, "auto", "bfloat16", True, "none", False, ())
+    assert weights_key(c) == (None, None, "auto", "bfloat16", True, True, "none", False, ())
 
 
 # --- the repository's example ---------------------------------------------------------

@@ -18,12 +18,16 @@ from engine.loaders.dequant import dequantize
 from engine.loaders.gguf_file import GGUFFile
 from engine.placement import Placement
 from engine.quantized import (
+    DENSE_ROWS,
+    DenseScratch,
     Int4Linear,
     Q8Table,
     QuantizedHead,
+    dequantize_t,
     int4_cpu_supported,
     int4_linear_from_dense,
     int4_linear_from_gguf,
+    pack_layout_known,
     q8_table,
     q8_table_from_gguf,
 )
@@ -265,3 +269,71 @@ def test_default_model_fused_decodes_the_same_greedy_tokens(default_path: Path) 
         replies.append((tokens, torch.stack(logits)))
     assert replies[0][0] == replies[1][0]
     assert torch.equal(replies[0][1], replies[1][1])  # not only the tokens: the same logits
+
+
+def test_dequantize_t_reads_the_kernels_pack_layout() -> None:
+    assert pack_layout_known()
+    raw = random_blocks(Q.Q4_1, 192, 96, seed=5)
+    lin = int4_linear_from_gguf(raw, Q.Q4_1, (192, 96))
+    weight_t = dequantize_t(
+        lin.packed, lin.scales_zeros, torch.empty(96, 192, dtype=torch.bfloat16)
+    )
+    kernel = lin(torch.eye(96, dtype=torch.bfloat16))  # [96, 192]: row k = W[:, k], rounded
+    assert (weight_t.float() - kernel.float()).abs().max() <= kernel.abs().max() / 128
+
+
+def test_long_inputs_run_dense_through_one_shared_buffer(tiny_q4_path: Path) -> None:
+    m = load_model(
+        tiny_q4_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
+    )
+    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear)]
+    scratch = layers[0].scratch
+    assert isinstance(scratch, DenseScratch)
+    assert all(x.scratch is scratch for x in layers[:-1])  # every block projection ...
+    assert isinstance(m.model.output, QuantizedHead) and m.model.output.kernel.scratch is None
+    att = m.model.layers[0].attention.wqkv
+    assert isinstance(att, Int4Linear)
+    short, long = torch.randn(DENSE_ROWS - 1, 64), torch.randn(DENSE_ROWS, 64)
+    kernel_long = torch._weight_int4pack_mm_for_cpu(
+        long.bfloat16(), att.packed, 32, att.scales_zeros
+    ).float()
+    assert torch.equal(
+        att(short),
+        torch._weight_int4pack_mm_for_cpu(
+            short.bfloat16(), att.packed, 32, att.scales_zeros
+        ).float(),
+    )  # below DENSE_ROWS: the int4 kernel
+    dense = att(long)  # dense bfloat16: the weights rounded to bfloat16 once
+    assert not torch.equal(dense, kernel_long)
+    torch.testing.assert_close(dense, kernel_long, rtol=0.02, atol=0.02 * kernel_long.abs().max())
+    with torch.inference_mode():
+        m.model(torch.randint(0, 49152, (1, DENSE_ROWS + 5)))
+    largest = max(x.in_features * x.out_features for x in layers[:-1])
+    assert scratch.buffer.numel() == largest  # the only memory the dense path adds
+
+
+@pytest.mark.slow
+def test_default_model_dense_prefill_agrees_teacher_forced(default_path: Path) -> None:
+    """Measured: dense bfloat16 prefill (weights rounded to bfloat16 once) picks the int4
+    kernel's top-1 at 192 of 192 positions here (190 of 192 on README text; largest logit
+    gap there about 1.4)."""
+    m = load_model(
+        default_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
+    )
+    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear) and x.scratch]
+    assert len(layers) == 30 * 4  # every block projection; the head stays on the kernel
+    scratch = layers[0].scratch
+    ids = m.tokenizer.encode(" ".join(TEACHER_TEXTS * 5))
+    assert len(ids) >= 3 * 300
+    agree = 0
+    with torch.inference_mode():
+        for i in range(3):
+            tokens = torch.tensor([ids[i * 300 : i * 300 + 256]])
+            dense = token_logits(m.model, tokens)[0, -64:].argmax(-1)
+            for x in layers:
+                x.scratch = None
+            kernel = token_logits(m.model, tokens)[0, -64:].argmax(-1)
+            for x in layers:
+                x.scratch = scratch
+            agree += int((dense == kernel).sum())
+    assert agree / 192 >= 0.98

@@ -1,0 +1,153 @@
+"""engine.compiled: the inductor-compiled decode step gives the eager step's greedy tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+from engine.compiled import (
+    ENV_CACHE_DIR,
+    ENV_COMPILE,
+    compile_decode_step,
+    compile_in_background,
+    compile_supported,
+    compile_wanted,
+    compiled_token_logits,
+)
+from engine.config import Profile, load_config
+from engine.errors import ConfigError
+from engine.generate import decode_one_token, prefill
+from engine.kv_cache import KVCache
+from engine.loaders import LoadedModel, load_model, load_profile_model
+from engine.placement import Placement
+from engine.quantized import int4_cpu_supported
+from tests.gguf_writer import write_tiny_gguf
+
+CPU = torch.device("cpu")
+PACKED = Placement(CPU, torch.bfloat16, native_4bit=True)
+needs_compiler = pytest.mark.skipif(
+    not int4_cpu_supported() or shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="needs torch's int4 CPU kernels and a C++ compiler for inductor",
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Inductor's on-disk cache for this module, not the user's."""
+    path = tmp_path_factory.mktemp("llama-tui-cache")
+    old = os.environ.get(ENV_CACHE_DIR)
+    os.environ[ENV_CACHE_DIR] = str(path)
+    yield path
+    if old is None:
+        del os.environ[ENV_CACHE_DIR]
+    else:
+        os.environ[ENV_CACHE_DIR] = old
+
+
+@pytest.fixture(scope="module")
+def q4_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("q4") / "tiny-q4.gguf"
+    return write_tiny_gguf(path, quantize=Q.Q4_1, quantize_tables=Q.Q8_0)
+
+
+@pytest.fixture(scope="module")
+def compiled(q4_path: Path, cache_dir: Path) -> LoadedModel:
+    m = load_model(q4_path, placement=PACKED, context_length=64)
+    compile_decode_step(m.model)
+    assert m.model.decode_step is not None
+    return m
+
+
+def greedy(m: LoadedModel, n: int, switch_at: int | None = None) -> tuple[list[int], torch.Tensor]:
+    """n greedy tokens; the compiled step from token ``switch_at`` on (None: eager only)."""
+    step, a = m.model.decode_step, m.args
+    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length)
+    logits = [prefill(m.model, cache, list(range(100, 110)), 0)]
+    tokens = [int(logits[-1].argmax())]
+    try:
+        for i in range(1, n):
+            m.model.decode_step = step if switch_at is not None and i >= switch_at else None
+            logits.append(decode_one_token(m.model, cache, tokens[-1]))
+            tokens.append(int(logits[-1].argmax()))
+    finally:
+        m.model.decode_step = step
+    return tokens, torch.stack(logits)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_switching_to_the_compiled_step_mid_reply_keeps_the_greedy_tokens(
+    compiled: LoadedModel,
+) -> None:
+    eager, eager_logits = greedy(compiled, 40)
+    switched, switched_logits = greedy(compiled, 40, switch_at=12)
+    assert switched == eager
+    # not bit for bit (inductor fuses the norms and rotations), but close
+    torch.testing.assert_close(switched_logits, eager_logits, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(switched_logits[12:], eager_logits[12:])  # it did run compiled
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_compiled_step_covers_every_decode_position_without_recompiling(
+    compiled: LoadedModel,
+) -> None:
+    model, a = compiled.model, compiled.args
+    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, compiled.context_length)
+    prefill(model, cache, [7], 0)
+    fn = compiled_token_logits()  # the same function: it finds the step compiled at warm-up
+    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+        for start in range(1, compiled.context_length - 1):  # a recompile would raise here
+            fn(model, torch.tensor([[start]]), start, cache)
+            cache.append([start])
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_background_build_hands_over_the_step_and_caches_on_disk(
+    q4_path: Path, cache_dir: Path, compiled: LoadedModel
+) -> None:
+    m = load_model(q4_path, placement=PACKED, context_length=64)
+    assert compile_supported(m.model) and m.model.decode_step is None
+    status = compile_in_background(m.model)
+    assert status.ready.wait(600) and status.error is None
+    assert m.model.decode_step is not None and status.seconds > 0
+    assert any((cache_dir / "inductor").iterdir())  # inductor's cache, in ours
+
+
+def test_compile_is_a_profile_key_and_an_environment_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: LoadedModel
+) -> None:
+    monkeypatch.delenv(ENV_COMPILE, raising=False)
+    assert compile_wanted(True) and not compile_wanted(False)
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv(ENV_COMPILE, off)
+        assert not compile_wanted(True)
+    path = tmp_path / "llama-tui.toml"
+    path.write_text("[defaults]\ncompile = false\n", encoding="utf-8")
+    assert load_config(path).defaults.compile is False
+    path.write_text('[defaults]\ncompile = "yes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="compile"):
+        load_config(path)
+    assert not compile_supported(tiny_model.model)  # float32, no 4-bit blocks: stays eager
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_profile_starts_the_build_unless_compile_is_off(
+    q4_path: Path, cache_dir: Path, compiled: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_COMPILE, "1")  # the test session turns it off (conftest)
+    profile = Profile(name="q4", model=str(q4_path), dtype="bfloat16", device="cpu")
+    loaded = load_profile_model(profile)
+    assert loaded.compiled is not None  # started; the model decodes eagerly meanwhile
+    assert loaded.compiled.ready.wait(600) and loaded.model.decode_step is not None
+    off = load_profile_model(replace(profile, compile=False))
+    assert off.compiled is None and off.model.decode_step is None
