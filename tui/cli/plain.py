@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 from typing import TextIO
 
 from engine import (
@@ -98,7 +99,8 @@ def stream(chat: Conversation, turn: Turn, as_json: bool, out: TextIO) -> Done:
 
 def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    queue = open_engine(profile)
+    # one reply: a background compile of the decode step would only cost start time and CPU
+    queue = open_engine(replace(profile, compile=False))
     try:
         chat = Conversation(queue, profile=profile)  # one turn, not saved
         stream(chat, chat.send(prompt), args.json, sys.stdout)
