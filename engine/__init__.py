@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from engine.args import ModelArgs
     from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
     from engine.chat_format import Message, encode_dialog
-    from engine.compiled import compile_decode_step
+    from engine.compiled import compile_decode_step, compile_supported, compile_wanted
     from engine.config import (
         DEFAULTS_NAME,
         Config,
@@ -73,6 +73,8 @@ _EXPORTS = {
     "ChatSession": "engine.session",
     "ClearRequest": "engine.queue",
     "compile_decode_step": "engine.compiled",
+    "compile_supported": "engine.compiled",
+    "compile_wanted": "engine.compiled",
     "Config": "engine.config",
     "ConfigError": "engine.errors",
     "ContextOverflowError": "engine.errors",
@@ -178,6 +180,8 @@ __all__ = [
     "assign_state",
     "data_dir",
     "compile_decode_step",
+    "compile_supported",
+    "compile_wanted",
     "decode_one_token",
     "default_model_path",
     "encode_dialog",

@@ -114,6 +114,7 @@ def test_ours_worker_generates_exactly_n_tokens_with_either_sampler(tiny_gguf: P
     spec = Spec(OURS, str(tiny_gguf), 1, 5, 1, prompt_tokens=12, profile=profile)
     ours = Ours(spec)
     assert len(ours.ids) == 12
+    assert ours.prepare() == 0.0 and ours.step == "eager"  # the tests keep compile off
     run = ours.run(5)
     assert len(run.tokens) == len(run.times) == 5 and run.prefill_s > 0
     sampled = Ours(replace(spec, sampling=asdict(replace(GREEDY, temperature=1.0))))
@@ -164,3 +165,4 @@ def test_vs_llama_cpp_for_real(
         assert engine["ranges"]["decode_tok_s"][0] <= engine["decode_tok_s"]
     assert set(record["ratios"][LLAMA_CPP]) == metrics | {"peak_rss_mib"}
     assert record["parity"][LLAMA_CPP].startswith(("identical", "DIFFER"))
+    assert record["decode_step"] == "eager" and record["compile_s"] == [0.0]

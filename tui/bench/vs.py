@@ -199,6 +199,7 @@ def run_vs(args: argparse.Namespace, profile: Profile) -> int:
     weights = {r["engine"]: r["weights"] for r, _ in records}
     first = {r["engine"]: r["tokens"] for r, _ in reversed(records)}  # each one's 1st process
     greedy = args.sampling == "greedy"
+    ours = [r for r, _ in records if r["engine"] == OURS]
     meta: dict[str, Any] = {
         "model": model.name,
         "prompt_tokens": prompt_tokens,
@@ -212,6 +213,8 @@ def run_vs(args: argparse.Namespace, profile: Profile) -> int:
         "max_other_load": args.max_other_load,
         "order": order,
         "parity": {p: parity_of(first[OURS], first[p]) for p in peers} if greedy else {},
+        "decode_step": ours[0]["decode_step"],  # llama-tui's timed runs: "compiled" or "eager"
+        "compile_s": [r["prepare_s"] for r in ours],  # per process, after its first token
     }
     if args.json:
         print(json.dumps(to_json(summaries, weights, meta)))
@@ -249,6 +252,12 @@ def _print_report(
             "warning: every sample of the figures marked (noisy) was over the limit, so all "
             "were kept: the machine was busy and those figures (and their ratios) are not to "
             "be trusted"
+        )
+    if meta["decode_step"] == "compiled":
+        built = ", ".join(f"{s:.0f}" for s in meta["compile_s"])
+        print(
+            "llama-tui decoded through its compiled step, built after the first token as a "
+            f"chat builds it in the background (seconds per process: {built})"
         )
     if meta["device"] != "cpu" and LLAMA_CPP in summaries:
         print(f"note: llama.cpp ran on the CPU (a CPU build), the others on {meta['device']}")

@@ -6,8 +6,11 @@
 empty KV cache and generates exactly ``tokens`` tokens: end-of-sequence is not a stop.
 
 Each worker first generates one token (that moment, from the process's spawn, is its start to
-first token, as ``llama-tui ask`` pays it: imports, load, prefill, one token), then an untimed
-warm-up, then ``runs`` timed runs, each with the other processes' share of the CPU during it.
+first token, as ``llama-tui ask`` pays it: imports, load, prefill, one token, with no compile
+running beside it), then prepares its steady state (llama-tui: builds the compiled decode step
+when the profile's ``compile`` wants one, as a chat does in the background; its seconds are
+reported), then an untimed warm-up, then ``runs`` timed runs, each with the other processes'
+share of the CPU during it.
 Nothing heavy is imported at module level: the llama.cpp worker never imports torch, and the
 torch workers time ``import torch``.
 """
@@ -85,6 +88,10 @@ class Engine(Protocol):
         """Generate exactly n tokens from an empty cache."""
         ...
 
+    def prepare(self) -> float:
+        """After the first token: reach the steady state a chat decodes in; returns seconds."""
+        ...
+
 
 # --- the engines -----------------------------------------------------------------------------
 
@@ -105,7 +112,9 @@ class Ours:
 
         torch.set_num_threads(spec.threads)
         flat = {k: v for k, v in spec.profile.items() if k != "name"}
-        profile = resolve_profile(load_config(None), None, {**flat, "model": spec.model})
+        self.compile = bool(flat.get("compile", True))  # built in prepare(), not beside load
+        flat = {**flat, "model": spec.model, "compile": False}
+        profile = resolve_profile(load_config(None), None, flat)
         self.loaded = loaded = load_profile_model(profile)
         self.ids = spec.ids or prompt_ids(loaded, spec.prompt_tokens)
         four_bit = "+int4" if loaded.packed_4bit else ""
@@ -121,6 +130,19 @@ class Ours:
         )
         greedy = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
         self.settings = SamplingSettings(**spec.sampling) if spec.sampling else greedy
+        self.step = "eager"  # the decode step the timed runs use
+
+    def prepare(self) -> float:
+        """The compiled decode step, where the profile and the placement have one (blocking)."""
+        from engine import compile_decode_step, compile_supported, compile_wanted
+
+        model = self.loaded.model
+        if not (compile_wanted(self.compile) and compile_supported(model)):
+            return 0.0
+        t0 = time.perf_counter()
+        compile_decode_step(model)
+        self.step = "compiled"
+        return time.perf_counter() - t0
 
     def run(self, n: int) -> Run:
         # import-linter reads `from engine import generate` as the private module
@@ -199,6 +221,9 @@ class LlamaCpp:
                 "mirostat_eta": s["mirostat_eta"],
             }
 
+    def prepare(self) -> float:
+        return 0.0
+
     def run(self, n: int) -> Run:
         llm, lib = self.llm, self.lib
         llm.reset()  # an empty cache: generate() would reuse the previous run's prompt
@@ -250,6 +275,9 @@ class Transformers:
                 "typical_p": s["typical_p"],
                 "repetition_penalty": s["repeat_penalty"],
             }
+
+    def prepare(self) -> float:
+        return 0.0
 
     def run(self, n: int) -> Run:
         import torch
@@ -309,6 +337,7 @@ def measure(spec: Spec) -> dict[str, Any]:
     first_token = Stamp.now()
     lag = time.perf_counter() - first.times[0]  # the one token's arrival, on the shared clock
     first_token = Stamp(first_token.at - lag, first_token.busy_s, first_token.cpu_s)
+    prepare_s = engine.prepare()
 
     def one_run(n: int) -> tuple[Run, float]:
         window = Stamp.now()
@@ -323,6 +352,8 @@ def measure(spec: Spec) -> dict[str, Any]:
         "import_s": import_s,
         "import_module": _import_module(spec.engine),
         "load_s": load_s,
+        "prepare_s": prepare_s,
+        "decode_step": getattr(engine, "step", "-"),
         "first_token": asdict(first_token),
         "runs": [{**run.figures(len(engine.ids)), "other_load": load} for run, load in timed],
         "peak_rss_bytes": peak_rss_bytes(),
