@@ -166,6 +166,7 @@ class LocalBackend:
                 session.messages = list(old.messages)  # the conversation survives a reload
                 session.pinned = set(old.pinned)
             self.session = session
+        self.session.speculative = profile.speculative
         self.profile = profile
         return model_info(loaded, reused)
 

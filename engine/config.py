@@ -22,6 +22,7 @@ from typing import Any
 import platformdirs
 
 from engine.errors import ConfigError
+from engine.speculative import MODES as SPECULATIVE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +72,7 @@ class Profile:
     chat_format: str = "auto"  # auto, template, llama2, llama3, chatml or raw (chat_format.py)
     native_4bit: bool = True  # bfloat16 on CPU: keep Q4_0/Q4_1 GGUF blocks 4-bit (int4 kernel)
     compile: bool = True  # CPU 4-bit: build a compiled decode step in the background (compiled.py)
+    speculative: str = "off"  # "off" | "prompt-lookup": drafts from the prompt (speculative.py)
     theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
     sampling: SamplingSettings = SamplingSettings()
 
@@ -104,6 +106,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "chat_format": (str, lambda v: v in CHAT_FORMATS, "one of " + ", ".join(CHAT_FORMATS)),
     "native_4bit": (bool, lambda v: True, ""),
     "compile": (bool, lambda v: True, ""),
+    "speculative": (str, lambda v: v in SPECULATIVE, "one of " + ", ".join(SPECULATIVE)),
     "quantization": (str, lambda v: v in QUANTIZATIONS, "one of " + ", ".join(QUANTIZATIONS)),
     "offload": (bool, lambda v: True, ""),
     "offload_exclusion": (tuple, lambda v: True, ""),  # names checked in _check, with a hint

@@ -15,9 +15,11 @@ from engine.kv_cache import KVCache
 from engine.metrics import GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
+from engine.speculative import PromptLookup
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
+TIE_MARGIN = 0.1  # greedy: a draft's row with its two best logits this close is recomputed
 
 
 def token_logits(
@@ -63,6 +65,23 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     return logits
 
 
+def near_tie(logits: torch.Tensor) -> bool:
+    """The two best logits [V] closer than TIE_MARGIN."""
+    best = logits.topk(2).values
+    return bool(best[0] - best[1] < TIE_MARGIN)
+
+
+@torch.inference_mode()
+def verify(model: Transformer, cache: KVCache, ids: Sequence[int]) -> list[torch.Tensor]:
+    """Feed ``ids`` (the last token, then a draft: engine/speculative.py) at the cache's end in
+    one forward; returns the next-token logits [V] after each of them, in order."""
+    device = model.norm.weight.device
+    tokens = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    logits = token_logits(model, tokens, cache.length, cache)[0]  # [T, V]
+    cache.append(ids)
+    return list(logits.unbind(0))
+
+
 def generate(
     model: Transformer,
     tokenizer: Tokenizer,
@@ -73,11 +92,13 @@ def generate(
     cancel: threading.Event | None = None,
     sampler_state: MirostatState | None = None,
     stop_ids: frozenset[int] | None = None,
+    speculative: str = "off",
 ) -> Iterator[Event]:
     """Reuse the cached prefix, prefill the rest, then sample until stop/length/context/cancel.
 
     ``stop_ids`` replaces the tokenizer's stop ids (the bench passes none to decode exactly
-    ``max_new_tokens`` tokens).
+    ``max_new_tokens`` tokens). ``speculative = "prompt-lookup"`` feeds drafts copied from the
+    prompt and verifies them in one forward (engine/speculative.py); the tokens are the same.
     """
     stops = tokenizer.stop_ids if stop_ids is None else stop_ids
     t0 = time.perf_counter()
@@ -95,13 +116,24 @@ def generate(
     generator = make_generator(settings.seed)
     recent = list(prompt_ids)
     decoder = StreamDecoder(tokenizer)
+    lookup = PromptLookup(prompt_ids) if speculative == "prompt-lookup" else None
+    rows = [logits]  # logits rows not sampled yet: rows[0] is the next token's
+    draft: list[int] = []  # fed after the row sampled last, unverified: rows[i + 1] follows it
+    proposed = agreed = 0  # the current draft's length, and how many of it were sampled
     out_ids: list[int] = []
     text: list[str] = []
     stop_reason = "length"
     t_first = t_prefill
-    steps = 0
+    steps = 0  # rows sampled after the prefill's (one a forward without a draft)
+    verified = False  # rows came from a forward over a draft
     while True:
-        token = sample(logits, settings, recent, generator, sampler_state)
+        if verified and settings.temperature == 0 and near_tie(rows[0]):
+            # the compiled one-token step (engine/compiled.py) rounds a little differently
+            # from the eager forward over a draft: a near-tie is decided by the one-token
+            # step, as without drafts, and the rest of the draft is dropped
+            cache.truncate(cache.length - len(draft) - 1)
+            rows, draft, verified = [decode_one_token(model, cache, out_ids[-1])], [], False
+        token = sample(rows.pop(0), settings, recent, generator, sampler_state)
         if not out_ids:
             t_first = time.perf_counter()
         if token in stops:
@@ -112,16 +144,40 @@ def generate(
         delta = decoder.push(token)
         text.append(delta)
         yield TokenEvent(token, delta, time.perf_counter() - t0)
+        if lookup is not None:
+            lookup.push(token)
+            if draft:  # the draft's next token is this one: the next row is right
+                if draft[0] == token:
+                    del draft[0]
+                    agreed += 1
+                else:
+                    rows = []
+            if proposed and not (draft and rows):  # the draft is done: accepted or not
+                lookup.judged(proposed, agreed)
+                proposed = agreed = 0
         if len(out_ids) >= max_new_tokens:
             break
         if cancel is not None and cancel.is_set():
             stop_reason = "cancelled"
             break
+        if rows:
+            steps += 1
+            continue
+        cache.truncate(cache.length - len(draft))  # rejected draft tokens
+        draft = []
         if cache.length >= cache.max_len:
             stop_reason = "context"
             break
-        logits = decode_one_token(model, cache, token)
+        if lookup is not None:
+            draft = lookup.draft(cache.max_len - cache.length - 1)
+            proposed = len(draft)
+        verified = bool(draft)
+        if draft:
+            rows = verify(model, cache, [token, *draft])
+        else:
+            rows = [decode_one_token(model, cache, token)]
         steps += 1
+    cache.truncate(cache.length - len(draft))  # a draft left when the reply ended
     t_end = time.perf_counter()
     tail = decoder.flush()
     if tail:
@@ -137,5 +193,7 @@ def generate(
         decode_s=t_end - t_first,
         context_used=cache.length,
         context_limit=cache.max_len,
+        draft_tokens=lookup.drafted if lookup else 0,
+        accepted_tokens=lookup.accepted if lookup else 0,
     )
     yield Done("".join(text), out_ids, stop_reason, metrics)

@@ -21,6 +21,8 @@ class GenerationMetrics:
     context_limit: int = 0
     offload_bytes_per_token: float = 0.0  # offload: weight bytes copied to the GPU per decode step
     offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
+    draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
+    accepted_tokens: int = 0  # of those, tokens the model agreed with
 
     @property
     def offload_gb_s(self) -> float:

@@ -18,6 +18,8 @@ from engine.kv_cache import KVCache
 from engine.quantized import QuantizedHead
 from engine.rope import rope_inv_freq, rope_table, rotate
 
+ROW_BY_ROW = 16  # chunks this short after cached tokens attend one query row at a time
+
 Device = torch.device | str | None
 
 
@@ -75,9 +77,23 @@ class Attention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         q = q.view(B, T, self.n_kv_heads, n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
-        if mask is not None and n_rep > 1:
-            mask = mask.repeat(n_rep, 1)  # [n_rep * T, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if cache is not None and 1 < T <= ROW_BY_ROW:
+            # a short chunk after cached tokens (a speculative draft): each query row attends
+            # alone, exactly as a one-token step computes it, so drafts change no rounding
+            rows = q.view(B, self.n_kv_heads, n_rep, T, self.head_dim)
+            out = torch.stack(
+                [
+                    F.scaled_dot_product_attention(
+                        rows[:, :, :, t], k[:, :, : start + t + 1], v[:, :, : start + t + 1]
+                    )
+                    for t in range(T)
+                ],
+                dim=3,
+            )  # [B, KV, n_rep, T, Dh]
+        else:
+            if mask is not None and n_rep > 1:
+                mask = mask.repeat(n_rep, 1)  # [n_rep * T, S]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.view(B, self.n_kv_heads, n_rep, T, self.head_dim).permute(0, 3, 1, 2, 4)
         return self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
 

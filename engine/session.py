@@ -42,6 +42,7 @@ class ChatSession:
         self.context_start = 0  # messages[:context_start] left the context (except pinned)
         self.target_fraction = TARGET_FRACTION  # a trim brings the prompt under this share
         self.context_shift = True  # after a trim, move cached K/V instead of recomputing
+        self.speculative = "off"  # the profile's: "prompt-lookup" drafts (engine/speculative.py)
         self.last_notice: str | None = None  # one line for the user about the last turn's trim
         self._seen: dict[int, tuple[str, str]] = {}  # index -> (full text, what the model saw)
         self.sampler_state: MirostatState | None = None  # Mirostat's mu, per conversation
@@ -199,6 +200,7 @@ class ChatSession:
             max_new_tokens,
             cancel,
             sampler_state=self.sampler_state,
+            speculative=self.speculative,
         )
         return offload_metrics(m.streamer, events)
 
