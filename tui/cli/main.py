@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(comma-separated)",
     )
     bench.add_argument(
+        "--speculative",
+        action="store_true",
+        help="prompt-lookup decoding vs plain decoding on a rewrite task and an open question",
+    )
+    bench.add_argument(
         "--sampling",
         choices=("greedy", "default"),
         default="greedy",
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-other-load",
         type=float,
         default=0.10,
-        help="--vs: drop samples taken while other processes used more of the CPU than this",
+        help="--vs, --speculative: drop samples taken while other processes used more of the "
+        "CPU than this",
     )
     return parser
 
@@ -223,6 +229,10 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
             from tui.bench.vs import run_vs
 
             return run_vs(args, profile)
+        if args.speculative:
+            from tui.bench.speculative import run_speculative_bench
+
+            return run_speculative_bench(args, profile)
         from tui.bench.speed import run_bench
 
         return run_bench(args, profile)
