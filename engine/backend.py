@@ -160,13 +160,14 @@ class LocalBackend:
         ):
             old.system_prompt = profile.system_prompt  # the cached prefix check handles it
             old.set_chat_format(profile.chat_format)
+            session = old
         else:
             session = ChatSession(loaded, profile.system_prompt, profile.chat_format)
             if old is not None:
                 session.messages = list(old.messages)  # the conversation survives a reload
                 session.pinned = set(old.pinned)
             self.session = session
-        self.session.speculative = profile.speculative
+        session.speculative = profile.speculative
         self.profile = profile
         return model_info(loaded, reused)
 
