@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
 import torch
 
+from engine.backend import GenerationRequest, LocalBackend
 from engine.chat_format import Message, encode_dialog
-from engine.config import SamplingSettings, load_config, resolve_profile
+from engine.config import Profile, SamplingSettings, load_config, resolve_profile
 from engine.errors import ConfigError
 from engine.events import Done
 from engine.generate import decode_one_token, generate, prefill, verify
@@ -132,3 +134,14 @@ def test_speculative_key_is_checked() -> None:
     assert resolve_profile(load_config(None), None, {"speculative": "prompt-lookup"}).speculative
     with pytest.raises(ConfigError, match="speculative.*prompt-lookup"):
         resolve_profile(load_config(None), None, {"speculative": "ngram"})
+
+
+def test_the_profile_key_reaches_the_conversation(tiny_profile: Profile) -> None:
+    backend = LocalBackend()
+    backend.load(replace(tiny_profile, speculative="prompt-lookup"), lambda done, total: None)
+    request = GenerationRequest("complete", text="a b c d a b c d a b c d a b", max_new_tokens=24)
+    done = list(backend.generate(request, threading.Event()))[-1]
+    assert isinstance(done, Done) and done.metrics.draft_tokens > 0
+    backend.load(tiny_profile, lambda done, total: None)  # the same model: a live switch
+    done = list(backend.generate(request, threading.Event()))[-1]
+    assert isinstance(done, Done) and done.metrics.draft_tokens == 0
