@@ -16,6 +16,7 @@ long prefill chunks on dense bfloat16 GEMMs from one shared scratch buffer (Dens
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -273,13 +274,31 @@ class QuantizedHead(nn.Module):
 def int4_linear_from_dense(weight: torch.Tensor) -> Int4Linear:
     """weight: float [out, in] -> 4-bit groups of 32 with a scale and a minimum each, as Q4_1:
     w ~ q * d + m, q in 0..15 (the kernel's zero is m + 8d)."""
-    out_f, in_f = weight.shape
-    w = weight.float().reshape(out_f, in_f // GROUP, GROUP)
-    lo, hi = w.amin(-1), w.amax(-1)  # [out, in/32]
-    d = (hi - lo) / 15
-    inv = torch.where(d == 0, 0.0, 1.0 / d)
-    q = torch.round((w - lo[..., None]) * inv[..., None]).clamp(0, 15).reshape(out_f, in_f)
-    return fused_int4_linear([(q, d, lo + 8.0 * d)])
+    return int4_linear_from_rows(lambda start, end: weight[start:end], *weight.shape)
+
+
+CHUNK_ROWS = 64 * PACK_BLOCK  # output rows requantized at a time: 9 MB of float32 at D = 576
+
+
+def int4_linear_from_rows(
+    rows: Callable[[int, int], torch.Tensor], out_f: int, in_f: int
+) -> Int4Linear:
+    """As ``int4_linear_from_dense``, from ``rows(start, end)`` (float [end - start, in]) a chunk
+    at a time: the output head (49,152 rows) never exists whole in float32 with its temporaries
+    (that was ~600 MB of a first load's peak). The kernel packs each block of PACK_BLOCK rows
+    alone, so packs of whole blocks put side by side are the pack of the whole."""
+    packed, scales_zeros = [], []
+    for start in range(0, out_f, CHUNK_ROWS):
+        end = min(start + CHUNK_ROWS, out_f)
+        w = rows(start, end).float().reshape(end - start, in_f // GROUP, GROUP)
+        lo, hi = w.amin(-1), w.amax(-1)  # [rows, in/32]
+        d = (hi - lo) / 15
+        inv = torch.where(d == 0, 0.0, 1.0 / d)
+        q = torch.round((w - lo[..., None]) * inv[..., None]).clamp(0, 15)
+        part = fused_int4_linear([(q.reshape(end - start, in_f), d, lo + 8.0 * d)])
+        packed.append(part.packed)
+        scales_zeros.append(part.scales_zeros)
+    return Int4Linear(torch.cat(packed), torch.cat(scales_zeros, dim=1), in_f)
 
 
 def int4_head_supported(vocab: int, dim: int) -> bool:

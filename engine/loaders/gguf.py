@@ -29,7 +29,7 @@ from engine.quantized import (
     int4_cpu_supported,
     int4_groups_from_gguf,
     int4_head_supported,
-    int4_linear_from_dense,
+    int4_linear_from_rows,
     q8_table,
     q8_table_from_gguf,
     share_scratch,
@@ -198,13 +198,19 @@ def quantized_head(
     (tied) or the file's head: Q8_0 blocks (a Q8Table), or a dense float32 tensor, whose rows
     are then kept requantized to Q8_0 (1.06 bytes a weight; the bfloat16 rows used before took
     2). A shape the kernel cannot pack keeps a bfloat16 head."""
-    dense = table if isinstance(table, torch.Tensor) else table(torch.arange(args.vocab_size))
+
+    def rows(start: int, end: int) -> torch.Tensor:
+        if isinstance(table, torch.Tensor):
+            return table[start:end]
+        return table(torch.arange(start, end))
+
     if not int4_head_supported(args.vocab_size, args.dim):
         linear = torch.nn.Linear(args.dim, args.vocab_size, bias=False, device="meta")
-        linear.weight = torch.nn.Parameter(dense.to(torch.bfloat16), requires_grad=False)
+        dense = rows(0, args.vocab_size).to(torch.bfloat16)
+        linear.weight = torch.nn.Parameter(dense, requires_grad=False)
         return linear
-    rows = q8_table(dense) if isinstance(table, torch.Tensor) else table
-    return QuantizedHead(int4_linear_from_dense(dense), rows)
+    exact = q8_table(table) if isinstance(table, torch.Tensor) else table
+    return QuantizedHead(int4_linear_from_rows(rows, args.vocab_size, args.dim), exact)
 
 
 def is_gguf(path: Path) -> bool:

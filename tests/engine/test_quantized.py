@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
+from engine import quantized
 from engine.chat_format import Message, encode_dialog
 from engine.generate import decode_one_token, prefill, token_logits
 from engine.kv_cache import KVCache
@@ -19,6 +20,7 @@ from engine.loaders.gguf_file import GGUFFile
 from engine.placement import Placement
 from engine.quantized import (
     DENSE_ROWS,
+    PACK_BLOCK,
     DenseScratch,
     Int4Linear,
     Q8Table,
@@ -124,6 +126,17 @@ def test_int4_linear_from_dense_is_within_half_a_step_of_the_weights() -> None:
     err = (seen - w).abs().reshape(48, 4, 32)
     assert (err <= step[..., None] * 0.5 + 0.02 * w.abs().max()).all()  # + bf16 roundings
     assert err.mean() > 0  # it is 4-bit: not the same weights
+
+
+def test_requantizing_in_chunks_packs_what_one_pass_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = torch.randn(3 * PACK_BLOCK + 16, 64)  # chunks of whole pack blocks, then a short tail
+    whole = int4_linear_from_dense(w)
+    monkeypatch.setattr(quantized, "CHUNK_ROWS", PACK_BLOCK)
+    chunked = int4_linear_from_dense(w)
+    assert torch.equal(chunked.packed, whole.packed)
+    assert torch.equal(chunked.scales_zeros, whole.scales_zeros)
+    x = torch.randn(3, 64)
+    assert torch.equal(chunked(x), whole(x))
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
