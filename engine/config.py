@@ -37,8 +37,8 @@ QUANTIZATIONS = ("none", "int8", "nf4")  # bitsandbytes Linear8bitLt / Linear4bi
 OFFLOAD_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "attention_norm", "ffn_norm")
 BACKENDS = ("local", "openai")  # this machine's engine | an OpenAI-compatible server
 # Keys that only mean something to one backend: set in a profile of the other, they are refused.
-LOCAL_ONLY_KEYS = ("model", "device", "dtype", "quantization", "offload", "offload_exclusion")
-LOCAL_ONLY_KEYS += ("native_4bit", "compile")
+LOCAL_ONLY_KEYS: tuple[str, ...] = ("model", "device", "dtype", "quantization", "offload")
+LOCAL_ONLY_KEYS += ("offload_exclusion", "native_4bit", "compile")
 REMOTE_ONLY_KEYS = ("base_url", "remote_model", "api_key_env", "request_timeout_s")
 
 
@@ -179,7 +179,8 @@ def _check(key: str, value: Any) -> Any:
         raise _Invalid("must be a finite number")
     if not ok(value):
         if key == "backend":
-            raise _Invalid(f"must be one of {', '.join(BACKENDS)}; {_unknown(value, BACKENDS)}")
+            hint = _unknown(str(value), BACKENDS)
+            raise _Invalid(f"must be one of {', '.join(BACKENDS)}; {hint}")
         raise _Invalid(f"must be {must}")
     return value
 

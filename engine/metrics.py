@@ -21,6 +21,10 @@ class GenerationMetrics:
     context_limit: int = 0
     offload_bytes_per_token: float = 0.0  # offload: weight bytes copied to the GPU per decode step
     offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
+    # remote: who measured what, one line ("" = all measured here by the local engine)
+    source: str = ""
+    server_prefill_tok_s: float = 0.0  # remote: the server's own prefill speed, 0 = not reported
+    server_decode_tok_s: float = 0.0  # remote: the server's own decode speed, 0 = not reported
 
     @property
     def offload_gb_s(self) -> float:
