@@ -290,11 +290,11 @@ class RemoteBackend:
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if choice.get("finish_reason"):
             reply.finish = str(choice["finish_reason"])
-        if not isinstance(text, str) or not text:
-            return
-        now = time.perf_counter() - start
         ids = choice.get("token_ids")
         ids = [int(i) for i in ids] if isinstance(ids, list) else []
+        if not isinstance(text, str) or not (text or ids):
+            return
+        now = time.perf_counter() - start
         if reply.chunks == 0:
             reply.first_s = now
             yield PrefillDone(prompt, 0, now)
@@ -318,19 +318,19 @@ class RemoteBackend:
         if not isinstance(cached, int) and isinstance(timings.get("cache_n"), int):
             cached = timings["cache_n"]
         if isinstance(cached, int):
-            server.append("cached")
+            server.append("cache")
         generated = usage.get("completion_tokens")
         if not isinstance(generated, int):
             generated = len(reply.ids) if reply.ids else reply.chunks
         prefill_tok_s = float(timings.get("prompt_per_second") or 0.0)
         decode_tok_s = float(timings.get("predicted_per_second") or 0.0)
         if prefill_tok_s or decode_tok_s:
-            server.append("server prefill/decode")
+            server.append("speeds")
         assert self.counter is not None
         source = "client: TTFT, decode"
-        source += f"; server: {', '.join(server)}" if server else "; server: none reported"
+        source += f"; server: {', '.join(server)}" if server else "; server: nothing"
         if self.counter.estimated:
-            source += "; context tokens estimated"
+            source += "; context: estimated"
         steps = max(generated - 1, 0)
         return GenerationMetrics(
             prompt_tokens=int(prompt_tokens),
