@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,9 +28,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Peer:
+    url: str  # the base URL, …/v1
+    proc: subprocess.Popen[bytes]
+
+
 @contextmanager
-def running(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `argv` until /v1/models answers on `port`; yields the base URL (…/v1)."""
+def running(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[Peer]:
+    """Run `argv` until /v1/models answers on `port` (the fixture ends it, killed or not)."""
     log = open(os.devnull, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
@@ -49,7 +56,7 @@ def running(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{argv[2]} did not answer within {START_S:.0f} s")
             time.sleep(0.3)
-        yield url
+        yield Peer(url, proc)
     finally:
         proc.terminate()
         try:

@@ -20,5 +20,5 @@ def serve_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def serve_url(serve_config: Path) -> Iterator[str]:
     port = free_port()
-    with running(serve_argv(serve_config, port), port, {TEST_KEY_ENV: TEST_KEY}) as url:
-        yield url
+    with running(serve_argv(serve_config, port), port, {TEST_KEY_ENV: TEST_KEY}) as peer:
+        yield peer.url
