@@ -71,7 +71,7 @@ if TYPE_CHECKING:
         Started,
         Ticket,
     )
-    from engine.remote.backend import RemoteBackend
+    from engine.remote.backend import REMOTE_UNSENT, RemoteBackend
     from engine.remote.client import RemoteClient
     from engine.routing import ProfileBackend
     from engine.saving import reply_record, title_of
@@ -80,6 +80,7 @@ if TYPE_CHECKING:
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "REMOTE_UNSENT": "engine.remote.backend",
     "ServerError": "engine.errors",
     "TokenizeRequest": "engine.backend",
     "Tokens": "engine.events",
@@ -153,6 +154,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "REMOTE_UNSENT",
     "ServerError",
     "TokenizeRequest",
     "Tokens",

@@ -193,8 +193,8 @@ def _backend_mistake(flat: Mapping[str, Any], explicit: Collection[str]) -> str 
     if wrong:
         if remote:
             return (
-                f"{wrong[0]} is a local-engine key, but this profile has backend = \"openai\" "
-                "(the server decides it); remove it, or set backend = \"local\""
+                f'{wrong[0]} is a local-engine key, but this profile has backend = "openai" '
+                '(the server decides it); remove it, or set backend = "local"'
             )
         return (
             f"{wrong[0]} is a remote-server key, but this profile runs the local engine; "

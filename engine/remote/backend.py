@@ -31,6 +31,8 @@ from engine.metrics import GenerationMetrics
 from engine.remote.client import RemoteClient
 from engine.remote.counting import TokenCounter
 
+# Sampling keys no OpenAI-compatible server takes: a remote profile does not send them.
+REMOTE_UNSENT = ("repeat_last_n", "typical_p")
 STOP_REASONS = {"stop": "stop", "length": "length", "eos": "stop", None: "stop"}
 
 

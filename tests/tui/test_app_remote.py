@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.widgets import Label
 
 from tests.peers import free_port, llama_cpp_argv, running
 from tests.tui.conftest import TINY_CONFIG
 from tests.tui.test_app import backend, idle, say, wait_for
 from tui.app.app import make_app
+from tui.app.widgets.config_pane import ConfigPane
 from tui.app.widgets.message import AssistantMessage
 from tui.app.widgets.metrics_pane import metric_lines
 from tui.app.widgets.prompt import PromptInput
@@ -47,6 +49,10 @@ async def test_remote_profile_streams_survives_the_server_and_switches_back(
             labels = [k for k, _ in rows]
             at = labels.index("source")
             assert rows[at][1] == "client: TTFT, decode" and rows[at + 1][1] == "server: nothing"
+            pane = app.chat.query_one(ConfigPane)
+            assert str(pane.query_one("#key-repeat_last_n", Label).render()) == "repeat_last_n*"
+            assert str(pane.query_one("#key-top_k", Label).render()) == "top_k"
+            assert f"server {url}" in " ".join(str(pane.query_one("#effective").render()).split())
 
             peer.proc.kill()  # the server goes away
             peer.proc.wait()
@@ -59,6 +65,8 @@ async def test_remote_profile_streams_survives_the_server_and_switches_back(
             app.chat.profiles.switch("tiny")  # back to the local engine, live
             await wait_for(pilot, idle(app), timeout=60)
             assert backend(app).loads == 1
+            await pilot.pause(0.1)
+            assert str(pane.query_one("#key-repeat_last_n", Label).render()) == "repeat_last_n"
             reply = await say(pilot, "and locally?")
             assert reply.text and first in app.chat.query(AssistantMessage)
             session = backend(app).session
