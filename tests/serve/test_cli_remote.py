@@ -70,3 +70,11 @@ def test_exit_codes(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1
     assert main(["ask", "--config", str(config), "--profile", "far", "--device", "cpu", "Hi"]) == 2
     assert "device is a local-engine key" in capsys.readouterr().err
+
+
+def test_bench_remote_prints_both_sides(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--config", str(config), "--remote", "far", "--tokens", "4", "--runs", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "local (defaults)" in out and "remote (far)" in out
+    assert "remote (far): client: TTFT, decode; server: prompt, cache, speeds" in out

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--turns", type=int, default=30, help="--conversation: user turns")
     bench.add_argument(
+        "--remote",
+        metavar="PROFILE",
+        help="the standard prompt through this remote profile and the local engine side by side",
+    )
+    bench.add_argument(
         "--vs",
         metavar="ENGINES",
         help="compare with peers, each in its own processes: llama.cpp, transformers "
@@ -246,6 +251,11 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
 
         return run_serve(args, profile)
     if args.command == "bench":
+        if args.remote:
+            from tui.bench.remote import run_remote_bench
+
+            config = load_config(find_config_path(args.config))
+            return run_remote_bench(args, profile, resolve_profile(config, args.remote, {}))
         if args.conversation:
             from tui.bench.conversation import run_conversation_bench
 
