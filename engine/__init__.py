@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.args import ModelArgs
-    from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo
+    from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo, TokenizeRequest
     from engine.chat_format import Message, encode_dialog
     from engine.compiled import compile_decode_step, compile_supported, compile_wanted
     from engine.config import (
@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     )
     from engine.conversation import Conversation, Turn
     from engine.default_model import default_model_path
-    from engine.errors import ConfigError, ContextOverflowError, ModelLoadError, UserError
+    from engine.errors import (
+        ConfigError,
+        ContextOverflowError,
+        ModelLoadError,
+        ServerError,
+        UserError,
+    )
     from engine.events import (
         Done,
         Event,
@@ -41,9 +47,11 @@ if TYPE_CHECKING:
         Pinned,
         PrefillDone,
         TokenEvent,
+        Tokens,
         TurnStarted,
     )
     from engine.generate import decode_one_token, generate, prefill
+    from engine.history import prompt_budget
     from engine.kv_cache import KVCache
     from engine.loaders import LoadedModel, load_model, load_profile_model
     from engine.loaders.state import assign_state
@@ -63,12 +71,23 @@ if TYPE_CHECKING:
         Started,
         Ticket,
     )
+    from engine.remote.backend import REMOTE_UNSENT, RemoteBackend
+    from engine.remote.client import RemoteClient
+    from engine.routing import ProfileBackend
     from engine.saving import reply_record, title_of
     from engine.session import ChatSession
     from engine.store import ConversationStore, data_dir, open_store
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "REMOTE_UNSENT": "engine.remote.backend",
+    "ServerError": "engine.errors",
+    "TokenizeRequest": "engine.backend",
+    "Tokens": "engine.events",
+    "prompt_budget": "engine.history",
+    "RemoteBackend": "engine.remote.backend",
+    "RemoteClient": "engine.remote.client",
+    "ProfileBackend": "engine.routing",
     "Backend": "engine.backend",
     "ChatSession": "engine.session",
     "ClearRequest": "engine.queue",
@@ -137,6 +156,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "REMOTE_UNSENT",
+    "ServerError",
+    "TokenizeRequest",
+    "Tokens",
+    "prompt_budget",
+    "RemoteBackend",
+    "RemoteClient",
+    "ProfileBackend",
     "DEFAULTS_NAME",
     "Backend",
     "ChatSession",

@@ -14,27 +14,37 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from engine.chat_format import Message
+from engine.chat_format import Message, encode_raw
 from engine.config import WEIGHT_KEYS, Profile, SamplingSettings, weights_key
 from engine.errors import UserError
-from engine.events import Done, Event, Failed, Pinned, TurnStarted
+from engine.events import Done, Event, Failed, Pinned, Tokens, TurnStarted
 from engine.loaders import LoadedModel, load_profile_model
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
 
 Progress = Callable[[int, int], None]  # (units done, units total)
-RequestKind = Literal["chat", "regenerate", "edit", "complete"]
+RequestKind = Literal["chat", "regenerate", "edit", "complete", "dialog"]
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     kind: RequestKind  # chat = a user turn; regenerate = answer the last user turn again;
     # edit = replace user message `index` with `text`, drop what followed, answer it;
-    # complete = raw completion of `text` (no template, no history)
+    # complete = raw completion of `text` (no template, no history); dialog = answer `messages`
+    # as given, system message included, untrimmed (`serve`: the client owns the history)
     text: str = ""
     sampling: SamplingSettings = SamplingSettings()  # read per request: edits apply at once
     max_new_tokens: int = 512
     index: int = -1  # edit: which message of the conversation
+    messages: tuple[Message, ...] = ()  # dialog: the whole conversation, the last one a user's
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """Token ids of raw `text`, or of `messages` as the chat format encodes them."""
+
+    text: str = ""
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,14 @@ class Backend(Protocol):
 
     def pin(self, index: int, pinned: bool = True) -> Pinned:
         """Keep message `index` in context whatever trimming drops (pinned=False lets it go)."""
+        ...
+
+    def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """Token ids as the active model counts them (a remote server may only estimate)."""
+        ...
+
+    def history(self) -> tuple[list[Message], set[int]]:
+        """The conversation's messages and pinned indexes (a backend switch carries them)."""
         ...
 
 
@@ -178,6 +196,10 @@ class LocalBackend:
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         session = self._active()
+        if request.kind == "dialog":
+            s, n = request.sampling, request.max_new_tokens
+            events = session.answer(list(request.messages), s, n, cancel)
+            return started(session, None, events)
         if request.kind == "complete":
             s, n = request.sampling, request.max_new_tokens
             events = session.complete(request.text, s, n, cancel)
@@ -196,6 +218,19 @@ class LocalBackend:
         session = self._active()
         session.pin(index, pinned)
         return Pinned(session.context_start, tuple(sorted(session.pinned)))
+
+    def tokenize(self, request: TokenizeRequest) -> Tokens:
+        session = self._active()
+        if request.messages:
+            ids = session.encode_dialog(list(request.messages))
+        else:
+            ids = encode_raw(session.loaded.tokenizer, request.text)
+        return Tokens(tuple(ids), session.cache.max_len)
+
+    def history(self) -> tuple[list[Message], set[int]]:
+        if self.session is None:
+            return [], set()
+        return list(self.session.messages), set(self.session.pinned)
 
 
 def chat_turn(

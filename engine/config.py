@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +36,11 @@ CHAT_FORMATS = ("auto", "template", "llama2", "llama3", "chatml", "raw")  # as e
 QUANTIZATIONS = ("none", "int8", "nf4")  # bitsandbytes Linear8bitLt / Linear4bit
 # Per-block weights that `offload_exclusion` may keep resident on the GPU (Meta's names).
 OFFLOAD_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "attention_norm", "ffn_norm")
+BACKENDS = ("local", "openai")  # this machine's engine | an OpenAI-compatible server
+# Keys that only mean something to one backend: set in a profile of the other, they are refused.
+LOCAL_ONLY_KEYS: tuple[str, ...] = ("model", "device", "dtype", "quantization", "offload")
+LOCAL_ONLY_KEYS += ("offload_exclusion", "native_4bit", "compile", "speculative")
+REMOTE_ONLY_KEYS = ("base_url", "remote_model", "api_key_env", "request_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,11 @@ class SamplingSettings:
 @dataclass(frozen=True)
 class Profile:
     name: str
+    backend: str = "local"  # "local" = this machine's engine; "openai" = a server at base_url
+    base_url: str = ""  # openai: the server's API root, e.g. "http://127.0.0.1:8080/v1"
+    remote_model: str = ""  # openai: the server's model id; "" = the first of /v1/models
+    api_key_env: str = ""  # openai: NAME of the environment variable holding the key; "" = none
+    request_timeout_s: float = 60.0  # openai: seconds to wait for the server's next bytes; > 0
     model: str | None = None  # GGUF path; None (TOML: "") = the embedded SmolLM2-135M-Instruct
     tokenizer: str | None = None  # tokenizer file for Meta/HF folders; None = found beside them
     device: str = "auto"  # "cpu" | "cuda" | "cuda:N" | "auto" (auto: CUDA when present)
@@ -91,10 +101,25 @@ _PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name not in ("name", 
 KEYS = _PROFILE_KEYS + _SAMPLING_KEYS  # the flat keys of every table and of the overrides
 _TOP_KEYS = ("default_profile", "max_loaded_models", DEFAULTS_NAME, "profiles")
 _DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d+|auto")
+_URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # key -> (type, check, what the value must be when the check fails)
 _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "backend": (str, lambda v: v in BACKENDS, "one of " + ", ".join(BACKENDS)),
+    "base_url": (
+        str,
+        lambda v: v == "" or _URL_RE.fullmatch(v) is not None,
+        "an http:// or https:// URL such as http://127.0.0.1:8080/v1",
+    ),
+    "remote_model": (str, lambda v: True, ""),
+    "api_key_env": (
+        str,
+        lambda v: v == "" or _ENV_NAME_RE.fullmatch(v) is not None,
+        "the NAME of an environment variable (the key itself never goes in a file)",
+    ),
+    "request_timeout_s": (float, lambda v: v > 0, "> 0 (seconds)"),
     "model": (str, lambda v: True, ""),
     "tokenizer": (str, lambda v: True, ""),
     "device": (str, lambda v: _DEVICE_RE.fullmatch(v) is not None, "cpu, cuda, cuda:N or auto"),
@@ -156,8 +181,31 @@ def _check(key: str, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise _Invalid("must be a finite number")
     if not ok(value):
+        if key == "backend":
+            hint = _unknown(str(value), BACKENDS)
+            raise _Invalid(f"must be one of {', '.join(BACKENDS)}; {hint}")
         raise _Invalid(f"must be {must}")
     return value
+
+
+def _backend_mistake(flat: Mapping[str, Any], explicit: Collection[str]) -> str | None:
+    """What is wrong with a table's keys for its backend (None: nothing): a key the backend
+    does not use, or a remote profile without base_url. `explicit`: keys set in that table."""
+    remote = flat["backend"] == "openai"
+    wrong = [k for k in explicit if k in (LOCAL_ONLY_KEYS if remote else REMOTE_ONLY_KEYS)]
+    if wrong:
+        if remote:
+            return (
+                f'{wrong[0]} is a local-engine key, but this profile has backend = "openai" '
+                '(the server decides it); remove it, or set backend = "local"'
+            )
+        return (
+            f"{wrong[0]} is a remote-server key, but this profile runs the local engine; "
+            'set backend = "openai" (and base_url), or remove it'
+        )
+    if remote and not flat["base_url"]:
+        return 'backend = "openai" needs base_url, e.g. base_url = "http://127.0.0.1:8080/v1"'
+    return None
 
 
 def _parse_flag(key: str, text: str) -> Any:
@@ -296,7 +344,8 @@ def _table(path: Path, dotted: str, raw: Any, base: Path, flat: dict[str, Any]) 
         try:
             out[key] = _normalize(key, _check(key, value), base)
         except _Invalid as e:
-            raise ConfigError(f"{path}: {dotted}.{key} = {_toml_repr(value)}: {e}") from None
+            shown = "(not shown)" if key == "api_key_env" else _toml_repr(value)  # a pasted key?
+            raise ConfigError(f"{path}: {dotted}.{key} = {shown}: {e}") from None
     return out
 
 
@@ -315,7 +364,10 @@ def load_config(path: Path | None) -> Config:
             )
             raise ConfigError(f"{path}: unknown top-level key {key}; {hint}")
     base = path.expanduser().resolve().parent
-    defaults_flat = _table(path, DEFAULTS_NAME, data.get(DEFAULTS_NAME, {}), base, builtin)
+    raw_defaults = data.get(DEFAULTS_NAME, {})
+    defaults_flat = _table(path, DEFAULTS_NAME, raw_defaults, base, builtin)
+    if (mistake := _backend_mistake(defaults_flat, raw_defaults)) is not None:
+        raise ConfigError(f"{path}: [{DEFAULTS_NAME}]: {mistake}")
     raw_profiles = data.get("profiles", {})
     if not isinstance(raw_profiles, dict):
         raise ConfigError(f"{path}: profiles must be tables ([profiles.NAME]), not a value")
@@ -327,6 +379,8 @@ def load_config(path: Path | None) -> Config:
                 f"for the [{DEFAULTS_NAME}] table; rename the profile"
             )
         flat = _table(path, f"profiles.{name}", raw, base, defaults_flat)
+        if (mistake := _backend_mistake(flat, raw)) is not None:
+            raise ConfigError(f"{path}: [profiles.{name}]: {mistake}")
         profiles[name] = _from_flat(name, flat)
     default_profile = data.get("default_profile")
     names = [DEFAULTS_NAME, *profiles]
@@ -376,5 +430,9 @@ def resolve_profile(config: Config, name: str | None, overrides: Mapping[str, An
             flat[key] = _normalize(key, _check(key, parsed), None)
         except _Invalid as e:
             shown = _toml_repr(value) if isinstance(value, bool) else str(value)
+            shown = "(not shown)" if key == "api_key_env" else shown  # a pasted key?
             raise ConfigError(f"{flag} {shown}: {e}") from None
+    given = [k for k, v in overrides.items() if v is not None]
+    if (mistake := _backend_mistake(flat, given)) is not None:
+        raise ConfigError(f"profile {profile.name} with these flags: {mistake}")
     return _from_flat(profile.name, flat)

@@ -18,5 +18,12 @@ class ModelLoadError(UserError):
     """A model file that is missing, corrupt or of a kind the engine cannot run."""
 
 
+class ServerError(UserError):
+    """A remote server's fault (not running, overloaded, died mid-reply): exit code 1, not 2.
+
+    Configuration mistakes a server reveals (a refused API key, an unknown model) stay UserError.
+    """
+
+
 class ContextOverflowError(UserError):
     """A prompt that does not fit the context window."""

@@ -41,7 +41,8 @@ class TokenEvent:
 class Done:
     text: str
     token_ids: list[int]
-    stop_reason: str  # "stop" | "length" | "context" | "cancelled"
+    stop_reason: str  # "stop" | "length" | "context" | "cancelled" | "error" (the server failed
+    # mid-reply: the partial text is kept, the notice says what happened)
     metrics: GenerationMetrics = field(default_factory=lambda: GenerationMetrics())
     # chat turns only (None otherwise): messages[:context_start] left the model's context,
     # except the pinned indexes, as the session stands after this turn
@@ -60,6 +61,21 @@ class Done:
 class Failed:
     message: str  # one line for the user
     kept: int | None = None  # a chat turn: messages the conversation still holds (None: unknown)
+    server: bool = False  # a remote server's fault (exit 1), not a configuration mistake (2)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A TokenizeRequest's answer."""
+
+    ids: tuple[int, ...]
+    context_length: int  # tokens the active model's context holds
+    estimated: bool = False  # True: counted without the model's tokenizer (ids are empty)
+    count: int = -1  # tokens counted (-1: len(ids))
+
+    @property
+    def n(self) -> int:
+        return len(self.ids) if self.count < 0 else self.count
 
 
 @dataclass(frozen=True)
@@ -70,4 +86,4 @@ class Pinned:
     pinned: tuple[int, ...]
 
 
-Event = LoadProgress | TurnStarted | PrefillDone | TokenEvent | Done | Failed | Pinned
+Event = LoadProgress | TurnStarted | PrefillDone | TokenEvent | Done | Failed | Pinned | Tokens

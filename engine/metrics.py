@@ -23,6 +23,10 @@ class GenerationMetrics:
     offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
     draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
     accepted_tokens: int = 0  # of those, tokens the model agreed with
+    # remote: who measured what, one line ("" = all measured here by the local engine)
+    source: str = ""
+    server_prefill_tok_s: float = 0.0  # remote: the server's own prefill speed, 0 = not reported
+    server_decode_tok_s: float = 0.0  # remote: the server's own decode speed, 0 = not reported
 
     @property
     def offload_gb_s(self) -> float:

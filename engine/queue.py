@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from engine.backend import Backend, GenerationRequest, ModelInfo
+from engine.backend import Backend, GenerationRequest, ModelInfo, TokenizeRequest
 from engine.chat_format import Message
 from engine.config import Profile
-from engine.errors import UserError
+from engine.errors import ServerError, UserError
 from engine.events import Done, Event, Failed, LoadProgress, TokenEvent
 from engine.metrics import gpu_memory_bytes, rss_bytes
 
@@ -52,7 +52,7 @@ class PinRequest:
     pinned: bool = True
 
 
-Request = GenerationRequest | LoadRequest | ClearRequest | PinRequest
+Request = GenerationRequest | LoadRequest | ClearRequest | PinRequest | TokenizeRequest
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,8 @@ class EngineQueue:
                 else:
                     ticket._put(Started(ticket.id))
                     self._serve(ticket)
+            except ServerError as exc:
+                ticket._put(Failed(str(exc), server=True))
             except UserError as exc:
                 ticket._put(Failed(str(exc)))
             except Exception as exc:  # a bug: keep the engine thread alive, tell the user
@@ -244,6 +246,8 @@ class EngineQueue:
             self.backend.clear(request.messages)
         elif isinstance(request, PinRequest):
             ticket._put(self.backend.pin(request.index, request.pinned))
+        elif isinstance(request, TokenizeRequest):
+            ticket._put(self.backend.tokenize(request))
         else:
             last = time.perf_counter()
             for event in self.backend.generate(request, ticket.cancel_event):

@@ -39,6 +39,7 @@ def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
         "context_used": m.context_used,
         "context_limit": m.context_limit,
         "stop_reason": done.stop_reason,
+        **({"source": m.source} if m.source else {}),
         "context_tokens": m.context_used,  # tokens in context after the turn
         "computed_tokens": m.computed_tokens,  # prompt tokens run through the model this turn
     }
@@ -95,7 +96,7 @@ class ReplySaver:
     def done(self, done: Done) -> None:
         metrics = reply_record(done)
         del metrics["text"], metrics["token_ids"]
-        stopped = done.stop_reason == "cancelled"
+        stopped = done.stop_reason in ("cancelled", "error")
         if self.msg is None:
             self.msg = self.store.add_message(self.conv, "assistant", done.text)
         self.store.update_message(self.msg, done.text, metrics, stopped)

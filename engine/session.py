@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
-from engine.errors import UserError
+from engine.errors import ContextOverflowError, UserError
 from engine.events import Done, Event
 from engine.generate import generate
 from engine.history import (
@@ -90,13 +90,48 @@ class ChatSession:
         cut = self.context_start if cut is None else cut
         return [messages[i] for i in kept_indexes(len(messages), cut, self.pinned)]
 
-    def prompt_ids(self, messages: list[Message]) -> list[int]:
+    def chat_formatter(self) -> ChatFormatter:
         if self.formatter is None:
             m = self.loaded
             self.formatter = resolve_chat_format(
                 self._format_name, m.tokenizer, m.chat_template, m.path.name
             )
-        return self.formatter.encode(self.dialog(messages))
+        return self.formatter
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        return self.chat_formatter().encode(self.dialog(messages))
+
+    def encode_dialog(self, messages: list[Message]) -> list[int]:
+        """Prompt ids of `messages` exactly as given (a system message included, no trimming)."""
+        return self.chat_formatter().encode(messages)
+
+    def answer(
+        self,
+        messages: list[Message],
+        settings: SamplingSettings,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Answer a whole dialog the caller keeps (``serve``): no trimming; a prompt over the
+        budget is refused (ContextOverflowError). The KV cache reuses the longest common prefix
+        with what it holds, so a client resending its history pays only for the new tokens."""
+        if not messages or messages[-1].role != "user":
+            raise UserError("the last message must be the user's")
+        ids = self.encode_dialog(messages)
+        budget = prompt_budget(self.cache.max_len, max_new_tokens)
+        if len(ids) > budget:
+            raise ContextOverflowError(
+                f"the prompt is {len(ids)} tokens, over the {budget}-token prompt budget "
+                f"(context {self.cache.max_len} minus {self.cache.max_len - budget} for the "
+                "reply): shorten it or ask for fewer tokens"
+            )
+        self.last_notice = None
+        history = [m for m in messages if m.role != "system"]
+        for event in self._run(ids, settings, max_new_tokens, cancel):
+            if isinstance(event, Done):
+                self.messages = [*history, Message("assistant", event.text)]
+                self.context_start, self.pinned = 0, set()
+            yield event
 
     def send(
         self,

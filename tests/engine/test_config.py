@@ -435,3 +435,69 @@ def test_placement_keys_are_checked_with_the_key_and_a_suggestion(tmp_path: Path
     assert flag.offload_exclusion == ("w1", "w3") and flag.offload is True
     with pytest.raises(ConfigError, match="--offload-exclusion w1,w9: unknown name 'w9'"):
         resolve_profile(config, None, {"offload_exclusion": "w1,w9"})
+
+
+REMOTE = '[profiles.r]\nbackend = "openai"\nbase_url = "http://127.0.0.1:8080/v1"\n'
+
+
+def test_remote_profile_keys_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, REMOTE + 'remote_model = "m"\napi_key_env = "MY_KEY"\nrequest_timeout_s = 5\n'
+    )
+    r = load_config(path).profiles["r"]
+    assert (r.backend, r.base_url, r.remote_model, r.api_key_env) == (
+        "openai",
+        "http://127.0.0.1:8080/v1",
+        "m",
+        "MY_KEY",
+    )
+    assert r.request_timeout_s == 5.0
+    assert load_config(path).defaults.backend == "local"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (REMOTE + 'device = "cuda"\n', "[profiles.r]: device is a local-engine key"),
+        (REMOTE + "native_4bit = false\n", "[profiles.r]: native_4bit is a local-engine key"),
+        ('[profiles.r]\nbackend = "openai"\n', 'backend = "openai" needs base_url'),
+        ('[profiles.r]\nbase_url = "http://x/v1"\n', "base_url is a remote-server key"),
+        ('[profiles.r]\nbackend = "opena"\n', "did you mean 'openai'?"),
+        (REMOTE.replace("http://", "ftp://"), "must be an http:// or https:// URL"),
+        (REMOTE + "request_timeout_s = 0\n", "request_timeout_s = 0: must be > 0"),
+        (REMOTE + "remote_modle = 'x'\n", "did you mean 'remote_model'?"),
+    ],
+)
+def test_remote_profile_mistakes_are_one_line(tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, body))
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_pasted_key_in_api_key_env_is_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, REMOTE + 'api_key_env = "sk-secret value"\n'))
+    assert "sk-secret" not in str(info.value) and "NAME of an environment variable" in str(
+        info.value
+    )
+
+
+def test_local_flags_on_a_remote_profile_are_refused(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, REMOTE))
+    with pytest.raises(ConfigError, match="device is a local-engine key"):
+        resolve_profile(config, "r", {"device": "cpu"})
+    assert resolve_profile(config, "r", {"temperature": "0"}).sampling.temperature == 0.0
+
+
+def test_shipped_remote_examples_load_when_uncommented(tmp_path: Path) -> None:
+    text = REPO_CONFIG.read_text()
+    start = text.index("# [profiles.llamacpp]")
+    lines = [
+        line[2:] if line.startswith("# ") and ("=" in line or line.startswith("# [")) else line
+        for line in text[start:].splitlines()
+    ]
+    body = text[:start] + "\n".join(line for line in lines if not line.startswith("#   "))
+    config = load_config(write(tmp_path, body))
+    assert {"llamacpp", "vllm", "ollama", "serve"} <= set(config.profiles)
+    assert config.profiles["vllm"].api_key_env == "VLLM_KEY"
+    assert "--tensor-parallel-size" in text

@@ -11,6 +11,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from engine.backend import LocalBackend
+from engine.routing import ProfileBackend
 from tui.app.app import LlamaTuiApp, make_app
 from tui.app.widgets.message import AssistantMessage, LoadBar, UserMessage
 from tui.app.widgets.metrics_pane import metric_lines
@@ -30,8 +31,10 @@ def idle(app: LlamaTuiApp) -> Callable[[], bool]:
 
 
 def backend(app: LlamaTuiApp) -> LocalBackend:
-    assert isinstance(app.backend, LocalBackend)
-    return app.backend
+    """The app's local engine (its ProfileBackend hands local profiles to it)."""
+    routed = app.backend
+    assert isinstance(routed, ProfileBackend)
+    return routed.local
 
 
 async def say(pilot: Pilot[None], text: str) -> AssistantMessage:

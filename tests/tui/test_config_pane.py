@@ -44,7 +44,7 @@ async def test_bitsandbytes_layers_are_counted(tiny_config: Path, mode: str) -> 
     pytest.importorskip("bitsandbytes")
     app = app_with(tiny_config, quantization=mode)
     rows = await pane_rows(app)
-    session = app.backend.session  # type: ignore[attr-defined]
+    session = app.backend.local.session  # type: ignore[attr-defined]  # ProfileBackend
     n_layers = session.loaded.args.n_layers
     assert rows["quantization"] == f"{mode} (bitsandbytes, {7 * n_layers} layers)"
     assert rows["offload"] == "off"

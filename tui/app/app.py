@@ -13,7 +13,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from engine import Backend, EngineQueue, LocalBackend, find_config_path
+from engine import Backend, EngineQueue, ProfileBackend, find_config_path
 from tui.app.bridge import EngineBridge
 from tui.app.profiles import ProfileState
 from tui.app.screens.chat import ChatScreen
@@ -165,7 +165,7 @@ def make_app(
     keep = max_loaded_models or state.config.max_loaded_models  # from the config file by default
     return LlamaTuiApp(
         state,
-        backend or LocalBackend(keep),
+        backend or ProfileBackend(keep),
         cursor_blink=cursor_blink,
         data_dir=data_dir,
         save=save,

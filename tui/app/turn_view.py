@@ -42,6 +42,8 @@ class TurnView:
             turn = self.controller.feed(update.ticket_id, event)
             if turn is None:
                 continue
+            if isinstance(event, Done) and event.stop_reason == "error" and event.notice:
+                self.screen.notify(event.notice, severity="error", timeout=8)  # server died
             if isinstance(event, TurnStarted) and event.notice:  # older turns trimmed, or a
                 self.screen.notify(event.notice, severity="warning", timeout=8)  # message cut
             elif isinstance(event, Done) and event.context_start is not None:

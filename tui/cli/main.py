@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import Profile, UserError, find_config_path, load_config, resolve_profile
+from engine import (
+    Profile,
+    ServerError,
+    UserError,
+    find_config_path,
+    load_config,
+    resolve_profile,
+)
 
 if TYPE_CHECKING:
     from tui.app.app import LlamaTuiApp
@@ -99,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("id", type=int)
     export.add_argument("--format", choices=("md", "json"), default="md")
     _data_dir(export)
+    serve = sub.add_parser("serve", help="serve the local engine over an OpenAI-compatible API")
+    _common(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require a bearer key: the one in environment variable NAME",
+    )
+    models = sub.add_parser("models", help="list the models a profile's server offers")
+    models.add_argument("--profile", help="profile name from the config file")
+    models.add_argument("--config", type=Path, help="config file (default: ./llama-tui.toml)")
     bench = sub.add_parser("bench", help="measure load, prefill and decode speed vs transformers")
     _common(bench)
     bench.add_argument("--tokens", type=int, default=128, help="tokens to decode")
@@ -124,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="time to first token over a long chat with trims, cache vs re-prefill each turn",
     )
     bench.add_argument("--turns", type=int, default=30, help="--conversation: user turns")
+    bench.add_argument(
+        "--remote",
+        metavar="PROFILE",
+        help="the standard prompt through this remote profile and the local engine side by side",
+    )
     bench.add_argument(
         "--vs",
         metavar="ENGINES",
@@ -198,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(["chat", *mode, *(argv or sys.argv[1:])])
     try:
         return dispatch(args, interactive)
+    except ServerError as exc:  # the server's fault, not the configuration's
+        print(f"llama-tui: error: {exc}", file=sys.stderr)
+        return 1
     except UserError as exc:
         print(f"llama-tui: error: {exc}", file=sys.stderr)
         return 2
@@ -215,12 +242,26 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
     if args.command == "chat" and not args.plain and not args.json and interactive:
         app_from_args(args).run()  # the Textual app; line mode otherwise
         return 0
+    if args.command == "models":
+        from tui.cli.plain import run_models
+
+        config = load_config(find_config_path(args.config))
+        return run_models(resolve_profile(config, args.profile, {}))
     if args.command == "bench" and args.shape:
         from tui.bench.placement import run_placement_bench
 
         return run_placement_bench(args)
     profile = load_profile(args)
+    if args.command == "serve":
+        from tui.serve.run import run_serve
+
+        return run_serve(args, profile)
     if args.command == "bench":
+        if args.remote:
+            from tui.bench.remote import run_remote_bench
+
+            config = load_config(find_config_path(args.config))
+            return run_remote_bench(args, profile, resolve_profile(config, args.remote, {}))
         if args.conversation:
             from tui.bench.conversation import run_conversation_bench
 

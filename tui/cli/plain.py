@@ -22,10 +22,12 @@ from engine import (
     Failed,
     LoadProgress,
     LoadRequest,
-    LocalBackend,
     ModelReady,
     Pinned,
     Profile,
+    ProfileBackend,
+    RemoteClient,
+    ServerError,
     TokenEvent,
     Turn,
     TurnStarted,
@@ -50,11 +52,11 @@ def open_engine(
     terminal); UserError with the engine's one line when the model cannot be loaded."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    queue = EngineQueue(backend or LocalBackend(max_loaded_models=1))
+    queue = EngineQueue(backend or ProfileBackend(max_loaded_models=1))
     for event in queue.submit(LoadRequest(profile)):
         if isinstance(event, Failed):
             queue.close()
-            raise UserError(event.message)
+            raise (ServerError if event.server else UserError)(event.message)
         if isinstance(event, ModelReady) and event.info.weights_cache.startswith("not written"):
             note(f"weights cache {event.info.weights_cache}")  # e.g. a read-only cache folder
         if show_progress:
@@ -89,11 +91,14 @@ def stream(chat: Conversation, turn: Turn, as_json: bool, out: TextIO) -> Done:
                 record = reply_record(event, conversation=True)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
-                out.write("\n" if event.stop_reason != "cancelled" else " [stopped]\n")
+                stopped = event.stop_reason in ("cancelled", "error")
+                out.write(" [stopped]\n" if stopped else "\n")
             out.flush()
+            if event.stop_reason == "error":  # the server failed mid-reply; the text is kept
+                raise ServerError(event.notice or "the server failed mid-reply")
             return event
         elif isinstance(event, Failed):
-            raise UserError(event.message)
+            raise (ServerError if event.server else UserError)(event.message)
     raise RuntimeError("generation ended without a Done event")
 
 
@@ -144,7 +149,7 @@ def chat_lines(chat: Conversation, as_json: bool) -> int:
         except UserError as exc:  # e.g. a system prompt longer than the context: keep chatting
             note(str(exc), "error")
             if not interactive:
-                return 2
+                return 1 if isinstance(exc, ServerError) else 2
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -160,3 +165,18 @@ def pin(chat: Conversation, words: list[str], pinned: bool) -> None:
         if isinstance(event, Pinned):
             how = "pinned: trimming keeps it in context" if pinned else "unpinned"
             note(f"message {number} {how}")
+
+
+def run_models(profile: Profile) -> int:
+    """`llama-tui models`: the ids a remote profile's server offers, one a line (the first is
+    what remote_model = "" picks); a local profile prints the model it runs."""
+    if profile.backend != "openai":
+        print(profile.model or "(the embedded SmolLM2-135M-Instruct)")
+        return 0
+    client = RemoteClient(profile.base_url, profile.api_key_env, profile.request_timeout_s)
+    try:
+        for entry in client.models():
+            print(entry["id"])
+    finally:
+        client.close()
+    return 0

@@ -9,9 +9,11 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Input, Label, Select, Static
 
-from engine import ModelInfo, Profile, profile_to_dict
+from engine import REMOTE_UNSENT, ModelInfo, Profile, profile_to_dict
 from tui.app.messages import ProfilePicked, SettingEdited
 from tui.app.profiles import EDITABLE
+
+SAMPLING_CAPTION = "sampling · enter applies"
 
 
 def _shown(value: object) -> str:
@@ -24,6 +26,18 @@ def effective_rows(profile: Profile, info: ModelInfo | None) -> list[tuple[str, 
     system = profile.system_prompt or "(none)"
     if len(system) > 60:
         system = system[:57] + "…"
+    if profile.backend == "openai":  # the server decides device, dtype and the rest
+        model = info.name if info else profile.remote_model or "(the server's first)"
+        context = info.context_length if info else profile.context_length
+        return [
+            ("model", model),
+            ("server", profile.base_url),
+            ("key", f"${profile.api_key_env}" if profile.api_key_env else "(none)"),
+            ("context", f"{context:,} tokens"),
+            ("template", "chat" if profile.chat_template else "raw completion"),
+            ("theme", profile.theme),
+            ("system", system),
+        ]
     return [
         ("model", model),
         ("device", info.device if info else profile.device),
@@ -55,10 +69,10 @@ class ConfigPane(VerticalScroll):
             id="profile-picker",
         )
         yield Static(id="effective")
-        yield Label("sampling · enter applies", classes="caption")
+        yield Label(SAMPLING_CAPTION, classes="caption", id="sampling-caption")
         for key in EDITABLE:
             with Horizontal(classes="setting"):
-                yield Label(key, classes="key")
+                yield Label(key, classes="key", id=f"key-{key}")
                 yield Input(id=f"set-{key}", compact=True, select_on_focus=True)
         yield Static(id="config-error")
 
@@ -70,7 +84,12 @@ class ConfigPane(VerticalScroll):
             Content("\n").join(Content.assemble((f"{k:<{width}} ", "dim"), v) for k, v in rows)
         )
         flat = profile_to_dict(profile)
+        remote = profile.backend == "openai"
+        caption = SAMPLING_CAPTION + (" · * the server ignores it" if remote else "")
+        self.query_one("#sampling-caption", Label).update(caption)
         for key in EDITABLE:
+            ignored = remote and key in REMOTE_UNSENT
+            self.query_one(f"#key-{key}", Label).update(key + ("*" if ignored else ""))
             field = self.query_one(f"#set-{key}", Input)
             if not field.has_focus or not field.has_class("-invalid"):
                 field.value = _shown(flat[key])

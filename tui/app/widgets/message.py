@@ -15,6 +15,7 @@ STOP_LABELS = {
     "length": "reached max_new_tokens",
     "context": "stopped: context full",
     "cancelled": "stopped",
+    "error": "stopped: the server failed",
 }
 
 
@@ -123,7 +124,7 @@ class AssistantMessage(Vertical):
         if stop_reason == "cancelled" and not self.text:
             self.set_status("stopped before the first token", "stopped")
         else:
-            kind = "stopped" if stop_reason in ("cancelled", "context") else ""
+            kind = "stopped" if stop_reason in ("cancelled", "context", "error") else ""
             self.set_status(STOP_LABELS.get(stop_reason, stop_reason), kind)
 
     async def show(self, text: str, stopped: bool) -> None:

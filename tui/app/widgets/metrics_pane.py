@@ -51,6 +51,9 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     if not m_limit and stats.model is not None:
         m_limit = stats.model.context_length
     rows.append(("context", f"{m_used:,} / {m_limit:,} tokens" if m_limit else "—"))
+    if m is not None and m.source:  # a remote profile: who measured which figure, a row each
+        parts = m.source.split("; ")
+        rows += [("source" if i == 0 else "", part) for i, part in enumerate(parts)]
     n, turns = stats.dropped_messages, stats.dropped_turns
     rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
     if m is not None and m.offload_bytes_per_token:  # weights streamed from CPU memory

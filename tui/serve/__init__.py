@@ -1,0 +1,1 @@
+"""`llama-tui serve`: the local engine behind an OpenAI-compatible HTTP API (no Textual)."""
