@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import KW_ONLY, dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -63,6 +63,7 @@ class SamplingSettings:
 @dataclass(frozen=True)
 class Profile:
     name: str
+    _: KW_ONLY  # every other field by name: inserting a key never shifts a caller's arguments
     backend: str = "local"  # "local" = this machine's engine; "openai" = a server at base_url
     base_url: str = ""  # openai: the server's API root, e.g. "http://127.0.0.1:8080/v1"
     remote_model: str = ""  # openai: the server's model id; "" = the first of /v1/models

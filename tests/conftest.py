@@ -80,7 +80,7 @@ def tiny_model(tiny_gguf: Path) -> LoadedModel:
 def tiny_profile(tiny_gguf: Path) -> Profile:
     """A profile for the tiny model: float32 on the CPU, greedy, short replies."""
     greedy = SamplingSettings(temperature=0.0, seed=0)
-    return Profile("tiny", str(tiny_gguf), dtype="float32", max_new_tokens=6, sampling=greedy)
+    return Profile("tiny", model=str(tiny_gguf), dtype="float32", max_new_tokens=6, sampling=greedy)
 
 
 @pytest.fixture(scope="session")
