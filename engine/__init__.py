@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.args import ModelArgs
     from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo, TokenizeRequest
+    from engine.background import background_busy
     from engine.chat_format import Message, encode_dialog
     from engine.compiled import compile_decode_step, compile_supported, compile_wanted
     from engine.config import (
@@ -92,6 +93,7 @@ _EXPORTS = {
     "ChatSession": "engine.session",
     "ClearRequest": "engine.queue",
     "compile_decode_step": "engine.compiled",
+    "background_busy": "engine.background",
     "compile_supported": "engine.compiled",
     "compile_wanted": "engine.compiled",
     "Config": "engine.config",
@@ -205,6 +207,7 @@ __all__ = [
     "TurnStarted",
     "UserError",
     "assign_state",
+    "background_busy",
     "data_dir",
     "compile_decode_step",
     "compile_supported",

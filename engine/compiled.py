@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from engine import background
 from engine.generate import token_logits
 from engine.kv_cache import KVCache
 from engine.model import Transformer
@@ -110,8 +111,10 @@ def compile_in_background(model: Transformer) -> CompileStatus:
             compile_decode_step(model)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place
             status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            background.done()
         status.seconds = time.perf_counter() - t0
         status.ready.set()
 
-    threading.Thread(target=build, name="llama-tui-compile", daemon=True).start()
+    background.start(threading.Thread(target=build, name="llama-tui-compile", daemon=True))
     return status

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -151,3 +153,27 @@ def test_a_profile_starts_the_build_unless_compile_is_off(
     assert loaded.compiled.ready.wait(600) and loaded.model.decode_step is not None
     off = load_profile_model(replace(profile, compile=False))
     assert off.compiled is None and off.model.decode_step is None
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_command_line_exits_cleanly_while_the_build_still_runs(
+    q4_path: Path, tmp_path: Path
+) -> None:
+    # the console entry point (tui.cli.main:run) in a real process: the reply ends long before
+    # the build, whose daemon thread inside inductor's native code used to abort the exit (134)
+    env = {**os.environ, ENV_COMPILE: "1", ENV_CACHE_DIR: str(tmp_path / "cold")}
+    code = "from tui.cli.main import run; run()"
+    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
+    args = ["chat", "--plain", "--no-save", "--max-new-tokens", "3", *flags]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "terminate called" not in done.stderr and done.stdout  # the reply was printed

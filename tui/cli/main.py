@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -284,5 +285,18 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
     return plain.run_chat(args, profile)
 
 
+def run() -> None:
+    """The console entry point: ``main``, then an exit that engine work still running in the
+    background (the compiled step's build) cannot turn into an abort (engine/background.py)."""
+    import engine  # its background module is light: no torch
+
+    code = main()
+    if engine.background_busy():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
