@@ -1,4 +1,4 @@
-"""Snapshots of the main screen at 80x24 and 160x48 in every theme.
+"""Snapshots of the main screen at 80x24, 100x30 and 160x48 in every theme.
 
 Deterministic: the real app runs over a small real backend that answers with fixed engine
 events (fixed text and timings) through the real engine queue and bridge; the prompt is typed
@@ -27,7 +27,7 @@ from tui.app.app import LlamaTuiApp, make_app
 from tui.app.widgets.prompt import PromptInput
 
 THEMES = ("llama-dark", "llama-light", "llama-high-contrast")
-SIZES = ((80, 24), (160, 48))
+SIZES = ((80, 24), (100, 30), (160, 48))
 PROMPT = "How do I reverse a list in Python?"
 REPLY = [
     "Use ",

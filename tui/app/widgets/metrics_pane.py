@@ -26,6 +26,34 @@ def _mib(n: int | None) -> str:
     return "—" if n is None else f"{n / MIB:,.0f} MiB"
 
 
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def context_text(stats: LiveStats) -> str:
+    """ "52 / 512 tokens (30 cached)": the context so far, growing while the reply streams."""
+    used, limit = stats.context_used, stats.context_limit
+    if not limit:
+        return "—"
+    cached = f" ({stats.cached_tokens:,} cached)" if stats.cached_tokens else ""
+    return f"{used:,} / {limit:,} tokens{cached}"
+
+
+def strip_text(stats: LiveStats) -> str:
+    """The one-line strip above the prompt in a narrow terminal: the figures people watch."""
+    mem = stats.memory
+    parts = [
+        ("▶ " if stats.streaming else "") + _rate(stats.decode_tok_s),
+        f"TTFT {_ms(stats.ttft_s)}",
+        f"ctx {context_text(stats).replace(' tokens', '')}",
+    ]
+    if mem is not None:
+        parts.append(f"RSS {_mib(mem.rss_bytes)}")
+        if mem.gpu_allocated_bytes is not None:
+            parts.append(f"VRAM {_mib(mem.gpu_allocated_bytes)}")
+    return " · ".join(parts)
+
+
 def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     """The (label, value) rows of the pane; pure, so tests can read them."""
     m = stats.last
@@ -33,12 +61,21 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     gpu = "—"
     if mem is not None and mem.gpu_allocated_bytes is not None:
         gpu = f"{_mib(mem.gpu_allocated_bytes)} / {_mib(mem.gpu_reserved_bytes)}"
+    prompt = stats.prompt_tokens
     rows = [
         ("decode", _rate(stats.decode_tok_s) + (" (live)" if stats.streaming else "")),
-        ("TTFT", f"{m.ttft_s * 1000:,.0f} ms" if m else "—"),
-        ("prefill", _rate(m.prefill_tok_s) if m else "—"),
-        ("prompt", f"{m.cached_tokens} cached + {m.computed_tokens} new" if m else "—"),
-        ("reply", f"{m.generated_tokens} tokens" if m else "—"),
+        ("TTFT", _ms(stats.ttft_s)),
+        ("prefill", _rate(m.prefill_tok_s) if m and not stats.streaming else "—"),
+        (
+            "prompt",
+            f"{stats.cached_tokens} cached + {prompt - stats.cached_tokens} new" if prompt else "—",
+        ),
+        (
+            "reply",
+            f"{stats.tokens if stats.streaming else m.generated_tokens} tokens"
+            if m or stats.streaming
+            else "—",
+        ),
         ("RSS", _mib(mem.rss_bytes) if mem else "—"),
         ("GPU", gpu + (" alloc/resv" if gpu != "—" else "")),
     ]
@@ -47,10 +84,7 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     else:
         load = "—"
     rows.append(("load", load))
-    m_used, m_limit = (m.context_used, m.context_limit) if m else (0, 0)
-    if not m_limit and stats.model is not None:
-        m_limit = stats.model.context_length
-    rows.append(("context", f"{m_used:,} / {m_limit:,} tokens" if m_limit else "—"))
+    rows.append(("context", context_text(stats)))
     n, turns = stats.dropped_messages, stats.dropped_turns
     rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
     if m is not None and m.offload_bytes_per_token:  # weights streamed from CPU memory
@@ -65,9 +99,24 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     return rows
 
 
+TWO_COLUMNS = 70  # a pane at least this wide (a bottom panel) sets its figures in two columns
+
+
+def figure_columns(rows: list[tuple[str, str]], width: int) -> list[str]:
+    """The rows as lines of "label  value", in two columns when the pane is wide enough."""
+    key_w = max(len(k) for k, _ in rows)
+    cells = [f"{k:<{key_w}}  {v}" for k, v in rows]
+    if width < TWO_COLUMNS:
+        return cells
+    half = (len(cells) + 1) // 2
+    left, right = cells[:half], cells[half:]
+    col_w = max(len(c) for c in left) + 3
+    return [f"{a:<{col_w}}{b}" for a, b in zip(left, [*right, ""], strict=False)]
+
+
 class Figures(Widget):
-    """The figures as text; a fixed height (one line per row, changed only when the offload
-    row comes or goes), so a redraw is a repaint, never a relayout."""
+    """The figures as text; a fixed height (one line per row, changed only when a row comes or
+    goes or the columns change), so a redraw is a repaint, never a relayout."""
 
     DEFAULT_CSS = "Figures { height: 10; }"
 
@@ -75,10 +124,16 @@ class Figures(Widget):
         super().__init__(id=id)
         self.stats = stats
 
+    def lines(self) -> list[str]:
+        return figure_columns(metric_lines(self.stats), self.size.width)
+
     def render(self) -> Content:
         rows = metric_lines(self.stats)
-        width = max(len(k) for k, _ in rows)
-        return Content("\n").join(Content.assemble((f"{k:<{width}}  ", "dim"), v) for k, v in rows)
+        key_w = max(len(k) for k, _ in rows)
+        out = []
+        for line in self.lines():
+            out.append(Content.assemble((line[:key_w], "dim"), line[key_w:]))
+        return Content("\n").join(out)
 
 
 class MetricsPane(Vertical):
@@ -87,28 +142,33 @@ class MetricsPane(Vertical):
     def __init__(self, stats: LiveStats, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.stats = stats
+        self.drawn = -1  # the stats version last drawn
 
     def compose(self) -> ComposeResult:
         yield Figures(self.stats, id="figures")
-        yield Label("tok/s, recent tokens", classes="caption")
+        yield Label("tok/s, recent tokens", classes="caption", id="recent-caption")
         yield Sparkline([], id="recent")
-        yield Label("tok/s, recent replies", classes="caption")
+        yield Label("tok/s per reply", classes="caption", id="turns-caption")
         yield Sparkline([], id="turns")
+        yield Label("context", classes="caption", id="context-caption")
         yield ProgressBar(total=1, show_eta=False, id="context")
 
     def on_mount(self) -> None:
         self.redraw()
         self.set_interval(REDRAW_S, self._tick)
 
+    def on_resize(self) -> None:
+        self.drawn = -1  # the columns may change
+
     def _tick(self) -> None:
-        if self.stats.dirty and self.display:
+        if self.stats.version != self.drawn and self.display:
             self.redraw()
 
     def redraw(self) -> None:
         s = self.stats
-        s.dirty = False
+        self.drawn = s.version
         figures = self.query_one(Figures)
-        rows = len(metric_lines(s))
+        rows = len(figures.lines())
         if figures.styles.height is None or figures.styles.height.value != rows:
             figures.styles.height = rows
         figures.refresh()
@@ -117,10 +177,16 @@ class MetricsPane(Vertical):
         if spark.data != recent:
             spark.data = recent
         turns = self.query_one("#turns", Sparkline)
-        if turns.data != list(s.turns):
-            turns.data = list(s.turns)
-        m = s.last
-        if m is not None:
+        data = list(s.turns)
+        if turns.data != data:
+            turns.data = data
+            turns.styles.width = max(len(data), 1)  # one column per reply, not stretched
+        caption = "tok/s per reply"
+        if data:
+            caption += f": last {data[-1]:,.1f}, best {max(data):,.1f}"
+        self.query_one("#turns-caption", Label).update(caption)
+        self.query_one("#context-caption", Label).update(f"context {context_text(s)}")
+        if s.context_limit:
             self.query_one("#context", ProgressBar).update(
-                total=max(m.context_limit, 1), progress=m.context_used
+                total=max(s.context_limit, 1), progress=s.context_used
             )
