@@ -15,6 +15,7 @@ from engine.kv_cache import KVCache
 from engine.metrics import GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
+from engine.timings import ReplyTimings
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
@@ -100,18 +101,24 @@ def generate(
     stop_reason = "length"
     t_first = t_prefill
     steps = 0
+    sample_s = forward_s = detok_s = 0.0  # accumulated perf_counter deltas: no device syncs
     while True:
+        t = time.perf_counter()
         token = sample(logits, settings, recent, generator, sampler_state)
+        now = time.perf_counter()
+        sample_s += now - t
         if not out_ids:
-            t_first = time.perf_counter()
+            t_first = now
         if token in stops:
             stop_reason = "stop"
             break
         out_ids.append(token)
         recent.append(token)
         delta = decoder.push(token)
+        t = time.perf_counter()
+        detok_s += t - now
         text.append(delta)
-        yield TokenEvent(token, delta, time.perf_counter() - t0)
+        yield TokenEvent(token, delta, t - t0)
         if len(out_ids) >= max_new_tokens:
             break
         if cancel is not None and cancel.is_set():
@@ -120,13 +127,16 @@ def generate(
         if cache.length >= cache.max_len:
             stop_reason = "context"
             break
+        t = time.perf_counter()
         logits = decode_one_token(model, cache, token)
+        forward_s += time.perf_counter() - t
         steps += 1
     t_end = time.perf_counter()
     tail = decoder.flush()
     if tail:
         text.append(tail)
         yield TokenEvent(-1, tail, t_end - t0)
+    detok_s += time.perf_counter() - t_end
     metrics = GenerationMetrics(
         prompt_tokens=len(prompt_ids),
         cached_tokens=cached,
@@ -138,4 +148,10 @@ def generate(
         context_used=cache.length,
         context_limit=cache.max_len,
     )
-    yield Done("".join(text), out_ids, stop_reason, metrics)
+    timings = ReplyTimings(
+        prefill_s=t_prefill - t0,
+        decode_forward_s=forward_s,
+        sample_s=sample_s,
+        detokenize_s=detok_s,
+    )
+    yield Done("".join(text), out_ids, stop_reason, metrics, timings=timings)

@@ -50,7 +50,10 @@ def test_chat_saves_and_history_reads_back(tiny_gguf: Path, tmp_path: Path) -> N
         ("user", "how are you?"),
         ("assistant", replies[1]),
     ]
-    assert doc["messages"][1]["metrics"]["generated_tokens"] >= 1
+    saved = doc["messages"][1]["metrics"]
+    assert saved["generated_tokens"] >= 1
+    assert saved["timings"]["wall_s"] > 0 and saved["timings"]["decode_forward_s"] >= 0
+    assert saved["energy_source"] in ("estimate", "rapl") and saved["energy_j"] >= 0
     assert doc["messages"][1]["stopped"] is False
 
     md = run(["history", "export", conv, "--data-dir", str(data)], tmp_path)

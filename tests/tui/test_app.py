@@ -79,6 +79,9 @@ async def test_metrics_show_throughput_after_a_reply(app: LlamaTuiApp) -> None:
         assert rows["decode"].endswith("tok/s") and float(rows["decode"].split()[0]) > 0
         assert rows["RSS"].endswith("MiB")
         assert "new" in rows["prompt"] and rows["TTFT"].endswith("ms")
+        assert rows["time"].endswith("submit to end") and " forward" in rows  # where it went
+        assert rows["energy"].split(" J ")[1].startswith(("estimate", "rapl"))
+        assert app.chat.stats.render_lag_s > 0 and " render" in rows
         await pilot.pause(0.3)  # the pane redraws on its timer
         shown = str(app.chat.query_one("#figures").render())
         assert "tok/s" in shown and "—" not in shown.splitlines()[0]

@@ -41,6 +41,10 @@ class LiveStats:
     prompt_tokens: int = 0  # the current (or last) reply's prompt, from its PrefillDone
     cached_tokens: int = 0  # of those, reused from the KV cache
     last_done: Done | None = None  # the last reply's Done (its timings, energy, cost)
+    render_lag_s: float = 0.0  # the last reply: its Done made by the engine -> drawn
+    session_energy_j: float = 0.0  # every reply's energy since the app started
+    session_energy_source: str = ""  # "estimate" when any of them was one
+    session_cost: float | None = None  # at the profile's prices (None: none set)
     version: int = 0  # counts changes: each view redraws when it differs from what it drew
 
     def take(self, event: QueueEvent) -> None:
@@ -90,9 +94,24 @@ class LiveStats:
         self.streaming = False
         if metrics.generated_tokens or metrics.prompt_tokens:
             self.last, self.last_done = metrics, done
+            self.render_lag_s = 0.0
+            if done is not None:
+                self.add_session(done)
             self.prompt_tokens, self.cached_tokens = metrics.prompt_tokens, metrics.cached_tokens
             if metrics.decode_tok_s > 0:
                 self.turns.append(metrics.decode_tok_s)
+        self.version += 1
+
+    def add_session(self, done: Done) -> None:
+        if done.energy is not None:
+            self.session_energy_j += done.energy.joules
+            if not self.session_energy_source or done.energy.is_estimate:
+                self.session_energy_source = done.energy.source
+        if done.cost is not None:
+            self.session_cost = (self.session_cost or 0.0) + done.cost
+
+    def on_render_lag(self, seconds: float) -> None:
+        self.render_lag_s = seconds
         self.version += 1
 
     def on_stopped(self) -> None:

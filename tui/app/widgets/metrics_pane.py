@@ -12,6 +12,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Sparkline
 
+from engine import BUSY_SHOWN, Done
 from tui.app.stats import LiveStats
 
 REDRAW_S = 0.5
@@ -54,6 +55,55 @@ def strip_text(stats: LiveStats) -> str:
     return " · ".join(parts)
 
 
+# ReplyTimings fields as the pane names them, in the order a reply goes through them
+PHASE_LABELS = (
+    ("queue_wait_s", "queue"),
+    ("load_s", "load"),
+    ("prompt_s", "prompt"),
+    ("prefill_s", "prefill"),
+    ("decode_forward_s", "forward"),
+    ("offload_wait_s", "offload"),
+    ("sample_s", "sample"),
+    ("detokenize_s", "detok"),
+)
+PHASE_SHOWN = 0.005  # a phase under this share of the wall time is left out of the pane
+
+
+def timing_rows(done: Done, render_lag_s: float = 0.0) -> list[tuple[str, str]]:
+    """Where the reply's time went: its wall time, then each phase that took a visible share."""
+    t = done.timings
+    if t.wall_s <= 0:
+        return []
+    rows = [("time", f"{t.wall_s * 1000:,.0f} ms, submit to end")]
+    phases = [(label, getattr(t, name)) for name, label in PHASE_LABELS]
+    phases.append(("other", t.other_s))
+    for label, seconds in phases:
+        if seconds >= PHASE_SHOWN * t.wall_s:
+            rows.append((f" {label}", f"{seconds * 1000:,.1f} ms {seconds / t.wall_s:4.0%}"))
+    if render_lag_s > 0:
+        rows.append((" render", f"{render_lag_s * 1000:,.0f} ms after it (UI)"))
+    if t.other_cpu_share >= BUSY_SHOWN:
+        rows.append(("busy", f"{t.other_cpu_share:.0%} other processes"))
+    return rows
+
+
+def energy_rows(stats: LiveStats) -> list[tuple[str, str]]:
+    """The last reply's energy (and per 1,000 tokens), the session's, and the cost if priced."""
+    done, m = stats.last_done, stats.last
+    rows: list[tuple[str, str]] = []
+    if done is not None and m is not None and done.energy is not None:
+        e = done.energy
+        per_1k = e.per_1k(m.computed_tokens + m.generated_tokens)
+        rows.append(("energy", f"{e.joules:,.2f} J {e.source}, {per_1k:,.0f} J/1k tok"))
+        session = f"{stats.session_energy_j:,.1f} J {stats.session_energy_source}"
+        if stats.session_cost is not None:
+            session += f", cost {stats.session_cost:,.4f}"
+        rows.append(("session", session))
+    if done is not None and done.cost is not None:
+        rows.append(("cost", f"{done.cost:,.4f} at your price"))
+    return rows
+
+
 def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     """The (label, value) rows of the pane; pure, so tests can read them."""
     m = stats.last
@@ -77,16 +127,19 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
             else "—",
         ),
         ("RSS", _mib(mem.rss_bytes) if mem else "—"),
-        ("GPU", gpu + (" alloc/resv" if gpu != "—" else "")),
     ]
+    if gpu != "—":  # a CUDA model
+        rows.append(("GPU", gpu + " alloc/resv"))
     if stats.model is not None:
         load = "cached" if stats.model.reused else f"{stats.model.load_s:.1f} s"
     else:
         load = "—"
     rows.append(("load", load))
-    rows.append(("context", context_text(stats)))
     n, turns = stats.dropped_messages, stats.dropped_turns
     rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
+    if stats.last_done is not None and not stats.streaming:
+        rows += timing_rows(stats.last_done, stats.render_lag_s)
+        rows += energy_rows(stats)
     if m is not None and m.offload_bytes_per_token:  # weights streamed from CPU memory
         waiting = m.offload_wait_s / m.decode_s if m.decode_s > 0 else 0.0
         rows.append(
@@ -104,14 +157,18 @@ TWO_COLUMNS = 70  # a pane at least this wide (a bottom panel) sets its figures 
 
 def figure_columns(rows: list[tuple[str, str]], width: int) -> list[str]:
     """The rows as lines of "label  value", in two columns when the pane is wide enough."""
-    key_w = max(len(k) for k, _ in rows)
-    cells = [f"{k:<{key_w}}  {v}" for k, v in rows]
-    if width < TWO_COLUMNS:
-        return cells
-    half = (len(cells) + 1) // 2
-    left, right = cells[:half], cells[half:]
-    col_w = max(len(c) for c in left) + 3
-    return [f"{a:<{col_w}}{b}" for a, b in zip(left, [*right, ""], strict=False)]
+
+    def cells(part: list[tuple[str, str]]) -> list[str]:
+        key_w = max((len(k) for k, _ in part), default=0)
+        return [f"{k:<{key_w}}  {v}" for k, v in part]
+
+    lines = cells(rows)
+    if width >= TWO_COLUMNS:
+        half = (len(rows) + 1) // 2
+        left, right = cells(rows[:half]), cells(rows[half:])
+        col_w = max(len(c) for c in left) + 3
+        lines = [f"{a:<{col_w}}{b}" for a, b in zip(left, [*right, ""], strict=False)]
+    return [c if len(c) <= width or width <= 0 else c[: width - 1] + "…" for c in lines]
 
 
 class Figures(Widget):
