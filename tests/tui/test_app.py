@@ -328,3 +328,23 @@ def test_metrics_pane_shows_offload_only_when_weights_are_streamed() -> None:
     )
     stats.on_done(streamed)
     assert dict(metric_lines(stats))["offload"] == "3.00 GiB/token at 12.9 GB/s, 75% waiting"
+
+
+async def test_reply_details_show_every_phase_and_the_plots(app: LlamaTuiApp) -> None:
+    from tui.app.screens.reply_details import ReplyDetailsScreen, detail_lines
+    from tui.app.widgets.throughput_plots import RepliesBars, ReplyCurve
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "count to ten")
+        await pilot.press("f9")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ReplyDetailsScreen)
+        lines = detail_lines(app.chat.stats)
+        phases = {line.split()[0] for line in lines if line}
+        assert {"queue", "prefill", "forward", "sample", "detok", "wall"} <= phases
+        assert any(line.startswith("energy") for line in lines)
+        assert app.screen.query_one(ReplyCurve).stats.curve  # tok/s over the reply, drawn
+        assert list(app.screen.query_one(RepliesBars).stats.turns)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ReplyDetailsScreen)

@@ -33,6 +33,8 @@ class LiveStats:
     times: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW + 1))
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=120))  # tok/s samples
     turns: deque[float] = field(default_factory=lambda: deque(maxlen=60))  # decode tok/s per reply
+    curve: list[tuple[float, float]] = field(default_factory=list)  # this reply: (s, tok/s)
+    turns_seen: int = 0  # replies with a decode rate so far (turns keeps the last 60)
     last: GenerationMetrics | None = None
     memory: MemoryStats | None = None
     model: ModelInfo | None = None
@@ -66,6 +68,7 @@ class LiveStats:
         self.streaming, self.tokens = True, 0
         self.prompt_tokens = self.cached_tokens = 0
         self.times.clear()
+        self.curve = []
         self.version += 1
 
     def on_prefill(self, prompt_tokens: int, cached_tokens: int) -> None:
@@ -81,7 +84,9 @@ class LiveStats:
         if self.tokens % 4 == 0 and len(self.times) > 1:
             span = self.times[-1] - self.times[0]
             if span > 0:
-                self.recent.append((len(self.times) - 1) / span)
+                rate = (len(self.times) - 1) / span
+                self.recent.append(rate)
+                self.curve.append((elapsed_s, rate))
         self.version += 1
 
     @property
@@ -100,6 +105,7 @@ class LiveStats:
             self.prompt_tokens, self.cached_tokens = metrics.prompt_tokens, metrics.cached_tokens
             if metrics.decode_tok_s > 0:
                 self.turns.append(metrics.decode_tok_s)
+                self.turns_seen += 1
         self.version += 1
 
     def add_session(self, done: Done) -> None:

@@ -22,6 +22,7 @@ from tui.app.profile_switch import ProfileSwitcher
 from tui.app.profiles import ProfileState
 from tui.app.screens.edit_message import EditMessageScreen
 from tui.app.screens.pin_message import PinMessageScreen
+from tui.app.screens.reply_details import ReplyDetailsScreen
 from tui.app.screens.saved_chats import SavedChats
 from tui.app.stats import LiveStats
 from tui.app.turn_view import TurnView
@@ -48,6 +49,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "pick_profile", "Profile", show=False),
         Binding("f5", "edit_message", "Edit msg", show=False),
         Binding("f8", "pin_message", "Pin msg", show=False),
+        Binding("f9", "reply_details", "Details", show=False),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
@@ -203,6 +205,9 @@ class ChatScreen(Screen[None]):
     def _on_pin_choice(self, index: int | None) -> None:
         if index is not None:  # a pinned message is unpinned, any other pinned
             self.controller.pin(index, index not in self.controller.pinned)
+
+    def action_reply_details(self) -> None:
+        self.app.push_screen(ReplyDetailsScreen(self.stats))
 
     def action_copy_reply(self) -> None:
         last = self.conversation.last_reply()

@@ -1,4 +1,5 @@
-"""The Metrics pane: live decode tok/s, sparklines, TTFT, prefill, cache, context, memory.
+"""The Metrics pane: live decode tok/s, TTFT, prefill, cache, context, memory, where the
+last reply's time went, its energy and cost, and two throughput plots.
 
 It redraws from a LiveStats object on its own timer (2 Hz, only when something changed), so
 however fast tokens arrive the cost per token is a few attribute updates.
@@ -10,10 +11,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widget import Widget
-from textual.widgets import Label, ProgressBar, Sparkline
+from textual.widgets import Label, ProgressBar
 
 from engine import BUSY_SHOWN, Done
 from tui.app.stats import LiveStats
+from tui.app.widgets.throughput_plots import RepliesBars, ReplyCurve
 
 REDRAW_S = 0.5
 MIB = 1024 * 1024
@@ -203,10 +205,8 @@ class MetricsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Figures(self.stats, id="figures")
-        yield Label("tok/s, recent tokens", classes="caption", id="recent-caption")
-        yield Sparkline([], id="recent")
-        yield Label("tok/s per reply", classes="caption", id="turns-caption")
-        yield Sparkline([], id="turns")
+        yield ReplyCurve(self.stats, id="reply-plot")
+        yield RepliesBars(self.stats, id="replies-plot")
         yield Label("context", classes="caption", id="context-caption")
         yield ProgressBar(total=1, show_eta=False, id="context")
 
@@ -229,19 +229,6 @@ class MetricsPane(Vertical):
         if figures.styles.height is None or figures.styles.height.value != rows:
             figures.styles.height = rows
         figures.refresh()
-        recent = list(s.recent)[-60:]
-        spark = self.query_one("#recent", Sparkline)
-        if spark.data != recent:
-            spark.data = recent
-        turns = self.query_one("#turns", Sparkline)
-        data = list(s.turns)
-        if turns.data != data:
-            turns.data = data
-            turns.styles.width = max(len(data), 1)  # one column per reply, not stretched
-        caption = "tok/s per reply"
-        if data:
-            caption += f": last {data[-1]:,.1f}, best {max(data):,.1f}"
-        self.query_one("#turns-caption", Label).update(caption)
         self.query_one("#context-caption", Label).update(f"context {context_text(s)}")
         if s.context_limit:
             self.query_one("#context", ProgressBar).update(
