@@ -26,8 +26,10 @@ def test_chat_saves_and_history_reads_back(tiny_gguf: Path, tmp_path: Path) -> N
         stdin="hi there\nhow are you?\n",
     )
     assert proc.returncode == 0, proc.stderr
-    replies = [json.loads(line)["text"] for line in proc.stdout.splitlines()]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    replies = [r["text"] for r in records]
     assert len(replies) == 2
+    assert all(r["timings"]["wall_s"] > 0 and "energy_j" in r for r in records)
 
     listed = run(["history", "list", "--data-dir", str(data)], tmp_path)
     assert listed.returncode == 0, listed.stderr

@@ -435,3 +435,18 @@ def test_placement_keys_are_checked_with_the_key_and_a_suggestion(tmp_path: Path
     assert flag.offload_exclusion == ("w1", "w3") and flag.offload is True
     with pytest.raises(ConfigError, match="--offload-exclusion w1,w9: unknown name 'w9'"):
         resolve_profile(config, None, {"offload_exclusion": "w1,w9"})
+
+
+def test_energy_and_price_keys(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "[defaults]\ncpu_watts_per_core = 6.5\ncost_per_1k_input_tokens = 0.5\n"
+            "cost_per_1k_output_tokens = 1.5\n",
+        )
+    )
+    d = config.defaults
+    assert (d.cpu_watts_per_core, d.cost_per_1k_input_tokens) == (6.5, 0.5)
+    assert d.cost_per_1k_output_tokens == 1.5
+    assert "> 0" in load_error(tmp_path, "[defaults]\ncpu_watts_per_core = 0\n")
+    assert ">= 0" in load_error(tmp_path, "[defaults]\ncost_per_1k_output_tokens = -1\n")
