@@ -132,6 +132,28 @@ def test_main_screen(
     assert snap_compare(app, terminal_size=size, run_before=replay)
 
 
+@pytest.mark.parametrize("size", ((80, 24), (100, 30)), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_metrics_panel_below_the_prompt(
+    snap_compare: Callable[..., bool],
+    tiny_config: Path,
+    size: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A narrow terminal after a reply, F3 pressed: the full Metrics pane under the prompt, the
+    conversation keeping the whole width."""
+    monkeypatch.setattr("engine.queue.memory_stats", lambda: MEMORY)
+    monkeypatch.setattr("engine.queue.measured", measured)
+    app = make_app(config_path=tiny_config, cursor_blink=False, backend=ReplayBackend())
+
+    async def open_metrics(pilot: Pilot[None]) -> None:
+        await replay(pilot)
+        await pilot.press("f3")
+        await pilot.pause(0.8)  # the pane's redraw timer
+        await pilot.wait_for_scheduled_animations()
+
+    assert snap_compare(app, terminal_size=size, run_before=open_metrics)
+
+
 def test_conversation_list(snap_compare, tiny_config: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """ctrl+o over three saved conversations, one a fork; fixed times shown in UTC."""
     monkeypatch.setenv("TZ", "UTC")
