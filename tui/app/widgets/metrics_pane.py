@@ -1,5 +1,6 @@
 """The Metrics pane: live decode tok/s, TTFT, prefill, cache, context, memory, where the
-last reply's time went, its energy and cost, and two throughput plots.
+last reply's time went, its energy and cost, and tok/s over the current reply (the per-reply
+plot, with room for it, is in the reply details: F9).
 
 It redraws from a LiveStats object on its own timer (2 Hz, only when something changed), so
 however fast tokens arrive the cost per token is a few attribute updates.
@@ -15,7 +16,7 @@ from textual.widgets import Label, ProgressBar
 
 from engine import BUSY_SHOWN, Done
 from tui.app.stats import LiveStats
-from tui.app.widgets.throughput_plots import RepliesBars, ReplyCurve
+from tui.app.widgets.throughput_plots import ReplyCurve
 
 REDRAW_S = 0.5
 MIB = 1024 * 1024
@@ -205,8 +206,7 @@ class MetricsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Figures(self.stats, id="figures")
-        yield ReplyCurve(self.stats, id="reply-plot")
-        yield RepliesBars(self.stats, id="replies-plot")
+        yield ReplyCurve(self.stats, id="reply-plot")  # per reply across the chat: F9
         yield Label("context", classes="caption", id="context-caption")
         yield ProgressBar(total=1, show_eta=False, id="context")
 
