@@ -32,7 +32,9 @@ if TYPE_CHECKING:
         sampling_changed_only,
     )
     from engine.conversation import Conversation, Turn
+    from engine.cpu_load import BUSY_SHOWN, Stamp, other_load
     from engine.default_model import default_model_path
+    from engine.energy import EnergyReading
     from engine.errors import (
         ConfigError,
         ContextOverflowError,
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from engine.saving import reply_record, title_of
     from engine.session import ChatSession
     from engine.store import ConversationStore, data_dir, open_store
+    from engine.timings import PHASES, ReplyTimings
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -120,6 +123,12 @@ _EXPORTS = {
     "ModelLoadError": "engine.errors",
     "ModelReady": "engine.queue",
     "PinRequest": "engine.queue",
+    "BUSY_SHOWN": "engine.cpu_load",
+    "EnergyReading": "engine.energy",
+    "PHASES": "engine.timings",
+    "ReplyTimings": "engine.timings",
+    "Stamp": "engine.cpu_load",
+    "other_load": "engine.cpu_load",
     "Pinned": "engine.events",
     "PrefillDone": "engine.events",
     "Profile": "engine.config",
@@ -166,6 +175,12 @@ __all__ = [
     "RemoteBackend",
     "RemoteClient",
     "ProfileBackend",
+    "BUSY_SHOWN",
+    "PHASES",
+    "EnergyReading",
+    "ReplyTimings",
+    "Stamp",
+    "other_load",
     "DEFAULTS_NAME",
     "Backend",
     "ChatSession",

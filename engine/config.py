@@ -85,6 +85,10 @@ class Profile:
     compile: bool = True  # CPU 4-bit: build a compiled decode step in the background (compiled.py)
     speculative: str = "off"  # "off" | "prompt-lookup": drafts from the prompt (speculative.py)
     theme: str = "llama-dark"  # TUI theme name (validated later by the TUI)
+    # per reply: the energy estimate without NVML or RAPL, and "what it would cost at that price"
+    cpu_watts_per_core: float = 10.0  # W per busy core for the estimate (engine/energy.py); > 0
+    cost_per_1k_input_tokens: float = 0.0  # price per 1,000 prompt tokens; 0 = not shown
+    cost_per_1k_output_tokens: float = 0.0  # price per 1,000 generated tokens; 0 = not shown
     sampling: SamplingSettings = SamplingSettings()
 
 
@@ -137,6 +141,9 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "offload": (bool, lambda v: True, ""),
     "offload_exclusion": (tuple, lambda v: True, ""),  # names checked in _check, with a hint
     "theme": (str, lambda v: v != "", "a non-empty theme name"),
+    "cpu_watts_per_core": (float, lambda v: v > 0, "> 0 (watts per busy core)"),
+    "cost_per_1k_input_tokens": (float, lambda v: v >= 0, ">= 0 (0 = not shown)"),
+    "cost_per_1k_output_tokens": (float, lambda v: v >= 0, ">= 0 (0 = not shown)"),
     "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
     "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
     "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from engine.energy import EnergyReading
 from engine.metrics import GenerationMetrics
+from engine.timings import ReplyTimings
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class Done:
     context_start: int | None = None
     pinned: tuple[int, ...] = ()
     notice: str | None = None  # one line for the user: turns trimmed, an over-long prompt cut
+    timings: ReplyTimings = field(default_factory=ReplyTimings)  # where the time went
+    energy: EnergyReading | None = None  # the reply's energy (None: not through the queue)
+    cost: float | None = None  # at the profile's cost_per_1k_*_tokens (None: no price set)
 
     @property
     def dropped_messages(self) -> int:
@@ -87,3 +94,13 @@ class Pinned:
 
 
 Event = LoadProgress | TurnStarted | PrefillDone | TokenEvent | Done | Failed | Pinned | Tokens
+
+
+def add_timings(events: Iterator[Event], **seconds: Any) -> Iterator[Event]:
+    """The events, Done's timings with ``seconds`` added to the phases named."""
+    for event in events:
+        if isinstance(event, Done):
+            t = event.timings
+            added = {k: getattr(t, k) + v for k, v in seconds.items()}
+            event = replace(event, timings=replace(t, **added))
+        yield event

@@ -16,6 +16,7 @@ from engine.metrics import GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
 from engine.speculative import PromptLookup
+from engine.timings import ReplyTimings
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
@@ -126,24 +127,32 @@ def generate(
     t_first = t_prefill
     steps = 0  # rows sampled after the prefill's (one a forward without a draft)
     verified = False  # rows came from a forward over a draft
+    sample_s = forward_s = detok_s = 0.0  # accumulated perf_counter deltas: no device syncs
     while True:
         if verified and settings.temperature == 0 and near_tie(rows[0]):
             # the compiled one-token step (engine/compiled.py) rounds a little differently
             # from the eager forward over a draft: a near-tie is decided by the one-token
             # step, as without drafts, and the rest of the draft is dropped
+            t = time.perf_counter()
             cache.truncate(cache.length - len(draft) - 1)
             rows, draft, verified = [decode_one_token(model, cache, out_ids[-1])], [], False
+            forward_s += time.perf_counter() - t
+        t = time.perf_counter()
         token = sample(rows.pop(0), settings, recent, generator, sampler_state)
+        now = time.perf_counter()
+        sample_s += now - t
         if not out_ids:
-            t_first = time.perf_counter()
+            t_first = now
         if token in stops:
             stop_reason = "stop"
             break
         out_ids.append(token)
         recent.append(token)
         delta = decoder.push(token)
+        t = time.perf_counter()
+        detok_s += t - now
         text.append(delta)
-        yield TokenEvent(token, delta, time.perf_counter() - t0)
+        yield TokenEvent(token, delta, t - t0)
         if lookup is not None:
             lookup.push(token)
             if draft:  # the draft's next token is this one: the next row is right
@@ -168,6 +177,7 @@ def generate(
         if cache.length >= cache.max_len:
             stop_reason = "context"
             break
+        t = time.perf_counter()
         if lookup is not None:
             draft = lookup.draft(cache.max_len - cache.length - 1)
             proposed = len(draft)
@@ -176,6 +186,7 @@ def generate(
             rows = verify(model, cache, [token, *draft])
         else:
             rows = [decode_one_token(model, cache, token)]
+        forward_s += time.perf_counter() - t
         steps += 1
     cache.truncate(cache.length - len(draft))  # a draft left when the reply ended
     t_end = time.perf_counter()
@@ -183,6 +194,7 @@ def generate(
     if tail:
         text.append(tail)
         yield TokenEvent(-1, tail, t_end - t0)
+    detok_s += time.perf_counter() - t_end
     metrics = GenerationMetrics(
         prompt_tokens=len(prompt_ids),
         cached_tokens=cached,
@@ -196,4 +208,10 @@ def generate(
         draft_tokens=lookup.drafted if lookup else 0,
         accepted_tokens=lookup.accepted if lookup else 0,
     )
-    yield Done("".join(text), out_ids, stop_reason, metrics)
+    timings = ReplyTimings(
+        prefill_s=t_prefill - t0,
+        decode_forward_s=forward_s,
+        sample_s=sample_s,
+        detokenize_s=detok_s,
+    )
+    yield Done("".join(text), out_ids, stop_reason, metrics, timings=timings)

@@ -236,5 +236,10 @@ def _counted(streamer: BlockStreamer, events: Iterator[Event]) -> Iterator[Event
                 offload_bytes_per_token=(streamer.bytes_copied - copied) / steps if steps else 0.0,
                 offload_wait_s=streamer.wait_s - waited,
             )
-            event = replace(event, metrics=metrics)
+            t = event.timings  # the waits happened inside the forwards: moved out of them
+            wait = metrics.offload_wait_s
+            timings = replace(
+                t, decode_forward_s=max(t.decode_forward_s - wait, 0.0), offload_wait_s=wait
+            )
+            event = replace(event, metrics=metrics, timings=timings)
         yield event

@@ -18,11 +18,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.backend import Backend, GenerationRequest, ModelInfo, TokenizeRequest
 from engine.chat_format import Message
 from engine.config import Profile
+from engine.cpu_load import Stamp, other_load
+from engine.energy import EnergyMeter, EnergyReading, open_meter
 from engine.errors import ServerError, UserError
 from engine.events import Done, Event, Failed, LoadProgress, TokenEvent
 from engine.metrics import gpu_memory_bytes, rss_bytes
@@ -90,9 +92,17 @@ def memory_stats() -> MemoryStats:
 class Ticket:
     """One submitted request: its id, its events, and cancel."""
 
-    def __init__(self, request_id: int, request: Request, loop: asyncio.AbstractEventLoop | None):
+    def __init__(
+        self,
+        request_id: int,
+        request: Request,
+        loop: asyncio.AbstractEventLoop | None,
+        load_mark: float = 0.0,
+    ):
         self.id = request_id
         self.request = request
+        self.submitted = time.perf_counter()
+        self.load_mark = load_mark  # the queue's load seconds so far, when it was submitted
         self.cancel_event = threading.Event()
         self.state = "pending"  # pending -> running -> finished
         self._loop = loop
@@ -156,6 +166,53 @@ class Ticket:
         return items, ended  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ReplyStart:
+    """What the queue reads when a reply starts, to say where its time and energy went."""
+
+    submitted: float  # perf_counter() at submit
+    started: float  # perf_counter() now
+    load_s: float  # model loads that ran while the reply waited
+    stamp: Stamp  # machine and process CPU time
+    energy: tuple[float, ...]  # the meter's counters
+
+    @classmethod
+    def now(cls, ticket: Ticket, load_s_total: float, meter: EnergyMeter | None) -> ReplyStart:
+        energy = meter.read() if meter is not None else ()
+        load = load_s_total - ticket.load_mark
+        return cls(ticket.submitted, time.perf_counter(), load, Stamp.now(), energy)
+
+
+def measured(
+    done: Done, start: ReplyStart, meter: EnergyMeter | None, profile: Profile | None
+) -> Done:
+    """Done with the queue's figures: the wait before the engine took it, the wall time, other
+    processes' CPU share, the energy (and its source) and the cost at the profile's prices."""
+    now = time.perf_counter()
+    waited = start.started - start.submitted
+    timings = replace(
+        done.timings,
+        queue_wait_s=max(waited - start.load_s, 0.0),
+        load_s=start.load_s,
+        wall_s=now - start.submitted,
+        other_cpu_share=other_load(start.stamp, Stamp.now()),
+        done_at=now,
+    )
+    energy = None
+    if meter is not None:
+        energy = EnergyReading(meter.joules(start.energy, meter.read()), meter.source)
+    m = done.metrics
+    cost = None
+    if profile is not None and (
+        profile.cost_per_1k_input_tokens or profile.cost_per_1k_output_tokens
+    ):
+        cost = (
+            m.prompt_tokens * profile.cost_per_1k_input_tokens
+            + m.generated_tokens * profile.cost_per_1k_output_tokens
+        ) / 1000
+    return replace(done, timings=timings, energy=energy, cost=cost)
+
+
 class EngineQueue:
     def __init__(self, backend: Backend, name: str = "llama-engine") -> None:
         self.backend = backend
@@ -165,6 +222,9 @@ class EngineQueue:
         self._pending: list[Ticket] = []
         self.running: Ticket | None = None
         self._closed = False
+        self.load_s_total = 0.0  # seconds spent loading models (a reply's load_s comes from it)
+        self.profile: Profile | None = None  # the last profile loaded (prices, power figure)
+        self.meter: EnergyMeter | None = None  # for the model's device, opened at each load
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -177,7 +237,7 @@ class EngineQueue:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine queue is closed")
-            ticket = Ticket(next(self._ids), request, loop)
+            ticket = Ticket(next(self._ids), request, loop, self.load_s_total)
             self._pending.append(ticket)
         self._inbox.put(ticket)
         return ticket
@@ -239,7 +299,13 @@ class EngineQueue:
             def progress(done: int, total: int) -> None:
                 ticket._put(LoadProgress(done, total, "loading weights"))
 
-            info = self.backend.load(request.profile, progress)
+            t0 = time.perf_counter()
+            try:
+                info = self.backend.load(request.profile, progress)
+            finally:
+                self.load_s_total += time.perf_counter() - t0
+            self.profile = request.profile
+            self.meter = open_meter(info.device, request.profile.cpu_watts_per_core)
             ticket._put(memory_stats())
             ticket._put(ModelReady(request.profile.name, info))
         elif isinstance(request, ClearRequest):
@@ -249,8 +315,12 @@ class EngineQueue:
         elif isinstance(request, TokenizeRequest):
             ticket._put(self.backend.tokenize(request))
         else:
+            meter = self.meter
+            start = ReplyStart.now(ticket, self.load_s_total, meter)
             last = time.perf_counter()
             for event in self.backend.generate(request, ticket.cancel_event):
+                if isinstance(event, Done):
+                    event = measured(event, start, meter, self.profile)
                 ticket._put(event)
                 if isinstance(event, TokenEvent) and time.perf_counter() - last > MEMORY_EVERY_S:
                     ticket._put(memory_stats())

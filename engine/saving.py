@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.events import Done
-from engine.metrics import gpu_memory_bytes, rss_bytes
+from engine.metrics import GenerationMetrics, gpu_memory_bytes, rss_bytes
 from engine.store import ConversationStore
 
 SAVE_INTERVAL_S = 1.0  # a streaming reply is written to disk at least this often
@@ -21,6 +21,11 @@ TITLE_CHARS = 60
 def title_of(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def tokens_processed(m: GenerationMetrics) -> int:
+    """Tokens a reply ran through the model: the prompt's uncached ones and the reply's."""
+    return m.computed_tokens + m.generated_tokens
 
 
 def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
@@ -47,6 +52,13 @@ def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
         record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
         record["offload_gb_s"] = round(m.offload_gb_s, 2)
         record["offload_wait_s"] = round(m.offload_wait_s, 4)
+    record["timings"] = done.timings.as_dict()  # where the reply's time went (engine/timings.py)
+    if done.energy is not None:  # "estimate": CPU time x cpu_watts_per_core, not a measurement
+        record["energy_j"] = round(done.energy.joules, 4)
+        record["energy_source"] = done.energy.source
+        record["energy_j_per_1k_tokens"] = round(done.energy.per_1k(tokens_processed(m)), 4)
+    if done.cost is not None:  # at the profile's cost_per_1k_*_tokens
+        record["cost"] = round(done.cost, 8)
     record["rss_bytes"] = rss_bytes()
     gpu = gpu_memory_bytes()
     if gpu is not None:

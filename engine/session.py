@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
@@ -10,7 +11,7 @@ from typing import NoReturn
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
 from engine.config import SamplingSettings
 from engine.errors import ContextOverflowError, UserError
-from engine.events import Done, Event
+from engine.events import Done, Event, add_timings
 from engine.generate import generate
 from engine.history import (
     CUT_MARKER,
@@ -145,8 +146,10 @@ class ChatSession:
         A stopped or cancelled reply is kept (partial text) so nothing the user saw is lost.
         """
         messages = [*self.messages, Message("user", text)]
+        t0 = time.perf_counter()
         ids = self._fit(messages, max_new_tokens)
-        for event in self._run(ids, settings, max_new_tokens, cancel):
+        prompt_s = time.perf_counter() - t0
+        for event in self._run(ids, settings, max_new_tokens, cancel, prompt_s):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
             yield event
@@ -200,6 +203,7 @@ class ChatSession:
         A prompt over the budget keeps its most recent tokens (and BOS); ``last_notice`` says
         how many were cut from its start."""
         tok = self.loaded.tokenizer
+        t0 = time.perf_counter()
         ids = encode_raw(tok, text)
         if not ids:
             raise UserError("the prompt is empty: give some text to complete")
@@ -213,7 +217,7 @@ class ChatSession:
                 f"its first {len(ids) - len(kept)} tokens were cut"
             )
             ids = kept
-        return self._run(ids, settings, max_new_tokens, cancel)
+        return self._run(ids, settings, max_new_tokens, cancel, time.perf_counter() - t0)
 
     def _run(
         self,
@@ -221,6 +225,7 @@ class ChatSession:
         settings: SamplingSettings,
         max_new_tokens: int,
         cancel: threading.Event | None,
+        prompt_s: float = 0.0,  # templating, tokenizing and trimming before it
     ) -> Iterator[Event]:
         key = (settings.mirostat, settings.mirostat_tau)
         if self.sampler_state is None or key != self._sampler_key:  # new mode/tau: mu = 2 tau
@@ -237,7 +242,7 @@ class ChatSession:
             sampler_state=self.sampler_state,
             speculative=self.speculative,
         )
-        return offload_metrics(m.streamer, events)
+        return add_timings(offload_metrics(m.streamer, events), prompt_s=prompt_s)
 
     def clear(self) -> None:
         """New conversation; the cache keeps its tokens, so a shared prefix is still reused."""

@@ -62,6 +62,9 @@ def main() -> None:
         "max_new_tokens": a.tokens,
         "dtype": a.dtype,
         "model": "",
+        # no background compile: a run too short for it to finish would only share the CPU
+        # with it, and its thread still running at exit aborts the worker
+        "compile": False,
     }
     if a.worker == "app":
         print(json.dumps(asyncio.run(app_run(overrides))))

@@ -2,8 +2,9 @@
 # Run the llama-tui app in a detached tmux session, type a prompt, and print the screen:
 # what a person sees over SSH. Usage:
 #   scripts/tui_tmux.sh [PROMPT] [-- extra llama-tui chat flags]
-# Env: COLS/ROWS (default 120x36), WAIT (most seconds to wait for the reply, default 60;
-#      the Metrics pane must be visible: 110 columns or more),
+# Env: COLS/ROWS (default 120x36; 80x24 is what most SSH clients open), WAIT (most seconds
+#      to wait for the reply, default 60: until the Metrics pane shows "reply N tokens", or,
+#      below 110 columns, the strip above the prompt shows the finished reply's tok/s),
 #      LLAMA_TUI (command to run, default "python -m tui.cli.main"), KEEP=1 keeps the session.
 set -euo pipefail
 prompt="${1:-Write a haiku about llamas.}"
@@ -24,9 +25,10 @@ for _ in $(seq 1 60); do
 done
 tmux send-keys -t "$session" -l "$prompt"
 tmux send-keys -t "$session" Enter
-# wait for the reply to finish (the Metrics pane shows "reply N tokens"), at most WAIT seconds
+# wait for the reply to finish, at most WAIT seconds
 for _ in $(seq 1 "$wait_s"); do
     sleep 1
-    tmux capture-pane -p -t "$session" | grep -q "reply  *[0-9][0-9,]* tokens" && break
+    tmux capture-pane -p -t "$session" \
+        | grep -Eq "reply  *[0-9][0-9,]* tokens|^ [0-9][0-9.,]* tok/s · TTFT" && break
 done
 tmux capture-pane -p -t "$session"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 
+from engine.timings import PHASES
 from tests.gguf_writer import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,24 @@ def test_ask_json_on_tiny_model(tiny_gguf: Path, tmp_path: Path) -> None:
     assert FIELDS <= set(record)
     assert record["cached_tokens"] == 0 and record["prompt_tokens"] > 0
     assert len(record["token_ids"]) <= 5
+    timings = record["timings"]  # where the reply's time went
+    assert set(PHASES) <= set(timings) and timings["wall_s"] >= timings["prefill_s"] > 0
+    assert record["energy_source"] in ("estimate", "rapl")  # a CPU model: no NVML
+    assert record["energy_j"] >= 0 and "cost" not in record  # no price set
+
+
+def test_ask_json_costs_at_the_configured_price(tiny_gguf: Path, tmp_path: Path) -> None:
+    config = tmp_path / "llama-tui.toml"
+    config.write_text(
+        f'[defaults]\nmodel = "{tiny_gguf.as_posix()}"\ncost_per_1k_input_tokens = 2.0\n'
+        "cost_per_1k_output_tokens = 10.0\ncpu_watts_per_core = 5.0\n"
+    )
+    flags = ["--config", str(config), "--temperature", "0", "--max-new-tokens", "5"]
+    proc = run(["ask", *flags, "--json", "hello"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    expected = (r["prompt_tokens"] * 2.0 + r["generated_tokens"] * 10.0) / 1000
+    assert r["cost"] == pytest.approx(expected)
 
 
 def test_raw_completion_skips_the_template(tiny_gguf: Path, tmp_path: Path) -> None:

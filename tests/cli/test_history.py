@@ -26,8 +26,10 @@ def test_chat_saves_and_history_reads_back(tiny_gguf: Path, tmp_path: Path) -> N
         stdin="hi there\nhow are you?\n",
     )
     assert proc.returncode == 0, proc.stderr
-    replies = [json.loads(line)["text"] for line in proc.stdout.splitlines()]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    replies = [r["text"] for r in records]
     assert len(replies) == 2
+    assert all(r["timings"]["wall_s"] > 0 and "energy_j" in r for r in records)
 
     listed = run(["history", "list", "--data-dir", str(data)], tmp_path)
     assert listed.returncode == 0, listed.stderr
@@ -50,7 +52,10 @@ def test_chat_saves_and_history_reads_back(tiny_gguf: Path, tmp_path: Path) -> N
         ("user", "how are you?"),
         ("assistant", replies[1]),
     ]
-    assert doc["messages"][1]["metrics"]["generated_tokens"] >= 1
+    saved = doc["messages"][1]["metrics"]
+    assert saved["generated_tokens"] >= 1
+    assert saved["timings"]["wall_s"] > 0 and saved["timings"]["decode_forward_s"] >= 0
+    assert saved["energy_source"] in ("estimate", "rapl") and saved["energy_j"] >= 0
     assert doc["messages"][1]["stopped"] is False
 
     md = run(["history", "export", conv, "--data-dir", str(data)], tmp_path)

@@ -501,3 +501,18 @@ def test_shipped_remote_examples_load_when_uncommented(tmp_path: Path) -> None:
     assert {"llamacpp", "vllm", "ollama", "serve"} <= set(config.profiles)
     assert config.profiles["vllm"].api_key_env == "VLLM_KEY"
     assert "--tensor-parallel-size" in text
+
+
+def test_energy_and_price_keys(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "[defaults]\ncpu_watts_per_core = 6.5\ncost_per_1k_input_tokens = 0.5\n"
+            "cost_per_1k_output_tokens = 1.5\n",
+        )
+    )
+    d = config.defaults
+    assert (d.cpu_watts_per_core, d.cost_per_1k_input_tokens) == (6.5, 0.5)
+    assert d.cost_per_1k_output_tokens == 1.5
+    assert "> 0" in load_error(tmp_path, "[defaults]\ncpu_watts_per_core = 0\n")
+    assert ">= 0" in load_error(tmp_path, "[defaults]\ncost_per_1k_output_tokens = -1\n")

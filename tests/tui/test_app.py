@@ -82,6 +82,9 @@ async def test_metrics_show_throughput_after_a_reply(app: LlamaTuiApp) -> None:
         assert rows["decode"].endswith("tok/s") and float(rows["decode"].split()[0]) > 0
         assert rows["RSS"].endswith("MiB")
         assert "new" in rows["prompt"] and rows["TTFT"].endswith("ms")
+        assert rows["time"].endswith("submit to end") and " forward" in rows  # where it went
+        assert rows["energy"].split(" J ")[1].startswith(("estimate", "rapl"))
+        assert app.chat.stats.render_lag_s > 0 and " render" in rows
         await pilot.pause(0.3)  # the pane redraws on its timer
         shown = str(app.chat.query_one("#figures").render())
         assert "tok/s" in shown and "—" not in shown.splitlines()[0]
@@ -254,8 +257,50 @@ async def test_narrow_terminal_hides_side_panes_until_toggled(app: LlamaTuiApp) 
         assert not app.chat.query_one("#sidebar").display
         await pilot.press("f3")
         assert app.chat.query_one("#metrics").display and app.chat.query_one("#sidebar").display
-        await pilot.press("f3")
+        await pilot.press("f2")  # one bottom panel at a time
+        assert app.chat.query_one("#config").display and not app.chat.query_one("#metrics").display
+        await pilot.press("f2")
         assert not app.chat.query_one("#sidebar").display
+
+
+async def test_80x24_strip_shows_the_figures_and_f3_keeps_the_conversation_wide(
+    app: LlamaTuiApp,
+) -> None:
+    """Over SSH at 80x24: the strip above the prompt shows tok/s, TTFT and the context after a
+    reply; F3 opens the metrics below, the conversation keeping >= 60 columns."""
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "count to ten")
+        await pilot.pause(0.6)  # the strip redraws on its timer
+        strip = str(app.chat.query_one("#strip").render())
+        m = app.chat.stats.last
+        assert m is not None
+        assert f"{m.decode_tok_s:,.1f} tok/s" in strip
+        assert f"TTFT {m.ttft_s * 1000:,.0f} ms" in strip
+        assert f"ctx {m.context_used:,} / 512" in strip and "RSS" in strip
+        await pilot.press("f3")
+        await pilot.pause(0.1)
+        assert app.chat.query_one("#metrics").region.height > 0
+        assert app.chat.conversation.region.width >= 60
+        footer = [st.text for st in app.screen._compositor.render_strips()][-1]
+        assert "f1 Keys" in footer and "f3 Metrics" in footer  # no key clipped mid-word
+
+
+async def test_figures_update_while_the_reply_streams() -> None:
+    """TTFT as soon as the first token lands, the context growing token by token."""
+    from engine import PrefillDone, Started, TokenEvent
+    from tui.app.stats import LiveStats
+    from tui.app.widgets.metrics_pane import strip_text
+
+    stats = LiveStats()
+    stats.take(Started(1))
+    assert "TTFT —" in strip_text(stats)
+    stats.take(PrefillDone(40, 30, 0.1))
+    stats.take(TokenEvent(5, "a", 0.125))
+    assert "TTFT 125 ms" in strip_text(stats) and "ctx" in strip_text(stats)
+    stats.take(TokenEvent(6, "b", 0.175))
+    assert stats.context_used == 42 and stats.cached_tokens == 30
+    assert "42 cached" not in strip_text(stats)
 
 
 @pytest.mark.slow
@@ -286,3 +331,23 @@ def test_metrics_pane_shows_offload_only_when_weights_are_streamed() -> None:
     )
     stats.on_done(streamed)
     assert dict(metric_lines(stats))["offload"] == "3.00 GiB/token at 12.9 GB/s, 75% waiting"
+
+
+async def test_reply_details_show_every_phase_and_the_plots(app: LlamaTuiApp) -> None:
+    from tui.app.screens.reply_details import ReplyDetailsScreen, detail_lines
+    from tui.app.widgets.throughput_plots import RepliesBars, ReplyCurve
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, idle(app))
+        await say(pilot, "count to ten")
+        await pilot.press("f9")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ReplyDetailsScreen)
+        lines = detail_lines(app.chat.stats)
+        phases = {line.split()[0] for line in lines if line}
+        assert {"queue", "prefill", "forward", "sample", "detok", "wall"} <= phases
+        assert any(line.startswith("energy") for line in lines)
+        assert app.screen.query_one(ReplyCurve).stats.curve  # tok/s over the reply, drawn
+        assert list(app.screen.query_one(RepliesBars).stats.turns)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ReplyDetailsScreen)

@@ -16,13 +16,13 @@ from engine import (
     KVCache,
     LoadedModel,
     SamplingSettings,
+    Stamp,
     default_model_path,
     generate,
     load_config,
     profile_to_dict,
     resolve_profile,
 )
-from tui.bench.common import Stamp
 from tui.bench.vs import Sample, compare, format_table, summarize, to_json
 from tui.bench.workers import LLAMA_CPP, OURS, TRANSFORMERS, LlamaCpp, Ours, Spec, Transformers
 from tui.cli.main import main

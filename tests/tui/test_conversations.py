@@ -18,7 +18,7 @@ from tui.app.screens.edit_message import EditMessageScreen
 from tui.app.screens.pin_message import PinMessageScreen
 from tui.app.screens.text_prompt import TextPromptScreen
 from tui.app.widgets.message import AssistantMessage, UserMessage
-from tui.app.widgets.metrics_pane import metric_lines
+from tui.app.widgets.metrics_pane import context_text, metric_lines
 from tui.app.widgets.prompt import PromptInput
 
 
@@ -291,7 +291,8 @@ async def test_trimmed_messages_are_dimmed_and_counted(tiny_config: Path, data: 
         turns = sum(isinstance(b, UserMessage) for b in dimmed)
         rows = dict(metric_lines(app.chat.stats))
         assert rows["dropped"] == f"{session.dropped_messages} msgs ({turns} turns)"
-        assert rows["context"].endswith(" / 160 tokens")
+        context = str(app.chat.query_one("#context-caption", Label).render())
+        assert context == f"context {context_text(app.chat.stats)}" and " / 160 tokens" in context
         shown = str(app.chat.query_one("#figures").render())
         assert f"{session.dropped_messages} msgs" in shown
 

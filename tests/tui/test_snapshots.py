@@ -1,9 +1,10 @@
-"""Snapshots of the main screen at 80x24 and 160x48 in every theme.
+"""Snapshots of the main screen at 80x24, 100x30 and 160x48 in every theme.
 
 Deterministic: the real app runs over a small real backend that answers with fixed engine
 events (fixed text and timings) through the real engine queue and bridge; the prompt is typed
 with keys. Only the machine's memory figures are fixed from outside (as TZ is for the list),
-the cursor does not blink, and the model path is shown by file name only.
+the cursor does not blink, and the model path is shown by file name only. The queue's own
+figures for a reply (waits, wall time, other processes' load, energy) are fixed too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,15 +21,17 @@ from textual.pilot import Pilot
 from engine.backend import GenerationRequest, ModelInfo, Progress
 from engine.chat_format import Message
 from engine.config import Profile
+from engine.energy import EnergyReading
 from engine.events import Done, Event, Pinned, PrefillDone, TokenEvent, TurnStarted
 from engine.metrics import GenerationMetrics
 from engine.queue import MemoryStats
 from engine.store import DB_NAME, ConversationStore
+from engine.timings import ReplyTimings
 from tui.app.app import LlamaTuiApp, make_app
 from tui.app.widgets.prompt import PromptInput
 
 THEMES = ("llama-dark", "llama-light", "llama-high-contrast")
-SIZES = ((80, 24), (160, 48))
+SIZES = ((80, 24), (100, 30), (160, 48))
 PROMPT = "How do I reverse a list in Python?"
 REPLY = [
     "Use ",
@@ -52,6 +56,9 @@ METRICS = GenerationMetrics(
     context_used=52,
     context_limit=512,
 )
+TIMINGS = ReplyTimings(
+    prompt_s=0.002, prefill_s=0.1, decode_forward_s=0.38, sample_s=0.06, detokenize_s=0.004
+)
 INFO = ModelInfo("tiny-llama.gguf", "tiny-llama.gguf", "cpu", "float32", 512, False, 0.5)
 MEMORY = MemoryStats(512 << 20, None, None)
 
@@ -71,7 +78,7 @@ class ReplayBackend:
         yield PrefillDone(42, 30, 0.1)
         for i, text in enumerate(REPLY):
             yield TokenEvent(i, text, 0.125 + 0.05 * i)
-        done = Done("".join(REPLY), [], "stop", METRICS, context_start=0)
+        done = Done("".join(REPLY), [], "stop", METRICS, context_start=0, timings=TIMINGS)
         self.messages += [Message("user", request.text), Message("assistant", done.text)]
         yield done
 
@@ -80,6 +87,12 @@ class ReplayBackend:
 
     def pin(self, index: int, pinned: bool = True) -> Pinned:
         return Pinned(0, (index,) if pinned else ())
+
+
+def measured(done: Done, *_: object) -> Done:
+    """The queue's own figures for a reply, fixed: its waits, wall time, load and energy."""
+    timings = replace(done.timings, queue_wait_s=0.003, wall_s=0.56, other_cpu_share=0.4)
+    return replace(done, timings=timings, energy=EnergyReading(2.5, "estimate"), cost=0.00042)
 
 
 def wait_idle(app: LlamaTuiApp) -> Iterator[float]:
@@ -112,10 +125,33 @@ def test_main_screen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("engine.queue.memory_stats", lambda: MEMORY)
+    monkeypatch.setattr("engine.queue.measured", measured)
     text = tiny_config.read_text().replace('theme = "llama-dark"', f'theme = "{theme}"')
     tiny_config.write_text(text)
     app = make_app(config_path=tiny_config, cursor_blink=False, backend=ReplayBackend())
     assert snap_compare(app, terminal_size=size, run_before=replay)
+
+
+@pytest.mark.parametrize("size", ((80, 24), (100, 30)), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_metrics_panel_below_the_prompt(
+    snap_compare: Callable[..., bool],
+    tiny_config: Path,
+    size: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A narrow terminal after a reply, F3 pressed: the full Metrics pane under the prompt, the
+    conversation keeping the whole width."""
+    monkeypatch.setattr("engine.queue.memory_stats", lambda: MEMORY)
+    monkeypatch.setattr("engine.queue.measured", measured)
+    app = make_app(config_path=tiny_config, cursor_blink=False, backend=ReplayBackend())
+
+    async def open_metrics(pilot: Pilot[None]) -> None:
+        await replay(pilot)
+        await pilot.press("f3")
+        await pilot.pause(0.8)  # the pane's redraw timer
+        await pilot.wait_for_scheduled_animations()
+
+    assert snap_compare(app, terminal_size=size, run_before=open_metrics)
 
 
 def test_conversation_list(snap_compare, tiny_config: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

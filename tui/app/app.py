@@ -133,6 +133,11 @@ class LlamaTuiApp(App[None]):
             chat.action_pin_message,
         )
         yield SystemCommand(
+            "Reply details",
+            "where the last reply's time went, its energy and cost, throughput plots (f9)",
+            chat.action_reply_details,
+        )
+        yield SystemCommand(
             "Copy last reply",
             "to the clipboard with OSC 52, works over SSH (ctrl+y)",
             chat.action_copy_reply,

@@ -6,6 +6,8 @@ The chat screen routes every update that is not a model load here, in submission
 
 from __future__ import annotations
 
+import time
+
 from textual.screen import Screen
 
 from engine import Conversation, Done, Failed, MemoryStats, Pinned, TurnStarted
@@ -53,6 +55,9 @@ class TurnView:
                 prompt = self.screen.query_one(PromptInput)  # nothing typed is lost: edit it
                 prompt.text = prompt.text or turn.text  # and send it again
         await self.pane.draw(update.ticket_id, update.events, update.finished)
+        done = next((e for e in update.events if isinstance(e, Done)), None)
+        if done is not None and done.timings.done_at > 0:  # the engine's end -> on screen
+            self.stats.on_render_lag(time.perf_counter() - done.timings.done_at)
 
     def mark_context(self) -> None:
         """Dim what trimming dropped, mark what is pinned, count the dropped in the metrics."""

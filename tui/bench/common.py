@@ -1,4 +1,5 @@
-"""What the benchmarks share: worker subprocesses, device sync, timed runs, machine load.
+"""What the benchmarks share: worker subprocesses, device sync, timed runs (machine load:
+engine/cpu_load.py, which the engine queue uses for each reply too).
 
 Nothing from torch or engine (whose package imports torch) is imported at module level, so a
 worker that imports this module can still time ``import torch``.
@@ -11,9 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,43 +84,6 @@ def text_table(rows: Sequence[Sequence[str]]) -> str:
     ]
     out.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(out)
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all processes on the machine have used since boot (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as fh:
-            ticks = [int(x) for x in fh.readline().split()[1:9]]
-    except OSError:
-        return 0.0
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """A moment with the machine's and this process's CPU use at it."""
-
-    at: float  # time.monotonic(): one clock for all processes of a machine (Linux)
-    busy_s: float  # machine_busy_s()
-    cpu_s: float  # this process's CPU time so far
-
-    @classmethod
-    def now(cls) -> Stamp:
-        return cls(time.monotonic(), machine_busy_s(), time.process_time())
-
-
-def other_load(start: Stamp, end: Stamp, own_cpu_s: float | None = None) -> float:
-    """The share of all cores that other processes used from ``start`` to ``end``.
-
-    Own CPU is ``end.cpu_s - start.cpu_s`` (both stamps from this process) unless given, as for
-    a parent's spawn stamp and its worker's. Above a few percent the machine was shared and
-    speeds measured in the window are low.
-    """
-    wall = end.at - start.at
-    own = end.cpu_s - start.cpu_s if own_cpu_s is None else own_cpu_s
-    if wall <= 0:
-        return 0.0
-    return max(end.busy_s - start.busy_s - own, 0.0) / (wall * (os.cpu_count() or 1))
 
 
 def peak_rss_bytes() -> int:

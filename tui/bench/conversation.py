@@ -24,10 +24,11 @@ from engine import (
     LoadedModel,
     Profile,
     SamplingSettings,
+    Stamp,
     TokenEvent,
     load_profile_model,
+    other_load,
 )
-from tui.bench.common import Stamp, other_load
 
 CONTEXT_LENGTH = 1024  # small enough that 30 turns trim several times
 MAX_NEW_TOKENS = 48

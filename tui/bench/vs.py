@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tui.bench.common import PARITY_TOKENS, Stamp, other_load, parity_of, text_table
+from engine import Stamp, other_load
+from tui.bench.common import PARITY_TOKENS, parity_of, text_table
 from tui.bench.speed import spawn
 from tui.bench.workers import LLAMA_CPP, OURS, TRANSFORMERS, Spec
 

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tui.bench.common import Stamp, other_load, peak_rss_bytes, timed_runs
+from engine import Stamp, other_load
+from tui.bench.common import peak_rss_bytes, timed_runs
 
 OURS, LLAMA_CPP, TRANSFORMERS = "llama-tui", "llama.cpp", "transformers"
 ENGINES = (OURS, LLAMA_CPP, TRANSFORMERS)

@@ -22,15 +22,17 @@ from tui.app.profile_switch import ProfileSwitcher
 from tui.app.profiles import ProfileState
 from tui.app.screens.edit_message import EditMessageScreen
 from tui.app.screens.pin_message import PinMessageScreen
+from tui.app.screens.reply_details import ReplyDetailsScreen
 from tui.app.screens.saved_chats import SavedChats
 from tui.app.stats import LiveStats
 from tui.app.turn_view import TurnView
 from tui.app.widgets.config_pane import ConfigPane
 from tui.app.widgets.conversation import ConversationPane
 from tui.app.widgets.metrics_pane import MetricsPane
+from tui.app.widgets.metrics_strip import MetricsStrip
 from tui.app.widgets.prompt import PromptInput
 
-NARROW = 110  # below this many columns the side panes start hidden (F2/F3 show them)
+NARROW = 110  # below this many columns: a metrics strip; F2/F3 open a pane as a bottom panel
 WATCH_S = 1.0  # how often the config file's mtime is checked
 WAIT = "wait for the reply to finish (Esc stops it)"
 
@@ -38,14 +40,16 @@ WAIT = "wait for the reply to finish (Esc stops it)"
 class ChatScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "cancel", "Stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+n", "new_conversation", "New chat"),
+        Binding("ctrl+r", "regenerate", "Regen"),
+        Binding("ctrl+n", "new_conversation", "New"),
         Binding("f2", "toggle_pane('config')", "Config"),
         Binding("f3", "toggle_pane('metrics')", "Metrics"),
-        Binding("f4", "pick_profile", "Profile"),
-        Binding("ctrl+o", "conversations", "Conversations"),
-        Binding("f5", "edit_message", "Edit msg"),
-        Binding("f8", "pin_message", "Pin msg"),
+        Binding("ctrl+o", "conversations", "Chats"),
+        # in F1 and the palette: the footer fits 80 columns with the keys above
+        Binding("f4", "pick_profile", "Profile", show=False),
+        Binding("f5", "edit_message", "Edit msg", show=False),
+        Binding("f8", "pin_message", "Pin msg", show=False),
+        Binding("f9", "reply_details", "Details", show=False),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
@@ -77,11 +81,12 @@ class ChatScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="chat"):
                 yield ConversationPane(id="conversation")
+                yield MetricsStrip(self.stats, id="strip")
                 yield PromptInput(id="prompt", cursor_blink=self.cursor_blink)
             with Vertical(id="sidebar"):
                 yield ConfigPane(self.state.names, self.state.name, id="config")
                 yield MetricsPane(self.stats, id="metrics")
-        yield Footer()
+        yield Footer(compact=True)  # fits 80 columns
 
     @property
     def conversation(self) -> ConversationPane:
@@ -110,6 +115,7 @@ class ChatScreen(Screen[None]):
         narrow = self.size.width < NARROW
         if narrow != self.narrow:
             self.narrow = narrow
+            self.set_class(narrow, "-narrow")  # app.tcss: the strip shows, the panes dock below
             self.query_one("#config").display = not narrow
             self.query_one("#metrics").display = not narrow
             self._sync_sidebar()
@@ -200,6 +206,9 @@ class ChatScreen(Screen[None]):
         if index is not None:  # a pinned message is unpinned, any other pinned
             self.controller.pin(index, index not in self.controller.pinned)
 
+    def action_reply_details(self) -> None:
+        self.app.push_screen(ReplyDetailsScreen(self.stats))
+
     def action_copy_reply(self) -> None:
         last = self.conversation.last_reply()
         if last is None or not last.text:
@@ -211,10 +220,15 @@ class ChatScreen(Screen[None]):
     def action_toggle_pane(self, name: str) -> None:
         pane = self.query_one(f"#{name}")
         pane.display = not pane.display
+        if self.narrow and pane.display:  # one bottom panel at a time
+            other = self.query_one("#metrics" if name == "config" else "#config")
+            other.display = False
         self._sync_sidebar()
 
     def action_pick_profile(self) -> None:
         self.query_one("#config").display = True
+        if self.narrow:
+            self.query_one("#metrics").display = False
         self._sync_sidebar()
         self.query_one("#profile-picker").focus()
 
