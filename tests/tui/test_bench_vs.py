@@ -122,6 +122,15 @@ def test_ours_worker_generates_exactly_n_tokens_with_either_sampler(tiny_gguf: P
     assert len(again.tokens) == 5 and again.tokens == sampled.run(5).tokens  # seeded
 
 
+def test_ours_worker_takes_a_profile_of_the_shipped_config(tiny_gguf: Path) -> None:
+    # the shipped file's [defaults] next to the remote keys' defaults: a worker given the whole
+    # flat profile once refused base_url = "" as a remote key set on a local profile
+    shipped = load_config(Path(__file__).parents[2] / "llama-tui.toml")
+    profile = profile_to_dict(resolve_profile(shipped, None, {"device": "cpu"}))
+    ours = Ours(Spec(OURS, str(tiny_gguf), 1, 3, 1, prompt_tokens=6, profile=profile))
+    assert len(ours.run(3).tokens) == 3
+
+
 def test_transformers_worker_generates_exactly_n_tokens(tiny_gguf: Path) -> None:
     pytest.importorskip("transformers")
     spec = Spec(TRANSFORMERS, str(tiny_gguf), 1, 4, 1, ids=[1, 2, 3, 4, 5])

@@ -17,7 +17,8 @@ import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tui.bench.common import Stamp, other_load, text_table
+from engine import Stamp, other_load
+from tui.bench.common import text_table
 
 if TYPE_CHECKING:
     from engine import LoadedModel, Profile

@@ -105,15 +105,22 @@ class Ours:
 
         from engine import (
             KVCache,
+            Profile,
             SamplingSettings,
             load_config,
             load_profile_model,
+            profile_to_dict,
             resolve_profile,
         )
 
         torch.set_num_threads(spec.threads)
-        flat = {k: v for k, v in spec.profile.items() if k != "name"}
-        self.compile = bool(flat.get("compile", True))  # built in prepare(), not beside load
+        self.compile = bool(
+            spec.profile.get("compile", True)
+        )  # built in prepare(), not beside load
+        # the keys the profile changed: a key of the other backend left at its default is no
+        # setting, and resolve_profile refuses any key set for the other backend
+        defaults = profile_to_dict(Profile(name="defaults"))
+        flat = {k: v for k, v in spec.profile.items() if k != "name" and defaults.get(k) != v}
         flat = {**flat, "model": spec.model, "compile": False}
         profile = resolve_profile(load_config(None), None, flat)
         self.loaded = loaded = load_profile_model(profile)
