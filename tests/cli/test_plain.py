@@ -7,11 +7,13 @@ import argparse
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from engine.backend import LocalBackend
 from engine.config import Profile
+from tui.cli.main import main
 from tui.cli.plain import run_chat
 
 FILLER = [f"filler turn {i} with a few more words" for i in range(14)]
@@ -70,3 +72,18 @@ def test_a_bad_pin_is_a_one_line_error(
     )
     code, _, _ = chat(["/pin x"], profile, monkeypatch)
     assert code == 2 and "usage: /pin N" in capsys.readouterr().err
+
+
+def test_no_command_is_chat_with_chat_flags(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `llama-tui --no-save --json` once stopped at the top-level parser ("unrecognized
+    # arguments") before it was read as `chat`; stdin is no terminal here, so line mode
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    flags = ["--model", str(tiny_gguf), "--dtype", "float32", "--max-new-tokens", "3"]
+    assert main(["--no-save", "--json", *flags]) == 0
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(replies) == 1 and 1 <= replies[0]["generated_tokens"] <= 3

@@ -216,11 +216,12 @@ def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if args.command is None:
-        mode = [] if interactive else ["--plain"]
-        args = build_parser().parse_args(["chat", *mode, *(argv or sys.argv[1:])])
+    commands = ("ask", "chat", "history", "serve", "models", "bench", "-h", "--help")
+    if not words or words[0] not in commands:  # no command: chat, with chat's flags
+        words = ["chat", *([] if interactive else ["--plain"]), *words]
+    args = build_parser().parse_args(words)
     try:
         return dispatch(args, interactive)
     except ServerError as exc:  # the server's fault, not the configuration's
