@@ -75,7 +75,7 @@ if TYPE_CHECKING:
         Ticket,
     )
     from engine.remote.backend import REMOTE_UNSENT, RemoteBackend
-    from engine.remote.client import RemoteClient
+    from engine.remote.client import RemoteClient, api_key
     from engine.routing import ProfileBackend
     from engine.saving import reply_record, title_of
     from engine.session import ChatSession
@@ -91,6 +91,7 @@ _EXPORTS = {
     "prompt_budget": "engine.history",
     "RemoteBackend": "engine.remote.backend",
     "RemoteClient": "engine.remote.client",
+    "api_key": "engine.remote.client",
     "ProfileBackend": "engine.routing",
     "Backend": "engine.backend",
     "ChatSession": "engine.session",
@@ -221,6 +222,7 @@ __all__ = [
     "Turn",
     "TurnStarted",
     "UserError",
+    "api_key",
     "assign_state",
     "background_busy",
     "data_dir",

@@ -22,13 +22,14 @@ from engine.errors import ServerError, UserError
 CONNECT_TIMEOUT_S = 5.0
 
 
-def api_key(env_name: str) -> str | None:
-    """The key from the environment variable `env_name` ("" = no key); never from a file."""
+def api_key(env_name: str | None, setting: str = "api_key_env =") -> str | None:
+    """The key from the environment variable `env_name` (empty or None = no key); never from a
+    file. `setting` names where the variable's name came from, for the error."""
     if not env_name:
         return None
     key = os.environ.get(env_name, "")
     if not key:
-        raise UserError(f"api_key_env = {env_name}: the environment variable {env_name} is not set")
+        raise UserError(f"{setting} {env_name}: the environment variable {env_name} is not set")
     return key
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from engine import (
@@ -15,17 +14,8 @@ from engine import (
     ModelReady,
     Profile,
     UserError,
+    api_key,
 )
-
-
-def serve_key(env_name: str | None) -> str | None:
-    """The bearer key from environment variable `env_name` (None: no key required)."""
-    if not env_name:
-        return None
-    key = os.environ.get(env_name, "")
-    if not key:
-        raise UserError(f"--api-key-env {env_name}: the environment variable {env_name} is not set")
-    return key
 
 
 def load(queue: EngineQueue, profile: Profile) -> ModelInfo:
@@ -47,7 +37,7 @@ def run_serve(args: argparse.Namespace, profile: Profile) -> int:
             f"profile {profile.name} has backend = {profile.backend!r}: serve runs the local "
             "engine; pick a local profile"
         )
-    key = serve_key(args.api_key_env)
+    key = api_key(args.api_key_env, "--api-key-env")  # the bearer key; None: none required
     queue = EngineQueue(LocalBackend(max_loaded_models=1))
     try:
         info = load(queue, profile)
