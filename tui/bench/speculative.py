@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from engine import Stamp, other_load
 from tui.bench.common import text_table
+from tui.bench.vs import Sample, summarize
 
 if TYPE_CHECKING:
     from engine import LoadedModel, Profile
@@ -128,15 +128,10 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
 
 
 def _summary(found: list[tuple[float, float]], max_other_load: float) -> dict[str, Any]:
-    """The noise rule of bench --vs: runs above the load limit are dropped unless all are."""
-    quiet = [v for v, load in found if load <= max_other_load]
-    values = quiet or [v for v, _ in found]
-    return {
-        "decode_tok_s": statistics.median(values),
-        "range": [min(values), max(values)],
-        "kept": len(quiet),
-        "total": len(found),
-    }
+    """bench --vs's noise rule over (tok/s, other processes' load) runs."""
+    s = summarize([Sample(value, load) for value, load in found], max_other_load)
+    kept = 0 if s.noisy else s.kept  # 0: every run was loud, so all were kept
+    return {"decode_tok_s": s.median, "range": [s.low, s.high], "kept": kept, "total": s.total}
 
 
 def run_speculative_bench(args: argparse.Namespace, profile: Profile) -> int:
