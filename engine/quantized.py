@@ -92,19 +92,23 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, 4-bit groups of {GROUP}"
 
 
-PACK_BLOCK = 64  # torch's CPU int4 pack works in blocks of 64 output rows
+# torch's CPU int4 pack works in blocks of output rows: 64 where it was built for AVX-512, 32 for
+# AVX2 (the kernel picks by the CPU it runs on); PACK_BLOCK, the largest, is whole blocks on both
+PACK_BLOCKS = (64, 32)
+PACK_BLOCK = PACK_BLOCKS[0]
 
 
 def dequantize_t(
-    packed: torch.Tensor, scales_zeros: torch.Tensor, out: torch.Tensor
+    packed: torch.Tensor, scales_zeros: torch.Tensor, out: torch.Tensor, block: int = 0
 ) -> torch.Tensor:
     """An Int4Linear's W.T [in, out] in bfloat16, written into ``out``: w = q * scale + (zero -
     8 scale), in float32 as the kernel computes it, rounded once. Reads torch's CPU pack layout
-    (``PACK_BLOCK``, checked by ``pack_layout_known``): per block of 64 output rows, byte j at
-    input k holds row j in its low nibble and row j + 32 in its high nibble, so runs of 32
-    bytes become runs of 32 weights of W.T, without a transpose."""
+    (``block`` rows, by default ``pack_block()``'s): per block of B output rows, byte j at
+    input k holds row j in its low nibble and row j + B/2 in its high nibble, so runs of B/2
+    bytes become runs of B/2 weights of W.T, without a transpose."""
+    block = block or pack_block()
     n_in, n_out = out.shape
-    nb, g, half = n_out // PACK_BLOCK, n_in // GROUP, PACK_BLOCK // 2
+    nb, g, half = n_out // block, n_in // GROUP, block // 2
     blocks = packed.view(nb, g, GROUP, half).permute(1, 2, 0, 3)  # [g, k, nb, j]
     sz = scales_zeros.view(g, 1, nb, 2, half, 2).float()  # [g, 1, nb, nibble, j, scale|zero]
     scale, bias = sz[..., 0], sz[..., 1] - 8.0 * sz[..., 0]
@@ -115,19 +119,28 @@ def dequantize_t(
 
 
 @functools.cache
-def pack_layout_known() -> bool:
-    """Whether this torch build packs as dequantize_t reads (checked once)."""
+def pack_block() -> int:
+    """The rows per block this torch build and CPU pack as dequantize_t reads them; 0 for a
+    layout it does not know (checked once, on a small random layer)."""
     gen = torch.Generator().manual_seed(0)
     q = torch.randint(0, 16, (2 * PACK_BLOCK, 2 * GROUP), generator=gen, dtype=torch.uint8)
     d, zero = torch.rand(2 * PACK_BLOCK, 2), torch.rand(2 * PACK_BLOCK, 2)
     layer = fused_int4_linear([(q, d, zero)])
     if layer.packed.shape != (q.shape[0], q.shape[1] // 2):
-        return False
-    weight_t = torch.empty(q.shape[1], q.shape[0], dtype=torch.bfloat16)
-    weight = dequantize_t(layer.packed, layer.scales_zeros, weight_t).t()
+        return 0
     sz = layer.scales_zeros.float().transpose(0, 1).repeat_interleave(GROUP, dim=1)
     exact = (q - 8.0) * sz[..., 0] + sz[..., 1]
-    return bool(((weight.float() - exact).abs() <= exact.abs() / 128).all())  # bf16 rounding
+    for block in PACK_BLOCKS:
+        weight_t = torch.empty(q.shape[1], q.shape[0], dtype=torch.bfloat16)
+        weight = dequantize_t(layer.packed, layer.scales_zeros, weight_t, block).t()
+        if ((weight.float() - exact).abs() <= exact.abs() / 128).all():  # bf16 rounding
+            return block
+    return 0
+
+
+def pack_layout_known() -> bool:
+    """Whether dequantize_t can read this build's packs (the dense prefill needs it)."""
+    return pack_block() != 0
 
 
 def share_scratch(model: nn.Module) -> int:
@@ -139,7 +152,7 @@ def share_scratch(model: nn.Module) -> int:
         for name, m in model.named_modules()
         if isinstance(m, Int4Linear)
         and name.startswith("layers.")
-        and m.out_features % PACK_BLOCK == 0
+        and m.out_features % max(pack_block(), 1) == 0
     ]
     if not pack_layout_known():
         return 0

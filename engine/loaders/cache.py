@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -181,9 +183,35 @@ def write_prepared(
             save_file(tensors, temp, metadata)
         except Exception as exc:  # SafetensorError (I/O) or shared storage: treat as OSError
             raise OSError(str(exc).splitlines()[0]) from exc
+        align_data(temp)
 
     why = write_atomically(entry_path(source, placement), save)
     return "written" if why is None else f"not written: {why}"
+
+
+DATA_ALIGN = 64  # bytes: where a cache file's tensor data starts
+
+
+def align_data(path: Path) -> None:
+    """Pad a safetensors file's header with spaces (as safetensors pads it to 8) so its data
+    starts on a DATA_ALIGN boundary. The memory-mapped tensors then sit where freshly allocated
+    ones would: on AVX2, float32 GEMMs on weights 8 bytes off a 16-byte boundary summed in
+    another order, and a start from the cache gave logits ~1e-5 off a start from the GGUF."""
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n)
+    pad = -(8 + n) % DATA_ALIGN
+    if pad == 0:
+        return
+    aligned = path.with_name(path.name + ".aligned")
+    try:
+        with path.open("rb") as src, aligned.open("wb") as dst:
+            dst.write((n + pad).to_bytes(8, "little") + header + b" " * pad)
+            src.seek(8 + n)
+            shutil.copyfileobj(src, dst, 16 << 20)
+        os.replace(aligned, path)
+    finally:
+        aligned.unlink(missing_ok=True)
 
 
 def read_prepared(

@@ -18,7 +18,7 @@ from torch import nn
 
 import engine.loaders.gguf as gguf_loader
 from engine.loaders import LoadedModel, load_model
-from engine.loaders.cache import KEY, MANIFEST, entry_path, write_prepared
+from engine.loaders.cache import DATA_ALIGN, KEY, MANIFEST, entry_path, write_prepared
 from engine.model import Transformer
 from engine.placement import Placement
 from engine.quantized import Int4Linear, Q8Table, QuantizedHead, int4_cpu_supported
@@ -90,6 +90,20 @@ def cold_then_warm(
 
 def test_float32_second_load_reads_the_cache(tiny_gguf: Path, counted: dict[str, int]) -> None:
     cold_then_warm(tiny_gguf, FLOAT32, counted)
+
+
+def test_cached_tensors_start_on_64_byte_boundaries(tiny_gguf: Path) -> None:
+    """Seen on an AVX2 machine: weights mapped 8 bytes off a 16-byte boundary (where safetensors'
+    header left them) made float32 GEMMs sum in another order, so a start from the cache gave
+    logits ~1e-5 away from a start from the GGUF (and from an offloaded copy)."""
+    load(tiny_gguf, FLOAT32)
+    with entry_path(tiny_gguf, FLOAT32).open("rb") as f:
+        assert (8 + int.from_bytes(f.read(8), "little")) % DATA_ALIGN == 0
+    warm = load(tiny_gguf, FLOAT32)
+    assert warm.weights_cache == "read"
+    sizes = [p.numel() * p.element_size() for p in warm.model.parameters()]
+    assert all(size % DATA_ALIGN == 0 for size in sizes)  # so every tensor starts aligned
+    assert all(p.data_ptr() % DATA_ALIGN == 0 for p in warm.model.parameters())
 
 
 def layout(model: nn.Module) -> list[tuple[str, str]]:
