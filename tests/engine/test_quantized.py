@@ -29,6 +29,7 @@ from engine.quantized import (
     int4_cpu_supported,
     int4_linear_from_dense,
     int4_linear_from_gguf,
+    native_bf16,
     pack_layout_known,
     q8_table,
     q8_table_from_gguf,
@@ -295,6 +296,27 @@ def test_dequantize_t_reads_the_kernels_pack_layout() -> None:
     assert (weight_t.float() - kernel.float()).abs().max() <= kernel.abs().max() / 128
 
 
+needs_native_bf16 = pytest.mark.skipif(
+    not native_bf16(), reason="dense prefill runs only where the CPU has native bfloat16"
+)
+
+
+def test_without_native_bfloat16_long_inputs_stay_on_the_kernel(tiny_q4_path: Path) -> None:
+    if native_bf16():
+        pytest.skip("this CPU has native bfloat16: the dense path is on (the test below)")
+    m = load_model(
+        tiny_q4_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
+    )
+    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear)]
+    assert layers and all(x.scratch is None for x in layers)
+    att = m.model.layers[0].attention.wqkv
+    assert isinstance(att, Int4Linear)
+    long = torch.randn(DENSE_ROWS, 64)
+    kernel = torch._weight_int4pack_mm_for_cpu(long.bfloat16(), att.packed, 32, att.scales_zeros)
+    assert torch.equal(att(long), kernel.float())
+
+
+@needs_native_bf16
 def test_long_inputs_run_dense_through_one_shared_buffer(tiny_q4_path: Path) -> None:
     m = load_model(
         tiny_q4_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
@@ -326,6 +348,7 @@ def test_long_inputs_run_dense_through_one_shared_buffer(tiny_q4_path: Path) -> 
 
 
 @pytest.mark.slow
+@needs_native_bf16
 def test_default_model_dense_prefill_agrees_teacher_forced(default_path: Path) -> None:
     """Measured: dense bfloat16 prefill (weights rounded to bfloat16 once) picks the int4
     kernel's top-1 at 192 of 192 positions here (190 of 192 on README text; largest logit
