@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import Done, Failed, GenerationRequest, Profile, RemoteBackend, TokenEvent
+from engine import (
+    Done,
+    Failed,
+    GenerationRequest,
+    Profile,
+    RemoteBackend,
+    ServerError,
+    TokenEvent,
+    UserError,
+)
 from tests.peers import free_port
 
 MODE = {"name": "ok"}
@@ -38,6 +48,8 @@ async def chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": "slow down: 3 requests queued"}}, 429)
     if mode == "500":
         return JSONResponse({"error": {"message": "CUDA out of memory"}}, 500)
+    if mode == "404":  # the model was unloaded or renamed on the server between two turns
+        return JSONResponse({"error": {"message": "model 'peer' not found"}}, 404)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         yield {"data": chunk("Hello")}
@@ -106,6 +118,38 @@ def test_refusals_are_one_line_with_the_servers_message(
     failed = run(peer_url, mode)[-1]
     assert isinstance(failed, Failed) and failed.server and failed.kept == 0
     assert said in failed.message and "\n" not in failed.message
+
+
+def test_a_model_gone_between_turns_is_one_line_naming_the_model(peer_url: str) -> None:
+    MODE["name"] = "ok"
+    far = RemoteBackend()
+    p = Profile("peer", backend="openai", base_url=peer_url)
+    far.load(p, lambda d, t: None)
+    first = list(far.generate(GenerationRequest("chat", "hi", p.sampling, 8), threading.Event()))
+    assert isinstance(first[-1], Done) and first[-1].text == "Hello there"
+    MODE["name"] = "404"
+    second = list(far.generate(GenerationRequest("chat", "more", p.sampling, 8), threading.Event()))
+    failed = second[-1]
+    assert isinstance(failed, Failed) and "\n" not in failed.message
+    assert "HTTP 404" in failed.message and "model 'peer' not found" in failed.message
+    assert failed.kept == 2  # the first turn stays in the conversation; the failed one does not
+
+
+def test_a_host_that_does_not_resolve_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in: tests reach loopback only, so no real DNS lookup; the resolver fails here the
+    way glibc's does for an unknown name (socket.gaierror, "Name or service not known")."""
+
+    def no_such_host(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    far = RemoteBackend()
+    with pytest.raises(UserError) as caught:
+        far.load(Profile("far", backend="openai", base_url="http://gpu-box.lan:8000/v1"), print)
+    assert str(caught.value) == (
+        "cannot resolve the host of base_url http://gpu-box.lan:8000/v1: check it"
+    )
+    assert not isinstance(caught.value, ServerError)  # a user's typo, not a server fault
 
 
 @pytest.mark.parametrize(("mode", "said"), [("malformed", "malformed chunk"), ("cut", "[DONE]")])
