@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.args import ModelArgs
-    from engine.backend import Backend, GenerationRequest, LocalBackend, ModelInfo, TokenizeRequest
+    from engine.backend import Backend, GenerationRequest, ModelInfo, TokenizeRequest
     from engine.background import background_busy
     from engine.chat_format import Message, encode_dialog
     from engine.compiled import compile_decode_step, compile_supported, compile_wanted
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from engine.kv_cache import KVCache
     from engine.loaders import LoadedModel, load_model, load_profile_model
     from engine.loaders.state import assign_state
+    from engine.local import LocalBackend
     from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
     from engine.model import Transformer
     from engine.offload import streamer_of
@@ -116,7 +117,7 @@ _EXPORTS = {
     "LoadProgress": "engine.events",
     "LoadRequest": "engine.queue",
     "LoadedModel": "engine.loaders",
-    "LocalBackend": "engine.backend",
+    "LocalBackend": "engine.local",
     "MemoryStats": "engine.queue",
     "Message": "engine.chat_format",
     "ModelArgs": "engine.args",

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,9 @@ def peak_rss_bytes() -> int:
 
 
 def gpu_memory_bytes() -> tuple[int, int] | None:
-    """(allocated, reserved) on the current CUDA device, or None without CUDA."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    """(allocated, reserved) on the current CUDA device, or None without CUDA. A process that
+    never imported torch (a remote profile) has nothing on a GPU: no import for it here."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()

@@ -10,14 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from engine.backend import (
-    Backend,
-    GenerationRequest,
-    LocalBackend,
-    ModelInfo,
-    Progress,
-    TokenizeRequest,
-)
+from engine.backend import Backend, GenerationRequest, ModelInfo, Progress, TokenizeRequest
 from engine.chat_format import Message
 from engine.config import Profile
 from engine.events import Event, Pinned, Tokens
@@ -26,9 +19,18 @@ from engine.remote.backend import RemoteBackend
 
 class ProfileBackend:
     def __init__(self, max_loaded_models: int = 2) -> None:
-        self.local = LocalBackend(max_loaded_models)
+        self.max_loaded_models = max_loaded_models
+        self._local: Backend | None = None  # made by the first local load: it imports torch
         self.remote = RemoteBackend()
-        self.active: Backend = self.local
+        self.active: Backend = self.remote  # nothing loaded yet: it holds no conversation
+
+    @property
+    def local(self) -> Backend:
+        if self._local is None:
+            from engine.local import LocalBackend
+
+            self._local = LocalBackend(self.max_loaded_models)
+        return self._local
 
     def load(self, profile: Profile, progress: Progress) -> ModelInfo:
         target: Backend = self.remote if profile.backend == "openai" else self.local

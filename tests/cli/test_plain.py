@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.backend import LocalBackend
 from engine.config import Profile
+from engine.local import LocalBackend
 from tui.cli.main import main
 from tui.cli.plain import run_chat
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.backend import LocalBackend
 from engine.config import Profile
 from engine.conversation import Conversation, Turn
 from engine.events import Done, Failed, TokenEvent, TurnStarted
+from engine.local import LocalBackend
 from engine.queue import EngineQueue, LoadRequest, ModelReady, QueueEvent
 from engine.session import ChatSession
 from engine.store import DB_NAME, ConversationStore

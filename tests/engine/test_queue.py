@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from engine import Pinned, PinRequest, TurnStarted
-from engine.backend import GenerationRequest, LocalBackend
+from engine.backend import GenerationRequest
 from engine.config import Profile, SamplingSettings
 from engine.events import Done, Failed, LoadProgress, PrefillDone, TokenEvent
+from engine.local import LocalBackend
 from engine.queue import ClearRequest, EngineQueue, LoadRequest, MemoryStats, ModelReady, Started
 from tests.gguf_writer import write_tiny_gguf
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.backend import GenerationRequest, LocalBackend
+from engine.backend import GenerationRequest
 from engine.chat_format import Message, encode_dialog
 from engine.config import Profile, SamplingSettings, load_config, resolve_profile
 from engine.errors import ConfigError
@@ -16,6 +16,7 @@ from engine.events import Done
 from engine.generate import decode_one_token, generate, prefill, verify
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel
+from engine.local import LocalBackend
 from engine.speculative import BACKOFF, PromptLookup
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.backend import GenerationRequest, LocalBackend
+from engine.backend import GenerationRequest
 from engine.config import Profile, SamplingSettings
 from engine.events import Done
+from engine.local import LocalBackend
 from engine.queue import EngineQueue, LoadRequest
 from engine.saving import reply_record
 from engine.timings import PHASES

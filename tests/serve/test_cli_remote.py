@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tests.peers import TEST_KEY, TEST_KEY_ENV, free_port
 from tui.cli.main import main
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = """\
 [profiles.far]
@@ -49,6 +53,21 @@ def test_ask_and_models(config: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert record["source"].startswith("client: TTFT, decode; server: prompt, cache")
     assert main(["models", "--config", str(config), "--profile", "far"]) == 0
     assert capsys.readouterr().out == "SmolLM2-135M-Instruct.Q4_1.gguf\n"
+
+
+def test_remote_ask_never_imports_torch(config: Path) -> None:
+    """A remote profile's process needs no local engine: importing torch cost 2-3 s of start."""
+    script = (
+        "import sys; from tui.cli.main import main; "
+        f"rc = main(['ask', '--config', {str(config)!r}, '--profile', 'far', 'Hi']); "
+        "print('torch' in sys.modules, 'numpy' in sys.modules, rc, file=sys.stderr)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip()  # the reply
+    assert proc.stderr.strip().splitlines()[-1] == "False False 0"
 
 
 def test_chat_plain_turn_two_is_cached(

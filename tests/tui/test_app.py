@@ -10,7 +10,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
-from engine.backend import LocalBackend
+from engine.local import LocalBackend
 from engine.routing import ProfileBackend
 from tui.app.app import LlamaTuiApp, make_app
 from tui.app.widgets.message import AssistantMessage, LoadBar, UserMessage
