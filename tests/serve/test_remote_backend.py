@@ -14,6 +14,7 @@ from engine import (
     GenerationRequest,
     LocalBackend,
     Profile,
+    ProfileBackend,
     RemoteBackend,
     SamplingSettings,
     ServerError,
@@ -31,11 +32,11 @@ def remote(url: str, **keys: object) -> Profile:
     return replace(
         Profile("remote", backend="openai", base_url=url, api_key_env=TEST_KEY_ENV),
         sampling=GREEDY,
-        **keys,  # type: ignore[arg-type]
+        **keys,
     )
 
 
-def turn(backend: LocalBackend | RemoteBackend, text: str, n: int = 12) -> Done:
+def turn(backend: LocalBackend | RemoteBackend | ProfileBackend, text: str, n: int = 12) -> Done:
     events = list(backend.generate(GenerationRequest("chat", text, GREEDY, n), threading.Event()))
     assert not any(isinstance(e, Failed) for e in events), events
     done = events[-1]
@@ -89,3 +90,27 @@ def test_faults_are_one_line(serve_url: str, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv(TEST_KEY_ENV)
     with pytest.raises(UserError, match=f"{TEST_KEY_ENV} is not set"):
         far.load(remote(serve_url), lambda d, t: None)
+
+
+def test_pins_and_messages_cross_a_local_remote_local_switch(serve_url: str) -> None:
+    both = ProfileBackend(max_loaded_models=1)
+    both.load(LOCAL, lambda d, t: None)
+    turn(both, "Name a colour.", 6)
+    turn(both, "And a fruit?", 6)
+    both.pin(0)  # the first user message
+    messages, pinned = both.history()
+    assert len(messages) == 4 and pinned == {0}
+
+    both.load(remote(serve_url), lambda d, t: None)
+    assert both.active is both.remote
+    assert both.history() == (messages, {0})
+    turn(both, "And a number?", 6)
+    both.pin(2)
+    remote_messages, _ = both.history()
+    assert remote_messages[:4] == messages and len(remote_messages) == 6
+
+    both.load(LOCAL, lambda d, t: None)  # back: the local engine takes what the server saw
+    local = both.local
+    assert isinstance(local, LocalBackend) and local.session is not None
+    assert local.session.messages == remote_messages and local.session.pinned == {0, 2}
+    assert both.history() == (remote_messages, {0, 2})
