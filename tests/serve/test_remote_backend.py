@@ -32,7 +32,7 @@ def remote(url: str, **keys: object) -> Profile:
     return replace(
         Profile("remote", backend="openai", base_url=url, api_key_env=TEST_KEY_ENV),
         sampling=GREEDY,
-        **keys,
+        **keys,  # type: ignore[arg-type]
     )
 
 
