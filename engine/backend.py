@@ -58,6 +58,7 @@ class ModelInfo:
     offload: str = "off"  # "off", or what streams: "blocks → cuda:0 (except w1, w2)"
     weights: str = ""  # how the weights are held, as the loader says ("bfloat16", "int8 …")
     weights_cache: str = "off"  # the prepared-weights cache: "read", "written", "not written: …"
+    models: tuple[str, ...] = ()  # remote: every model id the server offers (the app's picker)
 
 
 class Backend(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from engine.backend import Backend, GenerationRequest, ModelInfo, Progress, TokenizeRequest
 from engine.chat_format import Message
@@ -16,16 +17,19 @@ from engine.config import Profile
 from engine.events import Event, Pinned, Tokens
 from engine.remote.backend import RemoteBackend
 
+if TYPE_CHECKING:
+    from engine.local import LocalBackend
+
 
 class ProfileBackend:
     def __init__(self, max_loaded_models: int = 2) -> None:
         self.max_loaded_models = max_loaded_models
-        self._local: Backend | None = None  # made by the first local load: it imports torch
+        self._local: LocalBackend | None = None  # made by the first local load: it imports torch
         self.remote = RemoteBackend()
         self.active: Backend = self.remote  # nothing loaded yet: it holds no conversation
 
     @property
-    def local(self) -> Backend:
+    def local(self) -> LocalBackend:
         if self._local is None:
             from engine.local import LocalBackend
 

@@ -134,6 +134,7 @@ class RemoteBackend:
             load_s=time.perf_counter() - start,
             quantization="the server's",
             weights=f"context from {where}; tokens {self.counter.how}",
+            models=tuple(self.models),
         )
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:

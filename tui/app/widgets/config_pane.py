@@ -59,6 +59,8 @@ class ConfigPane(VerticalScroll):
         self._names = names
         self._active = active
         self._quiet = False  # True while the picker is set from code, not by the user
+        self._server_models: list[str] = []  # a remote profile's: what its server offers
+        self._server_model = ""  # the one it runs
 
     def compose(self) -> ComposeResult:
         yield Select(
@@ -68,6 +70,10 @@ class ConfigPane(VerticalScroll):
             compact=True,
             id="profile-picker",
         )
+        # a remote profile: the models its server offers (picking one edits remote_model)
+        server_models = Select[str]([], prompt="server model", compact=True, id="server-model")
+        server_models.display = False
+        yield server_models
         yield Static(id="effective")
         yield Label(SAMPLING_CAPTION, classes="caption", id="sampling-caption")
         for key in EDITABLE:
@@ -96,6 +102,20 @@ class ConfigPane(VerticalScroll):
             field.remove_class("-invalid")
         self.set_error(None)
         self.set_active(profile.name)
+        self._show_server_models(info if remote else None)
+
+    def _show_server_models(self, info: ModelInfo | None) -> None:
+        picker = self.query_one("#server-model", Select)
+        models = list(info.models) if info is not None else []
+        picker.display = bool(models)
+        if not models or info is None:
+            return
+        with self.prevent(Select.Changed):
+            if models != self._server_models:
+                self._server_models = models
+                picker.set_options([(m, m) for m in models])
+            if info.name in models:
+                self._server_model = picker.value = info.name
 
     def set_profiles(self, names: list[str], active: str) -> None:
         if names != self._names:
@@ -120,6 +140,10 @@ class ConfigPane(VerticalScroll):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
+        if event.select.id == "server-model":
+            if isinstance(event.value, str) and event.value != self._server_model:
+                self.post_message(SettingEdited("remote_model", event.value))
+            return
         if isinstance(event.value, str) and event.value != self._active:
             self.post_message(ProfilePicked(event.value))
 
