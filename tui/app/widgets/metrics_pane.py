@@ -208,6 +208,8 @@ class MetricsPane(Vertical):
         super().__init__(id=id)
         self.stats = stats
         self.drawn = -1  # the stats version last drawn
+        self.caption = ""  # the context caption and (total, percent) of the bar, as drawn
+        self.bar = (0, -1)
 
     def compose(self) -> ComposeResult:
         yield Figures(self.stats, id="figures")
@@ -234,8 +236,12 @@ class MetricsPane(Vertical):
         if figures.styles.height is None or figures.styles.height.value != rows:
             figures.styles.height = rows
         figures.refresh()
-        self.query_one("#context-caption", Label).update(f"context {context_text(s)}")
-        if s.context_limit:
-            self.query_one("#context", ProgressBar).update(
-                total=max(s.context_limit, 1), progress=s.context_used
-            )
+        caption = f"context {context_text(s)}"
+        if caption != self.caption:  # one line across the pane: a repaint, not a relayout
+            self.caption = caption
+            self.query_one("#context-caption", Label).update(caption, layout=False)
+        # the bar's own label relayouts on each update: only when its percentage moves
+        bar = (max(s.context_limit, 1), 100 * s.context_used // max(s.context_limit, 1))
+        if s.context_limit and bar != self.bar:
+            self.bar = bar
+            self.query_one("#context", ProgressBar).update(total=bar[0], progress=s.context_used)
