@@ -153,3 +153,74 @@ def test_ctrl_c_stops_the_reply_and_a_second_one_quits(tiny_gguf: Path, tmp_path
     [(_, _, user_stopped), (role, reply, stopped)] = saved_rows(tmp_path / "data")
     assert role == "assistant" and stopped == 1 and user_stopped == 0
     assert reply == bytes(out.data).decode("utf-8", "replace").removesuffix(" [stopped]\n")
+
+
+def app_under_pty(tiny_gguf: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Reader]:
+    """`llama-tui chat` (the Textual app) on a pseudo-terminal that is its controlling
+    terminal, 100x30: closing the master side is a real hang-up."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    args = ["chat", "--model", str(tiny_gguf), *LONG, "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli.main", *args],
+        cwd=tmp_path,
+        env={**env(tmp_path), "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    return proc, master, Reader(master)
+
+
+def streamed_reply(data: Path, timeout: float = 120) -> str:
+    """Wait until the app has saved part of the reply (the first token's write)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (data / DB_NAME).exists():
+            try:
+                rows = saved_rows(data)
+            except sqlite3.OperationalError:  # the app is creating it
+                rows = []
+            if len(rows) == 2 and rows[1][1]:
+                return rows[1][1]
+        time.sleep(0.1)
+    raise AssertionError("the app saved no reply")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "hang-up"])
+def test_the_app_saves_the_stopped_reply_on_sigterm_and_on_a_hang_up(
+    tiny_gguf: Path, tmp_path: Path, how: str
+) -> None:
+    proc, master, screen = app_under_pty(tiny_gguf, tmp_path)
+    try:
+        screen.wait_for(b"Metrics", timeout=120)  # the app is drawn
+        time.sleep(0.5)
+        os.write(master, f"{PROMPT}\r".encode())
+        early = streamed_reply(tmp_path / "data")
+        time.sleep(1.5)  # streaming on: more than the first save
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.close(master)  # the terminal goes away: the kernel sends SIGHUP
+        code, took = exited_within(proc, EXIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if how == "SIGTERM":
+            os.close(master)
+    sig = signal.SIGTERM if how == "SIGTERM" else signal.SIGHUP
+    assert code == 128 + sig and took < EXIT_S, (code, took)
+    [(role, text, _), (role2, reply, stopped)] = saved_rows(tmp_path / "data")
+    assert (role, text, role2, stopped) == ("user", PROMPT, "assistant", 1)
+    assert reply.startswith(early) and len(reply) > len(early)  # the last words kept too

@@ -9,15 +9,14 @@ store on the way out (engine.Conversation.close).
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import threading
 import time
 from types import FrameType, TracebackType
 from typing import Any
 
 from engine import EngineQueue
+from tui.terminal import mute_lost_terminal
 
 TWICE_S = 2.0  # a second Ctrl-C this soon after the first quits
 ENDING = (signal.SIGTERM, signal.SIGHUP)
@@ -29,20 +28,6 @@ class Hangup(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def mute_lost_terminal() -> None:
-    """After a hang-up: stdout and stderr that were the terminal now write to /dev/null (a
-    write to a closed terminal fails with EIO; pipes and files keep their output)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            fd = stream.fileno()
-            if os.isatty(fd):
-                os.dup2(devnull, fd)
-        except (OSError, ValueError):  # no real file behind it (a test's StringIO)
-            pass
-    os.close(devnull)
 
 
 class Stopper:
