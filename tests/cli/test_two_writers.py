@@ -47,16 +47,17 @@ def test_two_processes_writing_one_store_keep_every_message(
     for _, proc, lines in procs:  # both start before either is fed: their turns interleave
         assert proc.stdin is not None
         proc.stdin.write(lines)
-        proc.stdin.close()
-    for name, proc, _ in procs:
-        assert proc.wait(240) == 0, proc.stderr.read() if proc.stderr else ""
-        err = proc.stderr.read() if proc.stderr else ""
+        proc.stdin.flush()
+    for _, proc, _ in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert len(out.splitlines()) == TURNS  # one JSON line per turn
         assert "locked" not in err and "not saved" not in err, err
     db = sqlite3.connect(data / DB_NAME)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     convs = db.execute("SELECT id, title FROM conversations ORDER BY title").fetchall()
     assert [title for _, title in convs] == ["a turn 0", "b turn 0"]
-    for (conv, title), name in zip(convs, "ab", strict=True):
+    for (conv, _), name in zip(convs, "ab", strict=True):
         rows = db.execute(
             "SELECT seq, role, content FROM messages WHERE conversation_id = ? ORDER BY seq",
             (conv,),
