@@ -438,6 +438,7 @@ def resolve_profile(config: Config, name: str | None, overrides: Mapping[str, An
             flat[key] = _normalize(key, _check(key, parsed), None)
         except _Invalid as e:
             shown = _toml_repr(value) if isinstance(value, bool) else str(value)
+            shown = shown if shown.isprintable() else repr(shown)  # one line, whatever was typed
             shown = "(not shown)" if key == "api_key_env" else shown  # a pasted key?
             raise ConfigError(f"{flag} {shown}: {e}") from None
     given = [k for k, v in overrides.items() if v is not None]
