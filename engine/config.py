@@ -322,6 +322,23 @@ def find_config_path(explicit: Path | None) -> Path | None:
     return user if user.is_file() else None
 
 
+def _where(path: Path, table: str, key: str) -> str:
+    """`path:LINE` of `key` in table [table] (just `path` when it cannot be found)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return str(path)
+    header = re.compile(r"^\s*\[\s*" + re.escape(table).replace(r"\.", r"\s*\.\s*") + r"\s*\]")
+    assignment = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+    inside = False
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith("["):
+            inside = bool(header.match(line))
+        elif inside and assignment.match(line):
+            return f"{path}:{number}"
+    return str(path)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -353,7 +370,9 @@ def _table(path: Path, dotted: str, raw: Any, base: Path, flat: dict[str, Any]) 
             out[key] = _normalize(key, _check(key, value), base)
         except _Invalid as e:
             shown = "(not shown)" if key == "api_key_env" else _toml_repr(value)  # a pasted key?
-            raise ConfigError(f"{path}: {dotted}.{key} = {shown}: {e}") from None
+            raise ConfigError(
+                f"{_where(path, dotted, key)}: {dotted}.{key} = {shown}: {e}"
+            ) from None
     return out
 
 
@@ -438,6 +457,7 @@ def resolve_profile(config: Config, name: str | None, overrides: Mapping[str, An
             flat[key] = _normalize(key, _check(key, parsed), None)
         except _Invalid as e:
             shown = _toml_repr(value) if isinstance(value, bool) else str(value)
+            shown = shown if shown.isprintable() else repr(shown)  # one line, whatever was typed
             shown = "(not shown)" if key == "api_key_env" else shown  # a pasted key?
             raise ConfigError(f"{flag} {shown}: {e}") from None
     given = [k for k, v in overrides.items() if v is not None]

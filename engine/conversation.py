@@ -9,14 +9,23 @@ Saving: message i of the engine's conversation is message seq i of the saved one
 is written when the engine takes its turn (``TurnStarted`` says where it went), its reply when
 the first token arrives, at least every SAVE_INTERVAL_S while it streams, and once more with its
 metrics when it ends or is stopped. A turn that fails leaves nothing saved; an edit forks the
-saved conversation there. A store write that fails stops saving, with one line saying why.
+saved conversation there.
+
+A store write that fails (disk full, the file made read-only, another process holding it past
+the retries) does not stop the chat: one line says so, the conversation goes on in memory
+(engine/unsaved.py keeps what the store should hold) and what the store missed is written as
+soon as a write works again, tried at most every RETRY_S; ``close`` exports it to a JSON file
+beside the store (else in the temp folder) when the store never came back.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from engine.backend import GenerationRequest, RequestKind
 from engine.chat_format import Message
@@ -34,7 +43,9 @@ from engine.queue import (
 )
 from engine.saving import ReplySaver, title_of
 from engine.store import ConversationStore
+from engine.unsaved import Mirror
 
+RETRY_S = 1.0  # while the store cannot be written, a write is tried again at most this often
 Notify = Callable[[str, str], None]  # (one line for the user, "info" | "error")
 SavedMessage = tuple[str, str, bool]  # (role, text, stopped)
 
@@ -75,6 +86,9 @@ class Conversation:
         self.length = 0  # messages in the engine's conversation, as its events last said
         self.context_start = 0  # messages[:context_start] left the context, except pinned
         self.pinned: tuple[int, ...] = ()
+        self.mirror = Mirror()  # what the saved conversation should hold (engine/unsaved.py)
+        self.unsaved_from: int | None = None  # a write failed: the store may miss messages[i:]
+        self._retry_at = 0.0
 
     @property
     def busy(self) -> bool:
@@ -109,13 +123,13 @@ class Conversation:
         """Stop everything and start over: empty, or with a saved conversation's messages. A
         reply cut short here is saved as stopped."""
         self.queue.cancel_all()
-        savers = [turn.saver for turn in self.turns.values() if turn.saver is not None]
-        with self._saving() as store:
-            for saver in savers if store is not None else ():
-                saver.stop()
+        self._stop_replies()
+        self._settle()
         self.turns.clear()
         self.conv = None
         self.length, self.context_start, self.pinned = len(messages), 0, ()
+        self.mirror.reset(list(messages))
+        self.unsaved_from = None
         return self._submit(ClearRequest(tuple(messages)))
 
     def resume(self, store: ConversationStore, conv: int) -> tuple[str, list[SavedMessage]]:
@@ -150,9 +164,12 @@ class Conversation:
         if turn is None:
             return None
         self._follow(turn, event)
+        self.mirror.follow(turn.kind, turn.text, turn.user, turn.reply, event)
         with self._saving() as store:
-            if store is not None:
+            if store is not None and self.unsaved_from is None:
                 self._record(store, turn, event)
+            elif store is not None:
+                self._catch_up(store, turn, event)
         if isinstance(event, Done | Failed):
             del self.turns[ticket_id]
         return turn
@@ -201,6 +218,7 @@ class Conversation:
         if parent is None:
             conv = store.new_conversation(title_of(turn.text), asdict(self._active()))
         elif turn.kind == "edit" and turn.user is not None:
+            self.conv = None  # until the fork is written: a failed fork never touches the parent
             conv = store.fork(parent, turn.user)
             self.notify(f"forked: conversation #{conv} (#{parent} stays as it was)", "info")
         else:
@@ -213,9 +231,99 @@ class Conversation:
 
     @contextmanager
     def _saving(self) -> Iterator[ConversationStore | None]:
-        """The store to write to (None: not saving); a failed write stops saving, saying why."""
+        """The store to write to (None: not saving). A failed write keeps the chat going in
+        memory: one line says so, and the store catches up once it takes writes again."""
         try:
             yield self.store
-        except UserError as exc:
+        except (UserError, sqlite3.Error) as exc:
+            first = self.unsaved_from is None
+            self.unsaved_from = self._first_unsure()
+            self._retry_at = time.monotonic() + RETRY_S
+            if first:
+                self.notify(
+                    f"not saved: {exc}; the chat goes on in memory and is saved as soon as the"
+                    " store can be written (else exported to a file when the chat ends)",
+                    "error",
+                )
+
+    def _first_unsure(self) -> int:
+        """The first message the store may not hold in full, now that a write failed."""
+        starts = [len(self.mirror.entries)]
+        if self.unsaved_from is not None:
+            starts.append(self.unsaved_from)
+        for turn in self.turns.values():
+            where = turn.reply if turn.kind == "regenerate" else turn.user
+            starts += [where] if where is not None else []
+        return max(0, min(starts))
+
+    def _catch_up(
+        self, store: ConversationStore, turn: Turn | None = None, event: object = None
+    ) -> None:
+        """Write what the store missed (at most every RETRY_S, and at a turn's end); from then
+        on saving goes on as usual. A failed write here raises into _saving, which waits again."""
+        assert self.unsaved_from is not None
+        if turn is not None and isinstance(event, TurnStarted):
+            if turn.kind == "edit":  # the fork becomes a new conversation; the parent stays
+                self.conv, self.unsaved_from = None, 0
+            else:
+                where = turn.reply if turn.kind == "regenerate" else turn.user
+                self.unsaved_from = min(self.unsaved_from, where if where is not None else 0)
+        ending = isinstance(event, Done | Failed)
+        if time.monotonic() < self._retry_at and not ending:
+            return
+        self._retry_at = time.monotonic() + RETRY_S
+        profile = asdict(self.profile) if self.profile is not None else {}
+        conv, streaming = self.mirror.catch_up(store, self.conv, self.unsaved_from, profile)
+        self.conv, self.unsaved_from = conv, None
+        if turn is not None and not ending:
+            saver = turn.saver = ReplySaver(store, conv)
+            if streaming is not None:
+                saver.msg, saver.parts = streaming, [self.mirror.entries[-1].content]
+        count = len(self.mirror.entries)
+        self.notify(
+            f"saved again: conversation #{conv} ({count} messages) is in {store.path}", "info"
+        )
+
+    def _stop_replies(self) -> None:
+        """Replies cut short without a Done (the chat restarted or closed): saved as stopped."""
+        self.mirror.stop()
+        savers = [turn.saver for turn in self.turns.values() if turn.saver is not None]
+        with self._saving() as store:
+            for saver in savers if store is not None and self.unsaved_from is None else ():
+                saver.stop()
+
+    def _settle(self) -> Path | None:
+        """Before the conversation is left: one more try to write what the store missed, else
+        export it to a file (named in one line). Returns the file."""
+        store = self.store
+        if self.unsaved_from is None or store is None:
+            return None
+        self._retry_at = 0.0
+        with self._saving():
+            self._catch_up(store)
+        if self.unsaved_from is None:
+            return None
+        profile = asdict(self.profile) if self.profile is not None else {}
+        path = self.mirror.export([store.path.parent], profile)
+        if path is None:
+            self.notify(f"this chat could not be saved to {store.path} nor exported", "error")
+        else:
+            self.notify(
+                f"this chat could not be saved to {store.path}: exported to {path}", "error"
+            )
+        return path
+
+    def close(self) -> Path | None:
+        """End the chat: a reply still streaming is saved as stopped, what the store missed is
+        written or exported (the file is returned), and the store is closed. The caller stops
+        the engine's work first (a cancelled reply's Done carries its figures)."""
+        self._stop_replies()
+        exported = self._settle()
+        self.turns.clear()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except sqlite3.Error:
+                pass
             self.store = None
-            self.notify(f"saving stopped: {exc}", "error")
+        return exported

@@ -1,4 +1,12 @@
-"""ConversationStore: chats on disk in one SQLite file (WAL, so a kill loses at most a second)."""
+"""ConversationStore: chats on disk in one SQLite file (WAL, so a kill loses at most a second).
+
+Opening checks the file (``PRAGMA quick_check``): a broken one is moved aside, never deleted
+(``conversations.sqlite3.broken-TIMESTAMP``), and a fresh store takes its place; ``notice`` says
+so in one line. ``PRAGMA user_version`` is the schema version: older files are migrated, a file
+from a newer release is opened read-only (its writes refused) rather than migrated blindly.
+Several processes may share one store: each write is one short statement, waits up to
+BUSY_TIMEOUT_S for a lock and is retried when SQLite still answers busy.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,18 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.errors import UserError
+from engine.store_safety import BrokenStore, is_busy, move_aside, quick_check, retry_busy
 
 DB_NAME = "conversations.sqlite3"
 ENV_DATA_DIR = "LLAMA_TUI_DATA_DIR"
+SCHEMA_VERSION = 2  # PRAGMA user_version this release writes; 0 and 1: older files, migrated
+BUSY_TIMEOUT_S = 5.0  # how long one statement waits for another process's lock
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -60,34 +73,84 @@ def open_store(flag: Path | None = None) -> ConversationStore:
 
 
 class ConversationStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
+        self.notice: str | None = None  # one line for the user: moved aside, opened read-only
+        self.read_only = False  # a newer release's file: read, never written
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None)  # autocommit: each write lands
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-            self._migrate()
+            try:
+                self.db = retry_busy(self._open, busy_timeout)
+            except BrokenStore as broken:
+                self.notice = (
+                    f"{path} was broken ({broken}): moved aside to {broken.kept} (kept, not"
+                    " deleted); a new empty store was created"
+                )
+                self.db = retry_busy(self._open, busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open conversation store {path}: {exc}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        """A checked connection: BrokenStore when the file is not a sound database."""
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            try:
+                quick_check(db)
+            except BrokenStore as broken:  # moved while still open: SQLite deletes a -wal
+                broken.kept = move_aside(self.path)  # file when its last connection closes
+                raise
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                db.close()
+                return self._open_read_only(version)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(SCHEMA)  # each step a no-op once done
+            self._migrate(db)
+            if version < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_read_only(self, version: int) -> sqlite3.Connection:
+        self.read_only = True
+        self.notice = (
+            f"{self.path} is from a newer llama-tui (schema version {version}; this one knows"
+            f" up to {SCHEMA_VERSION}): opened read-only, nothing in it is changed; upgrade"
+            " llama-tui to save there, or pass --data-dir for another store"
+        )
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
 
     def close(self) -> None:
         self.db.close()
 
-    def _migrate(self) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> None:
         for table, column, kind in MIGRATIONS:
-            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """One write statement (autocommit: it lands on its own), retried while SQLite answers
+        busy; UserError naming the store when it cannot be written (disk full, read-only)."""
+        if self.read_only:
+            raise UserError(self.notice or f"{self.path} is read-only")
+        return self._retrying(lambda: self.db.execute(sql, params))
+
+    def _retrying(self, write: Callable[[], T]) -> T:
         try:
-            return self.db.execute(sql, params)
+            return retry_busy(write, self.busy_timeout)
         except sqlite3.Error as exc:
-            raise UserError(f"cannot write conversation store {self.path}: {exc}") from None
+            how = "busy: another process holds it" if is_busy(exc) else str(exc)
+            raise UserError(f"cannot write conversation store {self.path}: {how}") from None
 
     def new_conversation(self, title: str, profile: dict[str, Any]) -> int:
         now = time.time()
@@ -102,13 +165,11 @@ class ConversationStore:
     ) -> int:
         self.get(conv)
         now = time.time()
-        row = self.db.execute(
-            "SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE conversation_id = ?", (conv,)
-        ).fetchone()
-        cur = self._write(
+        cur = self._write(  # one statement: its seq cannot race another writer's
             "INSERT INTO messages (conversation_id, seq, role, content, created, metrics_json)"
-            " VALUES (?,?,?,?,?,?)",
-            (conv, row[0], role, content, now, _dump(metrics)),
+            " SELECT ?, COALESCE(MAX(seq), -1) + 1, ?, ?, ?, ? FROM messages"
+            " WHERE conversation_id = ?",
+            (conv, role, content, now, _dump(metrics), conv),
         )
         self._write("UPDATE conversations SET updated = ? WHERE id = ?", (now, conv))
         return int(cur.lastrowid or 0)

@@ -73,11 +73,32 @@ def test_no_save_writes_nothing(tiny_gguf: Path, tmp_path: Path) -> None:
     assert not (data / DB_NAME).exists()
 
 
-def test_corrupt_store_is_one_line_error(tmp_path: Path) -> None:
+def test_a_corrupt_store_is_moved_aside_and_chat_and_history_go_on(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / DB_NAME).write_bytes(b"garbage" * 1000)
-    assert_one_line_error(run(["history", "list", "--data-dir", str(data)], tmp_path), DB_NAME)
+    garbage = b"garbage" * 1000
+    (data / DB_NAME).write_bytes(garbage)
+    listed = run(["history", "list", "--data-dir", str(data)], tmp_path)
+    assert listed.returncode == 0 and listed.stdout == ""
+    [line] = listed.stderr.splitlines()
+    [kept] = data.glob(f"{DB_NAME}.broken-*")
+    assert kept.read_bytes() == garbage
+    assert line == (
+        f"llama-tui: note: {data / DB_NAME} was broken (file is not a database): moved aside to"
+        f" {kept} (kept, not deleted); a new empty store was created"
+    )
+    (data / DB_NAME).write_bytes(garbage)  # broken again: chat moves it too, then saves
+    flags = ["--model", str(tiny_gguf), "--max-new-tokens", "2", "--data-dir", str(data)]
+    proc = run(["chat", "--plain", *flags], tmp_path, stdin="hi\n")
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "was broken" in line and "moved aside to" in line and "Traceback" not in proc.stderr
+    assert len(list(data.glob(f"{DB_NAME}.broken-*"))) == 2
+    store = ConversationStore(data / DB_NAME)
+    [conv] = store.list_conversations()
+    assert conv["message_count"] == 2 and conv["title"] == "hi"
 
 
 @pytest.mark.slow

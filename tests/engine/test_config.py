@@ -211,7 +211,7 @@ def test_int_is_not_a_bool(tmp_path: Path) -> None:
 
 def test_negative_temperature(tmp_path: Path) -> None:
     message = load_error(tmp_path, "[profiles.creative]\ntemperature = -0.5\n")
-    assert f"{tmp_path / 'llama-tui.toml'}: profiles.creative.temperature = -0.5" in message
+    assert f"{tmp_path / 'llama-tui.toml'}:2: profiles.creative.temperature = -0.5" in message
     assert "must be >= 0" in message
 
 

@@ -143,7 +143,7 @@ def test_a_failed_regenerate_is_put_right_by_the_next_turn(
     assert [text for _, text in history(engine)][0] == "again"
 
 
-def test_a_store_write_failure_stops_saving_with_one_line(
+def test_a_store_that_stays_unwritable_is_exported_when_the_chat_ends(
     engine: EngineQueue, store: ConversationStore, profile: Profile
 ) -> None:
     notes: list[tuple[str, str]] = []
@@ -151,9 +151,19 @@ def test_a_store_write_failure_stops_saving_with_one_line(
     store.db.close()  # every write fails from here on
     run(chat, chat.send("hi"))
     run(chat, chat.send("still chatting"))
-    assert chat.store is None and len(history(engine)) == 4
-    [(kind, text)] = notes
-    assert kind == "error" and text.startswith("saving stopped: cannot write conversation store")
+    assert chat.store is store and len(history(engine)) == 4  # the chat went on
+    [(kind, text)] = notes  # one line, not one per failed write
+    assert kind == "error" and text.startswith("not saved: cannot write conversation store")
+    assert "goes on in memory" in text
+    exported = chat.close()
+    assert exported is not None and exported.parent == store.path.parent
+    doc = json.loads(exported.read_text())
+    assert [(m["role"], m["content"]) for m in doc["messages"]] == history(engine)
+    assert doc["messages"][1]["metrics"]["generated_tokens"] >= 1 and doc["title"] == "hi"
+    assert notes[-1] == (
+        "error",
+        f"this chat could not be saved to {store.path}: exported to {exported}",
+    )
 
 
 def test_starting_over_saves_a_reply_cut_short_as_stopped(

@@ -92,14 +92,6 @@ def test_rename_and_delete(store: ConversationStore) -> None:
         store.messages(a)
 
 
-def test_corrupt_file_is_a_one_line_user_error(tmp_path: Path) -> None:
-    path = tmp_path / DB_NAME
-    path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(UserError) as info:
-        ConversationStore(path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
 def test_unwritable_dir_is_a_user_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,11 @@ from tui.app.bridge import EngineBridge
 from tui.app.profiles import ProfileState
 from tui.app.screens.chat import ChatScreen
 from tui.app.themes import DEFAULT_THEME, load_themes
+from tui.terminal import mute_lost_terminal
 
 UI_NICE = 5  # scheduling niceness of the UI thread relative to the engine's threads
+STOP_WAIT_S = 1.0  # after SIGTERM/SIGHUP: how long the cancelled reply may take to end
+HARD_EXIT_S = 1.6  # and when the process leaves even if the terminal's teardown hangs
 
 
 def yield_cpu_to_engine() -> None:
@@ -61,6 +67,10 @@ class LlamaTuiApp(App[None]):
         self.data_dir = data_dir  # where conversations are saved (None: the default place)
         self.save = save  # False: --no-save
         self.queue: EngineQueue | None = None
+        self.chat_screen: ChatScreen | None = None
+        self.exit_notes: list[str] = []  # lines for stderr once the screen is gone
+        self.ending: int | None = None  # the signal (SIGTERM, SIGHUP) the app is ending for
+        self._chat_lock, self._chat_done = threading.Lock(), False
         self.llama_themes = load_themes()
         for theme in self.llama_themes:
             self.register_theme(theme)
@@ -70,19 +80,62 @@ class LlamaTuiApp(App[None]):
         self.queue = EngineQueue(self.backend)  # its engine thread keeps the normal priority
         yield_cpu_to_engine()
         bridge = EngineBridge(self.queue)
-        self.push_screen(
-            ChatScreen(
-                self.state,
-                bridge,
-                cursor_blink=self.cursor_blink,
-                data_dir=self.data_dir,
-                save=self.save,
-            )
+        self.chat_screen = ChatScreen(
+            self.state,
+            bridge,
+            cursor_blink=self.cursor_blink,
+            data_dir=self.data_dir,
+            save=self.save,
         )
+        self.push_screen(self.chat_screen)
+        if not self.is_headless:  # a real terminal: SIGTERM and SIGHUP end the chat cleanly
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                loop.add_signal_handler(signum, self.on_ending_signal, signum)
+
+    def on_ending_signal(self, signum: int) -> None:
+        """SIGTERM, or SIGHUP (the terminal or SSH session closed): stop the reply, let it end
+        as a stopped reply (saved with its figures), close the store and leave."""
+        if self.ending is not None:
+            return
+        self.ending = signum
+        if signum == signal.SIGHUP:  # the terminal is gone: Textual's last writes go nowhere
+            mute_lost_terminal()
+        if self.queue is not None:
+            self.queue.cancel_all()
+        threading.Thread(target=self._hard_exit, args=(128 + signum,), daemon=True).start()
+        self.run_worker(self._end(signum), name="ending", exit_on_error=False)
+
+    async def _end(self, signum: int) -> None:
+        chat = self.chat_screen
+        deadline = time.monotonic() + STOP_WAIT_S
+        while chat is not None and chat.controller.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.exit(return_code=128 + signum)
+
+    def _hard_exit(self, code: int) -> None:
+        """A terminal that is gone can leave Textual's teardown waiting on a write: once the
+        chat is closed (or HARD_EXIT_S passed), leave anyway."""
+        time.sleep(HARD_EXIT_S)
+        self.close_chat()
+        os._exit(code)
+
+    def close_chat(self) -> None:
+        """Stop the engine and close the chat's store (what it could not write is exported);
+        its last lines are kept for stderr. Once only (the hard exit's thread may get here)."""
+        with self._chat_lock:
+            if self._chat_done:
+                return
+            self._chat_done = True
+        if self.queue is not None:
+            self.queue.close(timeout=1.0)
+        chat = self.chat_screen
+        if chat is not None:
+            chat.controller.notify = lambda text, kind: self.exit_notes.append(text)
+            chat.controller.close()
 
     def on_unmount(self) -> None:
-        if self.queue is not None:
-            self.queue.close(timeout=2.0)
+        self.close_chat()
 
     @property
     def chat(self) -> ChatScreen:

@@ -19,6 +19,8 @@ def run_history(args: argparse.Namespace) -> int:
     """`llama-tui history list | show ID | export ID [--format md|json]`."""
     data_dir: Path | None = args.data_dir
     store = open_store(data_dir)
+    if store.notice:  # a broken file moved aside, a newer release's store opened read-only
+        print(f"llama-tui: note: {store.notice}", file=sys.stderr)
     out = sys.stdout
     if args.history_command == "list":
         for c in store.list_conversations():

@@ -242,8 +242,11 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
 
         return run_history(args)
     if args.command == "chat" and not args.plain and not args.json and interactive:
-        app_from_args(args).run()  # the Textual app; line mode otherwise
-        return 0
+        app = app_from_args(args)
+        app.run()  # the Textual app; line mode otherwise
+        for line in app.exit_notes:  # e.g. where a chat the store could not take was exported
+            print(f"llama-tui: note: {line}", file=sys.stderr)
+        return app.return_code or 0
     if args.command == "models":
         from tui.cli.plain import run_models
 

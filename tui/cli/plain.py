@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from dataclasses import replace
 from typing import TextIO
@@ -35,6 +34,7 @@ from engine import (
     open_store,
     reply_record,
 )
+from tui.cli.signals import Hangup, Stopper
 
 PIN_USAGE = "/pin N keeps message N in context whatever trimming drops, /unpin N lets it go"
 
@@ -116,19 +116,39 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
 
 def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None = None) -> int:
     queue = open_engine(profile, backend=backend)
+    chat: Conversation | None = None
     try:
         store = None if getattr(args, "no_save", False) else open_store(args.data_dir)
+        if store is not None and store.notice:  # moved aside, or opened read-only
+            note(store.notice)
         chat = Conversation(queue, store, profile=profile, notify=note)
-        return chat_lines(chat, args.json)
+        with Stopper(queue, note) as stopper:
+            code = chat_lines(chat, args.json, stopper)
+            return 128 + stopper.signum if stopper.signum else code
+    except Hangup as hangup:  # SIGTERM or SIGHUP at the prompt
+        return 128 + hangup.signum
     finally:
-        queue.close()
+        end_chat(queue, chat)
 
 
-def chat_lines(chat: Conversation, as_json: bool) -> int:
+def end_chat(queue: EngineQueue, chat: Conversation | None) -> None:
+    """Stop the engine, feed the controller what a reply cut short (a second Ctrl-C) still had
+    coming, so it is saved as stopped with its figures, then close the store."""
+    queue.close(timeout=1.5)
+    if chat is None:
+        return
+    for turn in list(chat.turns.values()):
+        if turn.ticket.state == "finished":  # every event is queued: this does not block
+            for _ in chat.events(turn.ticket):
+                pass
+    chat.close()
+
+
+def chat_lines(chat: Conversation, as_json: bool, stopper: Stopper | None = None) -> int:
     """One stdin line per turn, or a /pin N or /unpin N command, until end of input."""
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
-        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply"
+        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply (twice quits)"
         print(banner, file=sys.stderr)
     while True:
         if interactive:
@@ -139,7 +159,8 @@ def chat_lines(chat: Conversation, as_json: bool) -> int:
         text = line.rstrip("\n")
         if not text.strip():
             continue
-        previous = signal.signal(signal.SIGINT, lambda *_: chat.queue.cancel_all())  # Ctrl-C
+        if stopper is not None:
+            stopper.streaming = True  # Ctrl-C, SIGTERM and SIGHUP stop the reply
         try:
             words = text.split()
             if words[0] in ("/pin", "/unpin"):
@@ -151,7 +172,10 @@ def chat_lines(chat: Conversation, as_json: bool) -> int:
             if not interactive:
                 return 1 if isinstance(exc, ServerError) else 2
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if stopper is not None:
+                stopper.streaming = False
+        if stopper is not None and stopper.signum is not None:
+            return 128 + stopper.signum  # SIGTERM or SIGHUP: the stopped reply is saved
 
 
 def pin(chat: Conversation, words: list[str], pinned: bool) -> None:

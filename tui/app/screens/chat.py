@@ -103,7 +103,9 @@ class ChatScreen(Screen[None]):
     def on_mount(self) -> None:
         if self.save:
             try:
-                self.controller.store = open_store(self.data_dir)
+                store = self.controller.store = open_store(self.data_dir)
+                if store.notice:  # moved aside, or a newer release's store opened read-only
+                    self.conversation.add_notice(store.notice, "error")
             except UserError as exc:
                 self.conversation.add_notice(f"this chat is not saved: {exc}", "error")
         self.profiles.apply(self.state.profile())

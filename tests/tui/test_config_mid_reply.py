@@ -1,0 +1,44 @@
+"""The config file saved with a broken value while a reply streams: the app shows `file:line`,
+keeps the last good profile, and the running reply goes on untouched to its end."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from textual.widgets import Static
+
+from tests.tui.test_app import idle, wait_for
+from tui.app.app import make_app
+
+
+async def test_a_broken_save_mid_reply_names_the_line_and_changes_nothing(
+    tiny_config: Path,
+) -> None:
+    good = tiny_config.read_text().replace(
+        "[profiles.long]\ncontext_length = 4096\nmax_new_tokens = 4000\n",
+        "[profiles.long]\ncontext_length = 1024\nmax_new_tokens = 300\n",
+    )
+    tiny_config.write_text(good)
+    app = make_app("long", tiny_config, cursor_blink=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        before = app.chat.controller.profile
+        assert before is not None and before.max_new_tokens == 300
+        await pilot.press(*"tell me a long story", "enter")
+        await wait_for(pilot, lambda: app.chat.stats.tokens >= 3)
+        broken = good.replace("max_new_tokens = 300\n", 'max_new_tokens = 300\ntop_p = "wide"\n')
+        tiny_config.write_text(broken)
+        line = broken.splitlines().index('top_p = "wide"') + 1
+        error = app.chat.query_one("#config-error", Static)
+        await wait_for(pilot, lambda: "not reloaded" in str(error.render()), timeout=5)
+        shown = str(error.render())
+        assert f"llama-tui.toml:{line}" in shown and "top_p" in shown
+        assert app.chat.busy  # the reply is still streaming
+        assert app.chat.controller.profile == before  # the last good profile is kept
+        await wait_for(pilot, idle(app), timeout=120)
+        await pilot.pause(0.1)
+        reply = app.chat.conversation.last_reply()
+        assert reply is not None and reply.status == "reached max_new_tokens"
+        assert app.chat.stats.last.generated_tokens == 300  # type: ignore[union-attr]
+        assert replace(app.chat.controller.profile) == before  # type: ignore[arg-type]
