@@ -8,9 +8,10 @@ import random
 import threading
 from dataclasses import replace
 
-from engine.backend import GenerationRequest, LocalBackend
+from engine.backend import GenerationRequest
 from engine.config import Profile
 from engine.events import Done, TokenEvent
+from engine.local import LocalBackend
 from engine.queue import ClearRequest, EngineQueue, LoadRequest, ModelReady
 
 CYCLES = 100

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from engine.backend import LocalBackend
 from engine.config import Profile
 from engine.conversation import Conversation
 from engine.events import Done, TokenEvent
+from engine.local import LocalBackend
 from engine.queue import EngineQueue, LoadRequest, ModelReady
 from engine.store import DB_NAME, ConversationStore
 
