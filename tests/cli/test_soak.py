@@ -74,7 +74,7 @@ def test_a_thousand_turns_keep_memory_fds_and_the_store_in_line(
             record = json.loads(proc.stdout.readline())  # every turn: one valid JSON object
             assert record["generated_tokens"] >= 1 and record["context_tokens"] <= 96
             trims += bool(record.get("notice"))
-            if i in (WARM, TURNS):
+            if i >= WARM and i % 100 == 0:
                 samples[i] = (me.memory_info().rss, len(os.listdir(fd_dir)))
             if i in (TURNS // 2, TURNS):
                 sizes[i] = store_bytes(data / DB_NAME)
@@ -86,7 +86,8 @@ def test_a_thousand_turns_keep_memory_fds_and_the_store_in_line(
     assert trims >= TURNS // 10  # the small context trims every few turns
     (rss0, fds0), (rss1, fds1) = samples[WARM], samples[TURNS]
     assert rss1 < rss0 * 1.05, f"RSS grew from {rss0 >> 20} to {rss1 >> 20} MiB"
-    assert fds1 == fds0
+    fds = [n for _, n in samples.values()]  # every 100 turns after warm-up
+    assert max(fds) - min(fds) <= 1 and fds1 <= fds0 + 1, fds  # a leak per turn would be 100s
     (n0, bytes0), (n1, bytes1) = sizes[TURNS // 2], sizes[TURNS]
     assert n0 == TURNS and n1 == 2 * TURNS  # every message saved
     per0, per1 = bytes0 / n0, bytes1 / n1
