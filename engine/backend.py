@@ -23,7 +23,7 @@ from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
 
 Progress = Callable[[int, int], None]  # (units done, units total)
-RequestKind = Literal["chat", "regenerate", "edit", "complete", "dialog"]
+RequestKind = Literal["chat", "regenerate", "edit", "complete", "dialog", "continue"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class GenerationRequest:
     kind: RequestKind  # chat = a user turn; regenerate = answer the last user turn again;
     # edit = replace user message `index` with `text`, drop what followed, answer it;
     # complete = raw completion of `text` (no template, no history); dialog = answer `messages`
-    # as given, system message included, untrimmed (`serve`: the client owns the history)
+    # as given, system message included, untrimmed (`serve`: the client owns the history);
+    # continue = extend the last reply where it stopped (length, or stopped by the user)
     text: str = ""
     sampling: SamplingSettings = SamplingSettings()  # read per request: edits apply at once
     max_new_tokens: int = 512
@@ -241,6 +242,10 @@ def chat_turn(
     regenerate drops the answered message and what followed before it answers again)."""
     s, n = request.sampling, request.max_new_tokens
     try:
+        if request.kind == "continue":
+            events = session.continue_reply(s, n, cancel)
+            yield from started(session, None, events, reply=len(session.messages) - 1)
+            return
         if request.kind == "chat":
             events = session.send(request.text, s, n, cancel)
         elif request.kind == "regenerate":
@@ -252,12 +257,16 @@ def chat_turn(
         yield Failed(str(exc), kept=len(session.messages))
 
 
-def started(session: ChatSession, user: int | None, events: Iterator[Event]) -> Iterator[Event]:
+def started(
+    session: ChatSession, user: int | None, events: Iterator[Event], reply: int | None = None
+) -> Iterator[Event]:
     """The events with TurnStarted before the first: by then the session has fitted the prompt
-    (and set its notice). `user`: where a chat turn's user message goes (None: a completion)."""
+    (and set its notice). `user`: where a chat turn's user message goes (None: a completion,
+    or a continue: then `reply` is the message it extends)."""
     for n, event in enumerate(events):
         if n == 0:
-            yield TurnStarted(user, None if user is None else user + 1, session.last_notice)
+            where = reply if user is None else user + 1
+            yield TurnStarted(user, where, session.last_notice)
         yield event
 
 
