@@ -45,4 +45,3 @@ def code_blocks(text: str) -> list[CodeBlock]:
     if fence is not None:
         blocks.append(CodeBlock(fence[2], "\n".join(body)))
     return blocks
-

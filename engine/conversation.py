@@ -126,6 +126,13 @@ class Conversation:
         self.attachments.append(file)
         return file
 
+    def set_persona(self, name: str | None) -> None:
+        """The persona new turns use (the caller loads its profile); the saved chat records it."""
+        self.persona = name
+        with self._saving() as store:
+            if store is not None and self.conv is not None:
+                store.set_persona(self.conv, name)
+
     def _count(self, text: str) -> Tokens:
         for event in self.queue.submit(TokenizeRequest(text=text)):
             if isinstance(event, Tokens):

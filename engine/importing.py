@@ -88,8 +88,11 @@ def _openai(data: dict[str, Any], where: str) -> dict[str, Any]:
     first = next((m["content"] for m in messages if m["role"] == "user"), "")
     title = data.get("title") if isinstance(data.get("title"), str) else None
     profile = {"system_prompt": "\n\n".join(system)} if system else {}
-    return {"title": title or title_of(first or Path(where).stem), "profile": profile,
-            "messages": messages}
+    return {
+        "title": title or title_of(first or Path(where).stem),
+        "profile": profile,
+        "messages": messages,
+    }
 
 
 def _message(m: Any, at: str, openai: bool = False) -> None:

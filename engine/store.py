@@ -121,9 +121,7 @@ class ConversationStore:
         (once: a store from before search gets its index on first open)."""
         self.db.executescript(ATTACHMENTS_SCHEMA)
         self.searchable = True
-        have = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'"
-        ).fetchone()
+        have = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone()
         if have is None:
             try:
                 self.db.executescript(f"BEGIN; {SEARCH_SCHEMA} COMMIT;")
@@ -173,8 +171,9 @@ class ConversationStore:
         a snippet with each match between MARK's two characters."""
         if not self.searchable:
             raise UserError(
-                f"search needs SQLite's FTS5, which this Python's sqlite3 ({sqlite3.sqlite_version})"
-                " lacks: use a Python built with FTS5 (python.org and most distributions have it)"
+                f"search needs SQLite's FTS5, which this Python's sqlite3 "
+                f"({sqlite3.sqlite_version}) lacks: use a Python built with FTS5 (python.org and "
+                "most distributions have it)"
             )
         match = fts_query(query, prefix)
         if not match:
@@ -251,6 +250,9 @@ class ConversationStore:
     def rename(self, conv: int, title: str) -> None:
         self.get(conv)
         self._write("UPDATE conversations SET title = ? WHERE id = ?", (title, conv))
+
+    def set_persona(self, conv: int, persona: str | None) -> None:
+        self._write("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conv))
 
     def delete(self, conv: int) -> None:
         self.get(conv)

@@ -11,7 +11,7 @@ import pytest
 
 from engine.backend import LocalBackend
 from engine.chat_format import encode_raw
-from engine.config import Profile
+from engine.config import Profile, SamplingSettings
 from engine.conversation import Conversation, Turn
 from engine.errors import UserError
 from engine.events import Done, Failed, TokenEvent
@@ -155,3 +155,36 @@ def test_files_that_cannot_go_in_are_refused_with_one_line(
     with pytest.raises(UserError, match=r"is a folder"):
         chat.attach(tmp_path)
     assert chat.attachments == []
+
+
+def test_the_default_model_reads_the_secret_word_from_a_file(tmp_path: Path) -> None:
+    # SmolLM2-135M-Instruct (the embedded model), float32 on the CPU, greedy without a repeat
+    # penalty answers exactly: 'The secret word in the file is "pineapple".'
+    greedy = SamplingSettings(temperature=0.0, seed=0, repeat_penalty=1.0)
+    profile = Profile(
+        "default",
+        device="cpu",
+        dtype="float32",
+        context_length=1024,
+        max_new_tokens=24,
+        compile=False,
+        sampling=greedy,
+    )
+    queue = EngineQueue(LocalBackend())
+    try:
+        assert isinstance(list(queue.submit(LoadRequest(profile)))[-1], ModelReady)
+        secret = tmp_path / "secret.txt"
+        secret.write_text(
+            "The meeting is on Tuesday.\nThe secret word is pineapple.\nBring a pen.\n"
+        )
+        chat = Conversation(queue, profile=profile)
+        file = chat.attach(secret)
+        assert file.describe() == "secret.txt · 70 B · 32 tokens"
+        reply = done(run(chat, chat.send("What is the secret word in the file?")))
+        backend = queue.backend
+        assert isinstance(backend, LocalBackend) and backend.session is not None
+        assert "The secret word is pineapple." in backend.session.messages[0].content
+        assert reply.text == 'The secret word in the file is "pineapple".'
+        assert reply.stop_reason == "stop" and reply.metrics.prompt_tokens == 73
+    finally:
+        queue.close()

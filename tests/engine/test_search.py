@@ -107,7 +107,10 @@ def test_the_openai_shape_imports(store: ConversationStore, tmp_path: Path) -> N
     path = tmp_path / "openai.json"
     messages = [
         {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour"}],
+        },
         {"role": "assistant", "content": "Teal."},
     ]
     path.write_text(json.dumps({"messages": messages}))
@@ -127,14 +130,22 @@ def test_the_openai_shape_imports(store: ConversationStore, tmp_path: Path) -> N
     [
         ("{not json", "bad.json:1:2: not JSON: Expecting property name enclosed in double quotes"),
         ("[1, 2]", 'bad.json: expected a JSON object with a "messages" array'),
-        ('{"messages": [{"role": "tool", "content": "x"}]}',
-         "bad.json: messages[1]: role 'tool' is not system, user or assistant"),
-        ('{"messages": [{"role": "user", "content": 3}]}',
-         'bad.json: messages[1]: "content" must be a string or an array of text parts'),
-        ('{"title": "t", "profile": {}, "messages": [{"role": "user"}]}',
-         'bad.json: messages[1]: "content" must be a string'),
-        ('{"title": "t", "profile": {}, "messages": [], "forked_at": "2"}',
-         'bad.json: "forked_at" must be an integer or null'),
+        (
+            '{"messages": [{"role": "tool", "content": "x"}]}',
+            "bad.json: messages[1]: role 'tool' is not system, user or assistant",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": 3}]}',
+            'bad.json: messages[1]: "content" must be a string or an array of text parts',
+        ),
+        (
+            '{"title": "t", "profile": {}, "messages": [{"role": "user"}]}',
+            'bad.json: messages[1]: "content" must be a string',
+        ),
+        (
+            '{"title": "t", "profile": {}, "messages": [], "forked_at": "2"}',
+            'bad.json: "forked_at" must be an integer or null',
+        ),
     ],
 )
 def test_bad_import_files_are_one_line_errors(

@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TextIO
 
@@ -23,7 +24,7 @@ from engine import (
     LoadProgress,
     LoadRequest,
     ModelReady,
-    Pinned,
+    Persona,
     Profile,
     ProfileBackend,
     RemoteClient,
@@ -35,8 +36,7 @@ from engine import (
     open_store,
     reply_record,
 )
-
-PIN_USAGE = "/pin N keeps message N in context whatever trimming drops, /unpin N lets it go"
+from tui.cli.slash import LineMode, run_line
 
 
 def note(text: str, kind: str = "info") -> None:
@@ -114,21 +114,35 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     return 0
 
 
-def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None = None) -> int:
+def run_chat(
+    args: argparse.Namespace,
+    profile: Profile,
+    backend: Backend | None = None,
+    personas: Mapping[str, Persona] | None = None,
+) -> int:
     queue = open_engine(profile, backend=backend)
     try:
         store = None if getattr(args, "no_save", False) else open_store(args.data_dir)
         chat = Conversation(queue, store, profile=profile, notify=note)
-        return chat_lines(chat, args.json)
+        return chat_lines(chat, args.json, personas or {})
     finally:
         queue.close()
 
 
-def chat_lines(chat: Conversation, as_json: bool) -> int:
-    """One stdin line per turn, or a /pin N or /unpin N command, until end of input."""
+def chat_lines(
+    chat: Conversation, as_json: bool, personas: Mapping[str, Persona] | None = None
+) -> int:
+    """One stdin line per turn, or a slash command (tui/cli/slash.py), until end of input."""
+    mode = LineMode(
+        chat,
+        lambda turn: stream(chat, turn, as_json, sys.stdout),
+        note,
+        personas or {},
+        chat.profile,
+    )
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
-        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply"
+        banner = "one line per turn; /help lists the commands; Ctrl-D quits, Ctrl-C stops a reply"
         print(banner, file=sys.stderr)
     while True:
         if interactive:
@@ -141,30 +155,13 @@ def chat_lines(chat: Conversation, as_json: bool) -> int:
             continue
         previous = signal.signal(signal.SIGINT, lambda *_: chat.queue.cancel_all())  # Ctrl-C
         try:
-            words = text.split()
-            if words[0] in ("/pin", "/unpin"):
-                pin(chat, words, words[0] == "/pin")
-            else:
-                stream(chat, chat.send(text), as_json, sys.stdout)
+            run_line(mode, text)
         except UserError as exc:  # e.g. a system prompt longer than the context: keep chatting
             note(str(exc), "error")
             if not interactive:
                 return 1 if isinstance(exc, ServerError) else 2
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-def pin(chat: Conversation, words: list[str], pinned: bool) -> None:
-    """`/pin N` or `/unpin N`: N counts the conversation's messages from 1 (replies included)."""
-    if len(words) != 2 or not words[1].isdigit():
-        raise UserError(f"usage: {PIN_USAGE}")
-    number = int(words[1])
-    for event in chat.events(chat.pin(number - 1, pinned)):
-        if isinstance(event, Failed):
-            raise UserError(event.message)
-        if isinstance(event, Pinned):
-            how = "pinned: trimming keeps it in context" if pinned else "unpinned"
-            note(f"message {number} {how}")
 
 
 def run_models(profile: Profile) -> int:
