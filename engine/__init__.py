@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.args import ModelArgs
+    from engine.attachments import Attachment
     from engine.backend import Backend, GenerationRequest, ModelInfo, TokenizeRequest
     from engine.background import background_busy
     from engine.chat_format import Message, encode_dialog
+    from engine.codeblocks import CodeBlock, code_blocks
     from engine.compiled import compile_decode_step, compile_supported, compile_wanted
     from engine.config import (
         DEFAULTS_NAME,
         Config,
+        Persona,
         Profile,
         SamplingSettings,
+        apply_persona,
         find_config_path,
         load_config,
         profile_to_dict,
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     )
     from engine.generate import decode_one_token, generate, prefill
     from engine.history import prompt_budget
+    from engine.importing import read_import
     from engine.kv_cache import KVCache
     from engine.loaders import LoadedModel, load_model, load_profile_model
     from engine.loaders.state import assign_state
@@ -80,11 +85,18 @@ if TYPE_CHECKING:
     from engine.routing import ProfileBackend
     from engine.saving import reply_record, title_of
     from engine.session import ChatSession
-    from engine.store import ConversationStore, data_dir, open_store
+    from engine.store import MARK, ConversationStore, data_dir, open_store
     from engine.timings import PHASES, ReplyTimings
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "Attachment": "engine.attachments",
+    "CodeBlock": "engine.codeblocks",
+    "code_blocks": "engine.codeblocks",
+    "Persona": "engine.config",
+    "apply_persona": "engine.config",
+    "read_import": "engine.importing",
+    "MARK": "engine.store",
     "REMOTE_UNSENT": "engine.remote.backend",
     "ServerError": "engine.errors",
     "TokenizeRequest": "engine.backend",
@@ -169,6 +181,13 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Attachment",
+    "CodeBlock",
+    "code_blocks",
+    "Persona",
+    "apply_persona",
+    "read_import",
+    "MARK",
     "REMOTE_UNSENT",
     "ServerError",
     "TokenizeRequest",

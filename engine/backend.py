@@ -19,7 +19,7 @@ from engine.config import Profile, SamplingSettings
 from engine.events import Event, Pinned, Tokens
 
 Progress = Callable[[int, int], None]  # (units done, units total)
-RequestKind = Literal["chat", "regenerate", "edit", "complete", "dialog"]
+RequestKind = Literal["chat", "regenerate", "edit", "complete", "dialog", "continue"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class GenerationRequest:
     kind: RequestKind  # chat = a user turn; regenerate = answer the last user turn again;
     # edit = replace user message `index` with `text`, drop what followed, answer it;
     # complete = raw completion of `text` (no template, no history); dialog = answer `messages`
-    # as given, system message included, untrimmed (`serve`: the client owns the history)
+    # as given, system message included, untrimmed (`serve`: the client owns the history);
+    # continue = extend the last reply where it stopped (length, or stopped by the user)
     text: str = ""
     sampling: SamplingSettings = SamplingSettings()  # read per request: edits apply at once
     max_new_tokens: int = 512

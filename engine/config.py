@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import KW_ONLY, dataclass, fields, replace
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -93,18 +93,29 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Persona:
+    """A reusable system prompt: ``[prompts.NAME]`` with ``system`` and sampling overrides."""
+
+    name: str
+    system: str  # the system prompt it sets ("" = none)
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingSettings keys it sets
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None  # file it came from; None = built-in defaults only
     defaults: Profile  # [defaults] applied over the built-in defaults; name "defaults"
     profiles: Mapping[str, Profile]  # [profiles.NAME], each = defaults + its own keys
     default_profile: str | None  # top-level `default_profile = "NAME"`; None = defaults
     max_loaded_models: int = 2  # top-level: models kept loaded for fast profile switching; >= 1
+    prompts: Mapping[str, Persona] = field(default_factory=dict)  # [prompts.NAME] personas
 
 
 _SAMPLING_KEYS = tuple(f.name for f in fields(SamplingSettings))
 _PROFILE_KEYS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "sampling"))
 KEYS = _PROFILE_KEYS + _SAMPLING_KEYS  # the flat keys of every table and of the overrides
-_TOP_KEYS = ("default_profile", "max_loaded_models", DEFAULTS_NAME, "profiles")
+_TOP_KEYS = ("default_profile", "max_loaded_models", DEFAULTS_NAME, "profiles", "prompts")
+PERSONA_KEYS = ("system", *_SAMPLING_KEYS)  # the keys of a [prompts.NAME] table
 _DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d+|auto")
 _URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -427,7 +438,46 @@ def load_config(path: Path | None) -> Config:
         profiles=MappingProxyType(profiles),
         default_profile=default_profile,
         max_loaded_models=max_loaded,
+        prompts=MappingProxyType(_personas(path, data.get("prompts", {}))),
     )
+
+
+def _personas(path: Path, raw: Any) -> dict[str, Persona]:
+    """The checked [prompts.NAME] tables."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: prompts must be tables ([prompts.NAME]), not a value")
+    out: dict[str, Persona] = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: prompts.{name} must be a table ([prompts.{name}])")
+        if not isinstance(table.get("system"), str):
+            raise ConfigError(
+                f'{path}: [prompts.{name}] needs system = "..." (the system prompt it sets)'
+            )
+        sampling: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in PERSONA_KEYS:
+                raise ConfigError(
+                    f"{path}: unknown key prompts.{name}.{key}; {_unknown(key, PERSONA_KEYS)}"
+                )
+            if key == "system":
+                continue
+            try:
+                sampling[key] = _normalize(key, _check(key, value), None)
+            except _Invalid as e:
+                raise ConfigError(
+                    f"{path}: prompts.{name}.{key} = {_toml_repr(value)}: {e}"
+                ) from None
+        out[name] = Persona(name, table["system"], MappingProxyType(sampling))
+    return out
+
+
+def apply_persona(profile: Profile, persona: Persona | None) -> Profile:
+    """`profile` with the persona's system prompt and sampling (None: as it is)."""
+    if persona is None:
+        return profile
+    sampling = replace(profile.sampling, **persona.sampling)
+    return replace(profile, system_prompt=persona.system or None, sampling=sampling)
 
 
 def resolve_profile(config: Config, name: str | None, overrides: Mapping[str, Any]) -> Profile:

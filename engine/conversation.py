@@ -27,11 +27,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.backend import GenerationRequest, RequestKind
+from engine.attachments import Attachment, read_attachment, with_attachments
+from engine.backend import GenerationRequest, RequestKind, TokenizeRequest
 from engine.chat_format import Message
 from engine.config import Profile
 from engine.errors import UserError
-from engine.events import Done, Failed, Pinned, TokenEvent, TurnStarted
+from engine.events import Done, Failed, Pinned, TokenEvent, Tokens, TurnStarted
+from engine.history import prompt_budget
 from engine.queue import (
     ClearRequest,
     EngineQueue,
@@ -60,6 +62,8 @@ class Turn:
     user: int | None = None  # once it runs, a chat turn's user message index in the conversation
     reply: int | None = None  # and its reply's
     saver: ReplySaver | None = None  # the reply's saved copy, once it runs
+    attachments: tuple[Attachment, ...] = ()  # files sent inside the user message (text has them)
+    typed: str = ""  # with attachments: what the user typed (text without the files)
 
     @property
     def id(self) -> int:
@@ -89,6 +93,9 @@ class Conversation:
         self.mirror = Mirror()  # what the saved conversation should hold (engine/unsaved.py)
         self.unsaved_from: int | None = None  # a write failed: the store may miss messages[i:]
         self._retry_at = 0.0
+        self.attachments: list[Attachment] = []  # files for the next user message
+        self.context_used = 0  # tokens in context after the last reply (0: none yet)
+        self.persona: str | None = None  # the [prompts.NAME] in use; saved with a new chat
 
     @property
     def busy(self) -> bool:
@@ -97,8 +104,55 @@ class Conversation:
     # Requests ------------------------------------------------------------------------------
 
     def send(self, text: str) -> Turn:
-        """A user turn; a raw completion when the profile has no chat template."""
-        return self._turn("chat" if self._active().chat_template else "complete", text)
+        """A user turn (with the files attached since the last one, before its text); a raw
+        completion when the profile has no chat template."""
+        files, self.attachments = tuple(self.attachments), []
+        kind: RequestKind = "chat" if self._active().chat_template else "complete"
+        turn = self._turn(kind, with_attachments(text, files) if files else text)
+        turn.attachments, turn.typed = files, text if files else ""
+        return turn
+
+    def continue_reply(self) -> Turn:
+        """Extend the last reply where it stopped (on length, or stopped by the user); the
+        engine's cache still holds it, so nothing is prefilled again."""
+        return self._turn("continue", "")
+
+    def attach(self, path: Path) -> Attachment:
+        """Read a text file for the next user message and count its tokens with the active
+        model; UserError (one line) for a missing, unreadable or binary file, or one larger
+        than what the context has left. Blocks until the engine has counted: call it from a
+        plain thread (line mode, an app worker thread), never from an event loop."""
+        file = read_attachment(path)
+        tokens = self._count(file.wrapped)
+        p = self._active()
+        ctx = tokens.context_length
+        budget = prompt_budget(ctx, p.max_new_tokens)
+        used = self.context_used + sum(a.tokens for a in self.attachments)
+        left = max(budget - used, 0)
+        if tokens.n > left:
+            raise UserError(
+                f"{file.name} needs {tokens.n:,} tokens but the context has {left:,} left "
+                f"(a {budget:,}-token prompt budget of context_length {ctx:,}, {used:,} in use): "
+                "attach a part of it, start a new chat or raise context_length"
+            )
+        file = file.counted(tokens.n)
+        self.attachments.append(file)
+        return file
+
+    def set_persona(self, name: str | None) -> None:
+        """The persona new turns use (the caller loads its profile); the saved chat records it."""
+        self.persona = name
+        with self._saving() as store:
+            if store is not None and self.conv is not None:
+                store.set_persona(self.conv, name)
+
+    def _count(self, text: str) -> Tokens:
+        for event in self.queue.submit(TokenizeRequest(text=text)):
+            if isinstance(event, Tokens):
+                return event
+            if isinstance(event, Failed):
+                raise UserError(event.message)
+        raise UserError("the engine stopped before counting the file's tokens")
 
     def regenerate(self) -> Turn:
         """Answer the last user message again; its old reply is dropped."""
@@ -130,6 +184,7 @@ class Conversation:
         self.length, self.context_start, self.pinned = len(messages), 0, ()
         self.mirror.reset(list(messages))
         self.unsaved_from = None
+        self.context_used = 0
         return self._submit(ClearRequest(tuple(messages)))
 
     def resume(self, store: ConversationStore, conv: int) -> tuple[str, list[SavedMessage]]:
@@ -188,6 +243,7 @@ class Conversation:
                 self.length = event.user
         elif isinstance(event, Done) and event.context_start is not None:
             self.context_start, self.pinned = event.context_start, event.pinned
+            self.context_used = event.metrics.context_used
             if turn.reply is not None:
                 self.length = turn.reply + 1
         elif isinstance(event, Failed) and event.kept is not None:
@@ -210,13 +266,16 @@ class Conversation:
     def _start(self, store: ConversationStore, turn: Turn) -> ReplySaver | None:
         """The engine took the turn: save its user message where the engine put it."""
         parent = self.conv
+        if turn.kind == "continue":
+            return self._extend(store, turn)
         if turn.kind == "regenerate":
             if parent is None or turn.reply is None:
                 return None
             store.truncate(parent, turn.reply)  # the old reply and anything after it
             return ReplySaver(store, parent)
         if parent is None:
-            conv = store.new_conversation(title_of(turn.text), asdict(self._active()))
+            title = title_of(turn.typed or turn.text)
+            conv = store.new_conversation(title, asdict(self._active()), self.persona)
         elif turn.kind == "edit" and turn.user is not None:
             self.conv = None  # until the fork is written: a failed fork never touches the parent
             conv = store.fork(parent, turn.user)
@@ -226,8 +285,20 @@ class Conversation:
             if turn.user is not None:
                 store.truncate(conv, turn.user)  # what a failed turn left after the history
         self.conv = conv
-        store.add_message(conv, "user", turn.text)
+        msg = store.add_message(conv, "user", turn.text)
+        for a in turn.attachments:
+            store.add_attachment(msg, a.path, a.size, a.sha256, a.tokens, a.text)
         return ReplySaver(store, conv)
+
+    def _extend(self, store: ConversationStore, turn: Turn) -> ReplySaver | None:
+        """A continue: the saved reply it extends goes on being written."""
+        if self.conv is None or turn.reply is None:
+            return None
+        rows = store.messages(self.conv)
+        if turn.reply >= len(rows) or rows[turn.reply]["role"] != "assistant":
+            return None
+        last = rows[turn.reply]
+        return ReplySaver(store, self.conv, msg=last["id"], text=last["content"])
 
     @contextmanager
     def _saving(self) -> Iterator[ConversationStore | None]:

@@ -170,6 +170,10 @@ def chat_turn(
     regenerate drops the answered message and what followed before it answers again)."""
     s, n = request.sampling, request.max_new_tokens
     try:
+        if request.kind == "continue":
+            events = session.continue_reply(s, n, cancel)
+            yield from started(session, None, events, reply=len(session.messages) - 1)
+            return
         if request.kind == "chat":
             events = session.send(request.text, s, n, cancel)
         elif request.kind == "regenerate":
@@ -181,12 +185,16 @@ def chat_turn(
         yield Failed(str(exc), kept=len(session.messages))
 
 
-def started(session: ChatSession, user: int | None, events: Iterator[Event]) -> Iterator[Event]:
+def started(
+    session: ChatSession, user: int | None, events: Iterator[Event], reply: int | None = None
+) -> Iterator[Event]:
     """The events with TurnStarted before the first: by then the session has fitted the prompt
-    (and set its notice). `user`: where a chat turn's user message goes (None: a completion)."""
+    (and set its notice). `user`: where a chat turn's user message goes (None: a completion,
+    or a continue: then `reply` is the message it extends)."""
     for n, event in enumerate(events):
         if n == 0:
-            yield TurnStarted(user, None if user is None else user + 1, session.last_notice)
+            where = reply if user is None else user + 1
+            yield TurnStarted(user, where, session.last_notice)
         yield event
 
 

@@ -79,11 +79,15 @@ class ReplySaver:
         conv: int,
         interval: float = SAVE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        msg: int | None = None,
+        text: str = "",
     ) -> None:
+        """`msg` and `text`: a saved reply this one goes on with (a continue)."""
         self.store, self.conv = store, conv
         self.interval, self.clock = interval, clock
-        self.msg: int | None = None
-        self.parts: list[str] = []
+        self.msg: int | None = msg
+        self.parts: list[str] = [text] if text else []
         self.last = clock()
 
     def token(self, text: str) -> None:

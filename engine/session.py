@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from engine.chat_format import ChatFormatter, Message, encode_raw, resolve_chat_format
@@ -29,6 +29,18 @@ from engine.offload import offload_metrics
 from engine.sampling import MirostatState, new_sampler_state
 
 
+@dataclass(frozen=True)
+class LastReply:
+    """The last reply as the cache holds it: a continue feeds prompt + reply ids again."""
+
+    prompt: list[int]
+    ids: list[int]
+    stop_reason: str
+
+
+CONTINUABLE = ("length", "cancelled")  # a reply that ended on its own or filled the context: no
+
+
 class ChatSession:
     def __init__(
         self, loaded: LoadedModel, system_prompt: str | None = None, chat_format: str = "auto"
@@ -47,6 +59,7 @@ class ChatSession:
         self.last_notice: str | None = None  # one line for the user about the last turn's trim
         self._seen: dict[int, tuple[str, str]] = {}  # index -> (full text, what the model saw)
         self.sampler_state: MirostatState | None = None  # Mirostat's mu, per conversation
+        self._reply: LastReply | None = None  # the last reply's ids, while it is the last message
         self._sampler_key: tuple[int, float] | None = None
         a = loaded.args
         self.cache = KVCache(
@@ -149,9 +162,46 @@ class ChatSession:
         t0 = time.perf_counter()
         ids = self._fit(messages, max_new_tokens)
         prompt_s = time.perf_counter() - t0
+        self._reply = None
         for event in self._run(ids, settings, max_new_tokens, cancel, prompt_s):
             if isinstance(event, Done):
                 self.messages = [*messages, Message("assistant", event.text)]
+                self._reply = LastReply(ids, event.token_ids, event.stop_reason)
+            yield event
+
+    def continue_reply(
+        self,
+        settings: SamplingSettings,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Extend the last reply where it stopped (max_new_tokens, or stopped by the user). The
+        cache still holds its prompt and tokens, so only the last token is computed. The tokens
+        stream as usual; Done's text and token ids are the whole reply, joined."""
+        if not self.messages or self.messages[-1].role != "assistant":
+            raise UserError("there is no reply to continue: the last message is not a reply")
+        last = self._reply
+        if last is not None and last.stop_reason not in CONTINUABLE:
+            why = "ended on its own" if last.stop_reason == "stop" else "filled the context"
+            raise UserError(f"the last reply {why}; /continue extends one cut by length or stopped")
+        if last is None:  # a resumed chat: its K/V is rebuilt from the text
+            tok = self.loaded.tokenizer
+            reply = tok.encode(self.messages[-1].content, allow_special=False)
+            last = LastReply(self.prompt_ids(self.visible(self.messages[:-1])), reply, "length")
+        ids = [*last.prompt, *last.ids]
+        if len(ids) >= self.cache.max_len - 1:
+            raise UserError(
+                f"the context is full ({len(ids)} of {self.cache.max_len} tokens): the reply "
+                "cannot go on; start a new chat or raise context_length"
+            )
+        self.last_notice = None
+        for event in self._run(ids, settings, max_new_tokens, cancel):
+            if isinstance(event, Done):
+                joined = [*last.ids, *event.token_ids]
+                text = self.loaded.tokenizer.decode(joined)
+                self.messages = [*self.messages[:-1], Message("assistant", text)]
+                self._reply = LastReply(last.prompt, joined, event.stop_reason)
+                event = replace(event, text=text, token_ids=joined)
             yield event
 
     def regenerate(
@@ -250,6 +300,7 @@ class ChatSession:
         self.pinned = set()
         self.context_start = 0
         self.sampler_state = None
+        self._reply = None
 
     def _fit(self, messages: list[Message], max_new_tokens: int) -> list[int]:
         """Prompt ids for messages, dropping the oldest pairs when they exceed the budget, and

@@ -53,7 +53,39 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 MIGRATIONS = (
     ("conversations", "parent_id", "INTEGER"),  # the conversation this one was forked from
     ("conversations", "forked_at", "INTEGER"),  # messages[:forked_at] were copied from the parent
+    ("conversations", "persona", "TEXT"),  # the [prompts.NAME] persona the chat started with
 )
+# files sent inside a user message: what was read, and the exact text that went to the model
+ATTACHMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attachments (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attachments_by_message ON attachments(message_id);
+"""
+# full-text search over every message: an FTS5 index with messages as its external content,
+# kept in step by triggers (a streaming reply's rewrites replace its indexed text)
+SEARCH_SCHEMA = """
+CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id');
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+"""
+MARK = ("\x02", "\x03")  # around a match in a search snippet (front ends pick the look)
+SNIPPET_TOKENS = 12
 
 
 def data_dir(flag: Path | None = None) -> Path:
@@ -78,6 +110,7 @@ class ConversationStore:
         self.busy_timeout = busy_timeout
         self.notice: str | None = None  # one line for the user: moved aside, opened read-only
         self.read_only = False  # a newer release's file: read, never written
+        self.searchable = False  # the FTS5 index exists (set at open)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -127,6 +160,8 @@ class ConversationStore:
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
         db.row_factory = sqlite3.Row
+        fts = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone()
+        self.searchable = fts is not None
         return db
 
     def close(self) -> None:
@@ -137,6 +172,23 @@ class ConversationStore:
             have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self._migrate_search(db)
+
+    def _migrate_search(self, db: sqlite3.Connection) -> None:
+        """The attachments table, and the search index built over what the file holds already
+        (once: a store from before search gets its index on first open)."""
+        db.executescript(ATTACHMENTS_SCHEMA)
+        self.searchable = True
+        have = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone()
+        if have is None:
+            try:
+                db.executescript(f"BEGIN; {SEARCH_SCHEMA} COMMIT;")
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if "fts5" not in str(exc):
+                    raise
+                self.searchable = False  # this SQLite has no FTS5: chats work, search says so
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         """One write statement (autocommit: it lands on its own), retried while SQLite answers
@@ -152,13 +204,55 @@ class ConversationStore:
             how = "busy: another process holds it" if is_busy(exc) else str(exc)
             raise UserError(f"cannot write conversation store {self.path}: {how}") from None
 
-    def new_conversation(self, title: str, profile: dict[str, Any]) -> int:
+    def new_conversation(
+        self, title: str, profile: dict[str, Any], persona: str | None = None
+    ) -> int:
         now = time.time()
         cur = self._write(
-            "INSERT INTO conversations (title, created, updated, profile_json) VALUES (?,?,?,?)",
-            (title, now, now, json.dumps(profile, default=str)),
+            "INSERT INTO conversations (title, created, updated, profile_json, persona)"
+            " VALUES (?,?,?,?,?)",
+            (title, now, now, json.dumps(profile, default=str), persona),
         )
         return int(cur.lastrowid or 0)
+
+    def add_attachment(
+        self, msg_id: int, path: str, size: int, sha256: str, tokens: int, text: str
+    ) -> None:
+        """A file sent inside user message `msg_id`: where it was read, its size and hash, its
+        token count and the text the model was given."""
+        self._write(
+            "INSERT INTO attachments (message_id, path, size, sha256, tokens, text)"
+            " VALUES (?,?,?,?,?,?)",
+            (msg_id, path, size, sha256, tokens, text),
+        )
+
+    def attachments(self, msg_id: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM attachments WHERE message_id = ? ORDER BY id", (msg_id,)
+        ).fetchall()
+
+    def search(self, query: str, limit: int = 50, prefix: bool = False) -> list[sqlite3.Row]:
+        """Messages matching every word of `query` (`prefix`: words may be word starts, as
+        while typing), best match first (FTS5's bm25): conversation_id, title, seq, role and
+        a snippet with each match between MARK's two characters."""
+        if not self.searchable:
+            raise UserError(
+                f"search needs SQLite's FTS5, which this Python's sqlite3 "
+                f"({sqlite3.sqlite_version}) lacks: use a Python built with FTS5 (python.org and "
+                "most distributions have it)"
+            )
+        match = fts_query(query, prefix)
+        if not match:
+            return []
+        start, end = MARK
+        return self.db.execute(
+            "SELECT m.conversation_id, c.title, m.id, m.seq, m.role,"
+            f" snippet(messages_fts, 0, '{start}', '{end}', '…', {SNIPPET_TOKENS}) AS snippet"
+            " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE messages_fts MATCH ? ORDER BY bm25(messages_fts), m.id LIMIT ?",
+            (match, limit),
+        ).fetchall()
 
     def add_message(
         self, conv: int, role: str, content: str, metrics: dict[str, Any] | None = None
@@ -221,6 +315,9 @@ class ConversationStore:
         self.get(conv)
         self._write("UPDATE conversations SET title = ? WHERE id = ?", (title, conv))
 
+    def set_persona(self, conv: int, persona: str | None) -> None:
+        self._write("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conv))
+
     def delete(self, conv: int) -> None:
         self.get(conv)
         self._write("DELETE FROM messages WHERE conversation_id = ?", (conv,))
@@ -258,18 +355,71 @@ class ConversationStore:
             "updated": c["updated"],
             "parent_id": c["parent_id"],
             "forked_at": c["forked_at"],
+            "persona": c["persona"],
             "profile": json.loads(c["profile_json"]),
-            "messages": [
-                {
-                    "role": m["role"],
-                    "content": m["content"],
-                    "created": m["created"],
-                    "stopped": bool(m["stopped"]),
-                    "metrics": json.loads(m["metrics_json"]) if m["metrics_json"] else None,
-                }
-                for m in self.messages(conv)
-            ],
+            "messages": [self._export_message(m) for m in self.messages(conv)],
         }
+
+    def _export_message(self, m: sqlite3.Row) -> dict[str, Any]:
+        out = {
+            "role": m["role"],
+            "content": m["content"],
+            "created": m["created"],
+            "stopped": bool(m["stopped"]),
+            "metrics": json.loads(m["metrics_json"]) if m["metrics_json"] else None,
+        }
+        files = self.attachments(m["id"])
+        if files:
+            keys = ("path", "size", "sha256", "tokens", "text")
+            out["attachments"] = [{k: a[k] for k in keys} for a in files]
+        return out
+
+    def import_conversation(self, data: dict[str, Any]) -> int:
+        """A new conversation from checked export-shaped data (engine/importing.py): every
+        field as given, so exporting it again gives the same JSON but for its id."""
+        profile = json.dumps(data.get("profile", {}), default=str)
+        now = time.time()
+        self.db.execute("BEGIN")
+        try:
+            cur = self.db.execute(
+                "INSERT INTO conversations (title, created, updated, profile_json, parent_id,"
+                " forked_at, persona) VALUES (?,?,?,?,?,?,?)",
+                (
+                    data["title"],
+                    data.get("created", now),
+                    data.get("updated", now),
+                    profile,
+                    data.get("parent_id"),
+                    data.get("forked_at"),
+                    data.get("persona"),
+                ),
+            )
+            conv = int(cur.lastrowid or 0)
+            for seq, m in enumerate(data["messages"]):
+                cur = self.db.execute(
+                    "INSERT INTO messages (conversation_id, seq, role, content, created,"
+                    " metrics_json, stopped) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        conv,
+                        seq,
+                        m["role"],
+                        m["content"],
+                        m.get("created", now),
+                        _dump(m.get("metrics")),
+                        int(bool(m.get("stopped", False))),
+                    ),
+                )
+                for a in m.get("attachments", ()):
+                    self.db.execute(
+                        "INSERT INTO attachments (message_id, path, size, sha256, tokens, text)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (cur.lastrowid, a["path"], a["size"], a["sha256"], a["tokens"], a["text"]),
+                    )
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db.execute("ROLLBACK")
+            raise UserError(f"cannot write conversation store {self.path}: {exc}") from None
+        return conv
 
     def export_markdown(self, conv: int) -> str:
         c = self.get(conv)
@@ -278,6 +428,14 @@ class ConversationStore:
             stopped = " (stopped)" if m["stopped"] else ""
             parts.append(f"## {m['role']}{stopped}\n\n{m['content']}\n")
         return "\n".join(parts)
+
+
+def fts_query(text: str, prefix: bool = False) -> str:
+    """`text` as an FTS5 query matching all its words, each quoted (so "-", ":" or "OR" are
+    words, not operators); `prefix`: each word may start a longer one."""
+    words = [w.replace('"', '""') for w in text.split()]
+    star = "*" if prefix else ""
+    return " ".join(f'"{w}"{star}' for w in words)
 
 
 def _dump(metrics: dict[str, Any] | None) -> str | None:

@@ -144,6 +144,8 @@ class RemoteBackend:
             return self._complete(request, cancel)
         if request.kind == "dialog":
             raise UserError("a remote profile cannot be served again")
+        if request.kind == "continue":
+            raise UserError("/continue needs the local engine: a server has no cache to resume")
         return self._chat(request, cancel)
 
     def clear(self, messages: Sequence[Message] = ()) -> None:

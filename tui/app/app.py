@@ -196,6 +196,11 @@ class LlamaTuiApp(App[None]):
             chat.action_copy_reply,
         )
         yield SystemCommand(
+            "Copy a code block",
+            "the last reply's next fenced block, OSC 52 (ctrl+b, again for the next)",
+            chat.action_copy_code,
+        )
+        yield SystemCommand(
             "Regenerate last reply", "answer the last prompt again (ctrl+r)", chat.action_regenerate
         )
         yield SystemCommand(

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--plain", action="store_true", help="line mode for pipes and dumb terminals")
     chat.add_argument("--no-save", action="store_true", help="do not save the chat")
     _data_dir(chat)
-    history = sub.add_parser("history", help="list, show or export saved conversations")
+    history = sub.add_parser(
+        "history", help="list, show, search, export or import saved conversations"
+    )
     hsub = history.add_subparsers(dest="history_command", required=True)
     _data_dir(hsub.add_parser("list", help="one saved conversation per line, newest first"))
     show = hsub.add_parser("show", help="print a conversation's messages")
@@ -106,7 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = hsub.add_parser("export", help="print a conversation as Markdown or JSON")
     export.add_argument("id", type=int)
     export.add_argument("--format", choices=("md", "json"), default="md")
+    export.add_argument(
+        "--code", action="store_true", help="only the replies' fenced code blocks, in order"
+    )
     _data_dir(export)
+    search = hsub.add_parser("search", help="messages matching every word, best match first")
+    search.add_argument("query", nargs="+", help="words to find (whole words)")
+    search.add_argument("--limit", type=int, default=50, help="most hits (default 50)")
+    _data_dir(search)
+    imp = hsub.add_parser(
+        "import", help='a llama-tui JSON export, or an OpenAI-style {"messages": [...]} file'
+    )
+    imp.add_argument("file", type=Path)
+    _data_dir(imp)
     serve = sub.add_parser("serve", help="serve the local engine over an OpenAI-compatible API")
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
@@ -286,7 +300,8 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
 
     if args.command == "ask":
         return plain.run_ask(args, profile)
-    return plain.run_chat(args, profile)
+    personas = load_config(find_config_path(args.config)).prompts  # read again: it is small
+    return plain.run_chat(args, profile, personas=personas)
 
 
 def run() -> None:

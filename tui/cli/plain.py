@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TextIO
 
@@ -22,7 +23,7 @@ from engine import (
     LoadProgress,
     LoadRequest,
     ModelReady,
-    Pinned,
+    Persona,
     Profile,
     ProfileBackend,
     RemoteClient,
@@ -35,8 +36,7 @@ from engine import (
     reply_record,
 )
 from tui.cli.signals import Hangup, Stopper
-
-PIN_USAGE = "/pin N keeps message N in context whatever trimming drops, /unpin N lets it go"
+from tui.cli.slash import LineMode, run_line
 
 
 def note(text: str, kind: str = "info") -> None:
@@ -114,7 +114,12 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     return 0
 
 
-def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None = None) -> int:
+def run_chat(
+    args: argparse.Namespace,
+    profile: Profile,
+    backend: Backend | None = None,
+    personas: Mapping[str, Persona] | None = None,
+) -> int:
     queue = open_engine(profile, backend=backend)
     chat: Conversation | None = None
     try:
@@ -123,7 +128,7 @@ def run_chat(args: argparse.Namespace, profile: Profile, backend: Backend | None
             note(store.notice)
         chat = Conversation(queue, store, profile=profile, notify=note)
         with Stopper(queue, note) as stopper:
-            code = chat_lines(chat, args.json, stopper)
+            code = chat_lines(chat, args.json, stopper, personas or {})
             return 128 + stopper.signum if stopper.signum else code
     except Hangup as hangup:  # SIGTERM or SIGHUP at the prompt
         return 128 + hangup.signum
@@ -144,11 +149,26 @@ def end_chat(queue: EngineQueue, chat: Conversation | None) -> None:
     chat.close()
 
 
-def chat_lines(chat: Conversation, as_json: bool, stopper: Stopper | None = None) -> int:
-    """One stdin line per turn, or a /pin N or /unpin N command, until end of input."""
+def chat_lines(
+    chat: Conversation,
+    as_json: bool,
+    stopper: Stopper | None = None,
+    personas: Mapping[str, Persona] | None = None,
+) -> int:
+    """One stdin line per turn, or a slash command (tui/cli/slash.py), until end of input."""
+    mode = LineMode(
+        chat,
+        lambda turn: stream(chat, turn, as_json, sys.stdout),
+        note,
+        personas or {},
+        chat.profile,
+    )
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
-        banner = f"one line per turn; {PIN_USAGE}; Ctrl-D quits, Ctrl-C stops a reply (twice quits)"
+        banner = (
+            "one line per turn; /help lists the commands; Ctrl-D quits, Ctrl-C stops a reply"
+            " (twice quits)"
+        )
         print(banner, file=sys.stderr)
     while True:
         if interactive:
@@ -162,11 +182,7 @@ def chat_lines(chat: Conversation, as_json: bool, stopper: Stopper | None = None
         if stopper is not None:
             stopper.streaming = True  # Ctrl-C, SIGTERM and SIGHUP stop the reply
         try:
-            words = text.split()
-            if words[0] in ("/pin", "/unpin"):
-                pin(chat, words, words[0] == "/pin")
-            else:
-                stream(chat, chat.send(text), as_json, sys.stdout)
+            run_line(mode, text)
         except UserError as exc:  # e.g. a system prompt longer than the context: keep chatting
             note(str(exc), "error")
             if not interactive:
@@ -176,19 +192,6 @@ def chat_lines(chat: Conversation, as_json: bool, stopper: Stopper | None = None
                 stopper.streaming = False
         if stopper is not None and stopper.signum is not None:
             return 128 + stopper.signum  # SIGTERM or SIGHUP: the stopped reply is saved
-
-
-def pin(chat: Conversation, words: list[str], pinned: bool) -> None:
-    """`/pin N` or `/unpin N`: N counts the conversation's messages from 1 (replies included)."""
-    if len(words) != 2 or not words[1].isdigit():
-        raise UserError(f"usage: {PIN_USAGE}")
-    number = int(words[1])
-    for event in chat.events(chat.pin(number - 1, pinned)):
-        if isinstance(event, Failed):
-            raise UserError(event.message)
-        if isinstance(event, Pinned):
-            how = "pinned: trimming keeps it in context" if pinned else "unpinned"
-            note(f"message {number} {how}")
 
 
 def run_models(profile: Profile) -> int:

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from engine import Conversation, Request, Ticket, UserError, open_store
+from engine import Conversation, Request, Ticket, UserError, code_blocks, open_store
 from tui.app.bridge import EngineBridge
 from tui.app.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
 from tui.app.profile_switch import ProfileSwitcher
@@ -51,6 +51,7 @@ class ChatScreen(Screen[None]):
         Binding("f8", "pin_message", "Pin msg", show=False),
         Binding("f9", "reply_details", "Details", show=False),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
+        Binding("ctrl+b", "copy_code", "Copy code", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
 
@@ -76,6 +77,7 @@ class ChatScreen(Screen[None]):
         )
         self.view = TurnView(self, self.controller, self.stats)
         self.narrow: bool | None = None
+        self._code: tuple[str, int] = ("", -1)  # (reply text, index of the block copied last)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -218,6 +220,20 @@ class ChatScreen(Screen[None]):
             return
         self.app.copy_to_clipboard(last.text)  # OSC 52: reaches the local clipboard over SSH
         self.notify(f"copied {len(last.text)} characters (OSC 52)", timeout=2)
+
+    def action_copy_code(self) -> None:
+        """Copy the last reply's next code block (the first again after the last) with OSC 52."""
+        last = self.conversation.last_reply()
+        blocks = code_blocks(last.text) if last is not None else []
+        if last is None or not blocks:
+            self.notify("no code block in the last reply", timeout=2)
+            return
+        text, index = self._code
+        index = (index + 1) % len(blocks) if text == last.text else 0
+        self._code = (last.text, index)
+        block = blocks[index]
+        self.app.copy_to_clipboard(block.code)  # OSC 52: reaches the local clipboard over SSH
+        self.notify(f"copied code block {index + 1}/{len(blocks)} ({block.describe()})", timeout=3)
 
     def action_toggle_pane(self, name: str) -> None:
         pane = self.query_one(f"#{name}")
