@@ -1,6 +1,6 @@
-"""Two processes on one store at once (two SSH sessions: chat --plain twice, the app and chat
---plain): every message of both
-is kept, in order, with no "database is locked" (busy timeout, one-statement writes, retries)."""
+"""Two processes on one store at once (two SSH sessions: chat --plain twice, or the app and
+chat --plain): every message of both is kept, in order, with no "database is locked" (busy
+timeout, one-statement writes, retries)."""
 
 from __future__ import annotations
 
