@@ -351,3 +351,29 @@ async def test_reply_details_show_every_phase_and_the_plots(app: LlamaTuiApp) ->
         assert list(app.screen.query_one(RepliesBars).stats.turns)
         await pilot.press("escape")
         assert not isinstance(app.screen, ReplyDetailsScreen)
+
+
+async def test_ctrl_g_continues_the_last_reply_from_the_cache(tiny_config: Path) -> None:
+    """A reply cut by max_new_tokens, then Ctrl+G: the same block goes on, nothing is prefilled
+    again, and the store keeps one reply holding both parts."""
+    overrides = {"max_new_tokens": 6, "temperature": 0.0, "repeat_penalty": 1.0}
+    app = make_app(config_path=tiny_config, overrides=overrides, cursor_blink=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        first = await say(pilot, "Tell me a story.")
+        cut = first.text
+        assert app.chat.stats.last is not None and app.chat.stats.last.generated_tokens == 6
+        await pilot.press("ctrl+g")  # from the prompt, where F5-F7 select text
+        await pilot.pause(0.2)
+        await wait_for(pilot, idle(app))
+        await pilot.pause(0.1)
+        assert app.chat.conversation.last_reply() is first  # the same block, extended
+        assert first.text.startswith(cut) and len(first.text) > len(cut)
+        m = app.chat.stats.last
+        assert m is not None and m.computed_tokens <= 1 and m.generated_tokens == 6
+        assert len(list(app.chat.query(AssistantMessage))) == 1
+        store, conv = app.chat.controller.store, app.chat.controller.conv
+        assert store is not None and conv is not None
+        rows = store.messages(conv)
+        assert [r["role"] for r in rows] == ["user", "assistant"]
+        assert rows[1]["content"] == first.text

@@ -51,6 +51,8 @@ class TurnView:
             elif isinstance(event, Done) and event.context_start is not None:
                 self.pane.place(turn.id, turn.user, turn.reply)
                 self.mark_context()
+            elif isinstance(event, Failed) and turn.kind == "continue":
+                self.screen.notify(f"continue: {event.message}", severity="error", timeout=6)
             elif isinstance(event, Failed) and turn.kind != "regenerate":
                 prompt = self.screen.query_one(PromptInput)  # nothing typed is lost: edit it
                 prompt.text = prompt.text or turn.text  # and send it again

@@ -48,6 +48,7 @@ class ChatScreen(Screen[None]):
         # in F1 and the palette: the footer fits 80 columns with the keys above
         Binding("f4", "pick_profile", "Profile", show=False),
         Binding("f5", "edit_message", "Edit msg", show=False),
+        Binding("ctrl+g", "continue_reply", "Continue", show=False),  # "go on"
         Binding("f8", "pin_message", "Pin msg", show=False),
         Binding("f9", "reply_details", "Details", show=False),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
@@ -166,6 +167,15 @@ class ChatScreen(Screen[None]):
         user = self.conversation.drop_last_reply()
         turn = self.controller.regenerate()
         self.conversation.add_turn(turn.id, user, len(self.profiles.loads))
+
+    def action_continue_reply(self) -> None:
+        """Extend the last reply where it stopped (length, or Esc) from the engine's cache."""
+        last = self.conversation.last_reply()
+        if self.busy or last is None:
+            self.notify(f"continue: {WAIT if last else 'there is no reply yet'}", timeout=3)
+            return
+        turn = self.controller.continue_reply()
+        self.conversation.continue_turn(turn.id, last)
 
     async def action_new_conversation(self) -> None:
         await self.saved.start_new()

@@ -8,7 +8,7 @@ from textual import events
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
-from engine import QueueEvent
+from engine import Failed, QueueEvent
 from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
 
 W = TypeVar("W", bound=Widget)
@@ -24,6 +24,7 @@ class ConversationPane(VerticalScroll, can_focus=True):
         super().__init__(id=id)
         self.replies: dict[int, AssistantMessage] = {}  # ticket id -> a reply being answered
         self._users: dict[int, UserMessage] = {}  # ticket id -> the user message it answers
+        self._continued: dict[int, tuple[str, str]] = {}  # a continue's reply: status before
 
     def keep_up(self) -> None:
         """Scroll to the bottom after the next layout, if following."""
@@ -123,6 +124,16 @@ class ConversationPane(VerticalScroll, can_focus=True):
             self._users[ticket_id] = user
         return reply
 
+    def continue_turn(self, ticket_id: int, reply: AssistantMessage) -> None:
+        """A continue: its tokens go on at the end of `reply`, the block they extend."""
+        self.follow = True
+        self._continued[ticket_id] = (
+            reply.status,
+            "stopped" if reply.has_class("-stopped") else "",
+        )
+        reply.set_status("continuing…")
+        self.replies[ticket_id] = reply
+
     def place(self, ticket_id: int, user: int | None, reply: int | None) -> None:
         """A chat turn ended: its blocks take their indices in the conversation."""
         if ticket_id in self._users:
@@ -131,9 +142,15 @@ class ConversationPane(VerticalScroll, can_focus=True):
 
     async def draw(self, ticket_id: int, events: list[QueueEvent], finished: bool) -> None:
         """A batch of a turn's events into its reply; once it ends, the ones pending move up."""
-        await self.replies[ticket_id].take(events)
+        reply = self.replies[ticket_id]
+        before = self._continued.get(ticket_id)
+        if before is not None and any(isinstance(e, Failed) for e in events):
+            events = [e for e in events if not isinstance(e, Failed)]  # a refused continue
+            reply.set_status(*before)  # leaves the reply as it was (the screen says why)
+        await reply.take(events)
         self.keep_up()
         if finished:
+            self._continued.pop(ticket_id, None)
             del self.replies[ticket_id]
             self._users.pop(ticket_id, None)
             for ahead, pending in enumerate(list(self.replies.values())[1:], 1):
