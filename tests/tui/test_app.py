@@ -377,3 +377,41 @@ async def test_ctrl_g_continues_the_last_reply_from_the_cache(tiny_config: Path)
         rows = store.messages(conv)
         assert [r["role"] for r in rows] == ["user", "assistant"]
         assert rows[1]["content"] == first.text
+
+
+async def test_a_persona_from_the_palette_sets_the_system_prompt_and_is_saved(
+    tiny_config: Path,
+) -> None:
+    with tiny_config.open("a") as f:
+        f.write('\n[prompts.pirate]\nsystem = "You are a pirate."\ntemperature = 0.0\n')
+    app = make_app(config_path=tiny_config, cursor_blink=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+        titles = [c.title for c in app.get_system_commands(app.chat)]
+        assert "Persona: pirate" in titles and "Persona: none" not in titles
+        next(
+            c for c in app.get_system_commands(app.chat) if c.title == "Persona: pirate"
+        ).callback()
+        await pilot.pause(0.2)
+        await wait_for(pilot, idle(app))
+        profile = app.chat.controller.profile
+        assert profile is not None and profile.system_prompt == "You are a pirate."
+        assert profile.sampling.temperature == 0.0  # the persona's sampling too
+        session = backend(app).session
+        assert session is not None and session.system_prompt == "You are a pirate."
+        pane = app.chat.query_one("#config")
+        assert pane.border_subtitle == "llama-tui.toml · persona pirate"
+        await say(pilot, "Ahoy?")
+        store, conv = app.chat.controller.store, app.chat.controller.conv
+        assert store is not None and conv is not None
+        assert store.get(conv)["persona"] == "pirate"
+
+        app.chat.use_persona(None)  # "Persona: none"
+        await pilot.pause(0.2)
+        await wait_for(pilot, idle(app))
+        profile = app.chat.controller.profile
+        assert profile is not None and profile.system_prompt != "You are a pirate."
+        assert pane.border_subtitle == "llama-tui.toml"
+        app.chat.use_persona("parrot")  # not in the file: one line, nothing changes
+        await pilot.pause(0.1)
+        assert any("no persona 'parrot'" in n.message for n in app._notifications)

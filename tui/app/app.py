@@ -167,6 +167,18 @@ class LlamaTuiApp(App[None]):
                 "colours only; the conversation stays",
                 lambda name=theme.name: setattr(self, "theme", name),  # type: ignore[misc]
             )
+        for persona in chat.state.config.prompts.values():
+            yield SystemCommand(
+                f"Persona: {persona.name}",
+                " ".join(persona.system.split())[:70],
+                lambda name=persona.name: chat.use_persona(name),  # type: ignore[misc]
+            )
+        if chat.state.persona is not None:
+            yield SystemCommand(
+                "Persona: none",
+                "back to the profile's own system prompt",
+                lambda: chat.use_persona(None),
+            )
         yield SystemCommand(
             "New conversation", "forget the chat so far (ctrl+n)", chat.action_new_conversation
         )

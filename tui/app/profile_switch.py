@@ -64,8 +64,10 @@ class ProfileSwitcher:
             pane.add_notice(f"unknown theme '{name}'; themes: {names}", "error")
 
     def source(self) -> str:
+        """The config pane's subtitle: the file, and the persona in use."""
         path = self.state.config.path
-        return Path(path).name if path else "(built-in defaults)"
+        name = Path(path).name if path else "(built-in defaults)"
+        return f"{name} · persona {self.state.persona}" if self.state.persona else name
 
     def switch(self, name: str) -> None:
         try:

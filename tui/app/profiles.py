@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import DEFAULTS_NAME, Config, Profile, load_config, resolve_profile
+from engine import (
+    DEFAULTS_NAME,
+    Config,
+    ConfigError,
+    Profile,
+    apply_persona,
+    load_config,
+    resolve_profile,
+)
 
 EDITABLE = (
     "temperature",
@@ -42,6 +50,7 @@ class ProfileState:
     overrides: Mapping[str, Any] = field(default_factory=dict)  # CLI flags: on every profile
     edits: dict[str, Any] = field(default_factory=dict)  # in-place edits: this profile only
     stamp: tuple[float, int] | None = None  # config file (mtime, size) when last read
+    persona: str | None = None  # a [prompts.NAME] over whichever profile is active
 
     @classmethod
     def open(
@@ -56,13 +65,28 @@ class ProfileState:
         return [DEFAULTS_NAME, *self.config.profiles]
 
     def profile(self) -> Profile:
-        return resolve_profile(self.config, self.name, {**self.overrides, **self.edits})
+        return self._dressed(
+            resolve_profile(self.config, self.name, {**self.overrides, **self.edits})
+        )
+
+    def _dressed(self, profile: Profile) -> Profile:
+        """`profile` with the active persona's system prompt and sampling on top."""
+        return apply_persona(profile, self.config.prompts.get(self.persona or ""))
+
+    def choose_persona(self, name: str | None) -> Profile:
+        """The active profile under persona `name` (None: its own prompt); ConfigError if the
+        config file has no [prompts.NAME] of that name."""
+        if name is not None and name not in self.config.prompts:
+            known = ", ".join(self.config.prompts) or "none in the config file"
+            raise ConfigError(f"no persona '{name}' ([prompts.{name}]); personas: {known}")
+        self.persona = name
+        return self.profile()
 
     def switch(self, name: str) -> Profile:
         """Profile `name` with the CLI flags; in-place edits are dropped. ConfigError if unknown."""
         profile = resolve_profile(self.config, name, self.overrides)
         self.name, self.edits = name, {}
-        return profile
+        return self._dressed(profile)
 
     def edit(self, key: str, text: str) -> Profile:
         """The active profile with `key` set from `text`; ConfigError (nothing kept) if invalid."""
@@ -72,7 +96,7 @@ class ProfileState:
         edits = {**self.edits, key: value}
         profile = resolve_profile(self.config, self.name, {**self.overrides, **edits})
         self.edits = edits
-        return profile
+        return self._dressed(profile)
 
     def changed_on_disk(self) -> bool:
         return self.config.path is not None and _stamp(self.config.path) != self.stamp
@@ -87,4 +111,6 @@ class ProfileState:
         config = load_config(self.config.path)
         profile = resolve_profile(config, self.name, {**self.overrides, **self.edits})
         self.config = config
-        return profile
+        if self.persona not in config.prompts:
+            self.persona = None  # its table left the file
+        return self._dressed(profile)

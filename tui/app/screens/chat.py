@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from engine import Conversation, Request, Ticket, UserError, code_blocks, open_store
+from engine import ConfigError, Conversation, Request, Ticket, UserError, code_blocks, open_store
 from tui.app.bridge import EngineBridge
 from tui.app.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
 from tui.app.profile_switch import ProfileSwitcher
@@ -167,6 +167,18 @@ class ChatScreen(Screen[None]):
         user = self.conversation.drop_last_reply()
         turn = self.controller.regenerate()
         self.conversation.add_turn(turn.id, user, len(self.profiles.loads))
+
+    def use_persona(self, name: str | None) -> None:
+        """Put persona `name` ([prompts.NAME]; None: the profile's own prompt) over the active
+        profile, for the next turns; the saved chat records it."""
+        try:
+            profile = self.state.choose_persona(name)
+        except ConfigError as exc:
+            self.notify(str(exc), severity="error", timeout=5)
+            return
+        self.controller.set_persona(name)
+        self.profiles.apply(profile)
+        self.notify(f"persona: {name or 'none (the profile’s own system prompt)'}", timeout=3)
 
     def action_continue_reply(self) -> None:
         """Extend the last reply where it stopped (length, or Esc) from the engine's cache."""
