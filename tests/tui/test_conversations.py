@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Label, OptionList
+from textual.widgets import DataTable, Input, Label, OptionList
 
 from engine.store import DB_NAME, ConversationStore
 from tests.tui.test_app import backend, idle, say, wait_for
@@ -401,3 +401,46 @@ async def test_an_over_long_message_is_cut_with_a_visible_notice(
         assert session is not None and session.messages[0].content == text  # nothing lost
         blocks = app.chat.conversation.messages()
         assert isinstance(blocks[0], UserMessage) and "word79" in str(blocks[0].render())
+
+
+async def test_slash_filters_the_list_live_and_enter_opens_the_chat_at_the_hit(
+    app: LlamaTuiApp, data: Path
+) -> None:
+    store = saved(data)
+    sea = store.new_conversation("about the sea", {})
+    for i in range(12):  # a long chat: the hit is far from its end
+        store.add_message(sea, "user", f"question {i} about waves")
+        store.add_message(sea, "assistant", f"answer {i}: " + "water " * 30)
+    store.add_message(sea, "user", "what lives in a coral reef?")
+    store.add_message(sea, "assistant", "Parrotfish, mostly.")
+    other = store.new_conversation("cooking", {})
+    store.add_message(other, "user", "how long to boil an egg?")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, idle(app))
+        screen = await open_list(pilot, app)
+        table = screen.query_one(DataTable)
+        assert table.row_count == 2
+        await pilot.press("slash")
+        await pilot.pause(0.05)
+        assert isinstance(app.focused, Input) and app.focused.id == "filter"
+        await pilot.press(*"parrot")  # a word start, as typed: prefix match
+        await pilot.pause(0.1)
+        assert table.row_count == 1
+        row = [str(c) for c in table.get_row_at(0)]
+        assert row[:3] == [str(sea), "about the sea", "26 assistant"]
+        assert "Parrotfish" in row[3]
+        assert "1 matching messages for 'parrot'" in status(screen)
+        await pilot.press("escape")  # clears the search first
+        await pilot.pause(0.05)
+        assert table.row_count == 2 and isinstance(app.screen, ConversationsScreen)
+        await pilot.press("slash", *"egg")
+        await pilot.pause(0.1)
+        assert [str(c) for c in table.get_row_at(0)][0] == str(other)
+        await pilot.press("backspace", "backspace", "backspace", *"coral", "enter")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        await pilot.pause(0.3)
+        pane = app.chat.conversation
+        hit = next(w for w in pane.messages() if w.index == 24)
+        assert hit.text == "what lives in a coral reef?"
+        assert pane.scroll_y > 0 and pane.scroll_y <= hit.virtual_region.y  # scrolled there
+        assert len(app.chat.query(UserMessage)) == 13

@@ -1,4 +1,5 @@
-"""The saved conversations: resume, rename, delete (after a confirmation), export, new."""
+"""The saved conversations: resume, rename, delete (after a confirmation), export, new; `/`
+filters them live by full-text search over their messages, Enter opening one at the hit."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Footer, Input, Label
 
-from engine import ConversationStore, UserError, title_of
+from engine import MARK, ConversationStore, UserError, title_of
 from tui.app.screens.confirm import ConfirmScreen
 from tui.app.screens.text_prompt import TextPromptScreen
 
@@ -27,6 +28,7 @@ from tui.app.screens.text_prompt import TextPromptScreen
 class ListChoice:
     action: Literal["resume", "new"]
     conv: int | None = None  # resume: which conversation
+    at: int | None = None  # resume from a search hit: the message (seq) to show
 
 
 def when(ts: float) -> str:
@@ -47,6 +49,7 @@ class ConversationsScreen(Screen[ListChoice | None]):
         Binding("d", "delete", "Delete"),
         Binding("m", "export('md')", "Export .md"),
         Binding("j", "export('json')", "Export .json"),
+        Binding("slash", "filter", "Search"),
         Binding("escape", "close", "Back"),
     ]
 
@@ -66,6 +69,9 @@ class ConversationsScreen(Screen[ListChoice | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations"):
+            search = Input(placeholder="search every message: words, as you type", id="filter")
+            search.display = False
+            yield search
             yield DataTable(id="conversation-list", cursor_type="row", zebra_stripes=True)
             yield Label("", id="list-status")
         yield Footer()
@@ -73,7 +79,6 @@ class ConversationsScreen(Screen[ListChoice | None]):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         table.border_title = "Conversations"
-        table.add_columns("#", "title", "updated", "msgs", "branch")
         self.reload()
         table.focus()
 
@@ -85,7 +90,11 @@ class ConversationsScreen(Screen[ListChoice | None]):
         """Fill the table, newest first; the cursor stays on `keep` when it is still there."""
         table = self.table
         keep = self.selected() if keep is None else keep
-        table.clear()
+        if self.query_one("#filter", Input).value.strip():
+            self.show_hits(self.query_one("#filter", Input).value)
+            return
+        table.clear(columns=True)
+        table.add_columns("#", "title", "updated", "msgs", "branch")
         for row in self.store.list_conversations():
             mark = "●" if row["id"] == self.current else " "
             table.add_row(
@@ -101,12 +110,62 @@ class ConversationsScreen(Screen[ListChoice | None]):
         elif keep is not None and str(keep) in table.rows:
             table.move_cursor(row=table.get_row_index(str(keep)))
 
-    def selected(self) -> int | None:
+    def show_hits(self, query: str) -> None:
+        """The messages matching `query` (words, the last one as a prefix while typing), best
+        first: one row each, keyed "conv:seq"."""
+        table = self.table
+        table.clear(columns=True)
+        table.add_columns("#", "title", "msg", "match")
+        try:
+            hits = self.store.search(query, prefix=True)
+        except UserError as exc:
+            self.status(str(exc), error=True)
+            return
+        start, end = MARK
+        for hit in hits:
+            marked = Text()  # each match reversed
+            for n, piece in enumerate(" ".join(hit["snippet"].split()).split(start)):
+                word, _, rest = piece.partition(end) if n else ("", "", piece)
+                marked.append(word, style="bold reverse")
+                marked.append(rest)
+            table.add_row(
+                str(hit["conversation_id"]),
+                Text(hit["title"]),
+                f"{hit['seq'] + 1} {hit['role']}",
+                marked,
+                key=f"{hit['conversation_id']}:{hit['seq']}",
+            )
+        found = f"{len(hits)} matching messages" if hits else "no message matches"
+        self.status(f"{found} for '{query.strip()}': enter opens the chat there, esc clears")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            if event.value.strip():
+                self.show_hits(event.value)
+            else:
+                self.reload()
+                self.status("")
+
+    def action_filter(self) -> None:
+        search = self.query_one("#filter", Input)
+        search.display = True
+        search.focus()
+
+    def selected_key(self) -> tuple[int, int | None] | None:
+        """The row under the cursor: its conversation, and the message of a search hit."""
         table = self.table
         if not table.row_count:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        return int(key.value) if key.value is not None else None
+        if key.value is None:
+            return None
+        conv, _, seq = key.value.partition(":")
+        return int(conv), int(seq) if seq else None
+
+    def selected(self) -> int | None:
+        picked = self.selected_key()
+        return None if picked is None else picked[0]
 
     def status(self, text: str, error: bool = False) -> None:
         label = self.query_one("#list-status", Label)
@@ -122,12 +181,20 @@ class ConversationsScreen(Screen[ListChoice | None]):
     def action_resume(self) -> None:
         conv = self._pick("resume")
         if conv is not None:
-            self.dismiss(ListChoice("resume", conv))
+            picked = self.selected_key()
+            self.dismiss(ListChoice("resume", conv, picked[1] if picked else None))
 
     def action_new(self) -> None:
         self.dismiss(ListChoice("new"))
 
     def action_close(self) -> None:
+        search = self.query_one("#filter", Input)
+        if search.display:  # esc first clears the search, then goes back
+            search.value, search.display = "", False
+            self.reload()
+            self.status("")
+            self.table.focus()
+            return
         self.dismiss(None)
 
     def action_rename(self) -> None:

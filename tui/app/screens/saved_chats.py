@@ -71,11 +71,12 @@ class SavedChats:
         if choice is not None and choice.action == "new":
             await self.start_new()
         elif choice is not None and choice.conv is not None:
-            await self.resume(choice.conv)
+            await self.resume(choice.conv, choice.at)
 
-    async def resume(self, conv: int) -> None:
+    async def resume(self, conv: int, at: int | None = None) -> None:
         """Go on with a saved conversation: its messages on screen and in the session (the
-        first turn rebuilds their K/V, reusing whatever prefix the cache still holds)."""
+        first turn rebuilds their K/V, reusing whatever prefix the cache still holds); `at`:
+        the message to scroll to (a search hit)."""
         store = self.store()
         if store is None:
             return
@@ -89,3 +90,5 @@ class SavedChats:
         saved = "" if store is self.controller.store else " (--no-save: new turns are not saved)"
         self.pane.add_notice(f"resumed #{conv} '{title}', {len(messages)} messages{saved}")
         self.screen.query_one(PromptInput).focus()
+        if at is not None:  # opened from a search hit: that message in view
+            self.pane.show_message(at)

@@ -112,6 +112,14 @@ class ConversationPane(VerticalScroll, can_focus=True):
                 reply.index = index
                 await reply.show(text, stopped)
 
+    def show_message(self, index: int) -> UserMessage | AssistantMessage | None:
+        """Scroll message `index` to the top of the view (the end stays unfollowed)."""
+        widget = next((w for w in self.messages() if w.index == index), None)
+        if widget is not None:
+            self.follow = False
+            self.call_after_refresh(self.scroll_to_widget, widget, animate=False, top=True)
+        return widget
+
     def add_turn(self, ticket_id: int, user: UserMessage | None, loads: int) -> AssistantMessage:
         """The reply block of a submitted turn, pending behind the replies and `loads` ahead."""
         ahead = len(self.replies) + loads
