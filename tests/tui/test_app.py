@@ -13,7 +13,7 @@ from textual.widgets import Input, Select, Static
 from engine.local import LocalBackend
 from engine.routing import ProfileBackend
 from tui.app.app import LlamaTuiApp, make_app
-from tui.app.widgets.message import AssistantMessage, LoadBar, UserMessage
+from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
 from tui.app.widgets.metrics_pane import metric_lines
 from tui.app.widgets.prompt import PromptInput
 
@@ -415,3 +415,45 @@ async def test_a_persona_from_the_palette_sets_the_system_prompt_and_is_saved(
         app.chat.use_persona("parrot")  # not in the file: one line, nothing changes
         await pilot.pause(0.1)
         assert any("no persona 'parrot'" in n.message for n in app._notifications)
+
+
+async def test_slash_file_in_the_prompt_attaches_a_file_to_the_next_message(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("line one\nthe secret word is pineapple\nline three\n")
+    app = make_app(config_path=tiny_config, cursor_blink=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, idle(app))
+
+        def notices() -> list[str]:
+            return [str(n.render()) for n in app.chat.query(Notice)]
+
+        await say_raw(pilot, f"/file {tmp_path / 'missing.txt'}")
+        await wait_for(pilot, lambda: any("/file:" in n for n in notices()))
+        assert any("missing.txt" in n for n in notices())
+        await say_raw(pilot, f"/file {notes}")
+        await wait_for(pilot, lambda: any("attached notes.txt" in n for n in notices()))
+        shown = next(n for n in notices() if "attached notes.txt" in n)
+        assert "notes.txt · 49 B · " in shown and "tokens" in shown
+        assert not app.chat.query(UserMessage)  # nothing was sent yet
+        await say(pilot, "what is the secret word?")
+        users = list(app.chat.query(UserMessage))
+        assert [u.text for u in users] == ["what is the secret word?"]  # as typed
+        session = backend(app).session
+        assert session is not None
+        sent = session.messages[0].content
+        assert "the secret word is pineapple" in sent and sent.endswith("what is the secret word?")
+        store, conv = app.chat.controller.store, app.chat.controller.conv
+        assert store is not None and conv is not None
+        [row] = store.attachments(store.messages(conv)[0]["id"])
+        assert row["path"] == str(notes) and row["size"] == 49 and row["tokens"] > 0
+
+
+async def say_raw(pilot: Pilot[None], text: str) -> None:
+    """Type `text` into the prompt and press Enter (a command: no reply to wait for)."""
+    app = pilot.app
+    assert isinstance(app, LlamaTuiApp)
+    app.chat.query_one(PromptInput).focus()
+    await pilot.press(*text, "enter")
+    await pilot.pause(0.1)

@@ -147,7 +147,33 @@ class ChatScreen(Screen[None]):
     # Keys -----------------------------------------------------------------------------------
 
     def on_prompt_submitted(self, event: PromptSubmitted) -> None:
+        words = event.text.split(maxsplit=1)
+        if words and words[0] == "/file":  # a file for the next message, as in line mode
+            self.attach_file(words[1] if len(words) > 1 else "")
+            return
         self.send(event.text)
+
+    def attach_file(self, path: str) -> None:
+        """Read and count `path` (in a thread: the engine counts its tokens) for the next user
+        message; a notice shows what goes with it, or one line says why it cannot."""
+        pane = self.conversation
+        if not path.strip():
+            pane.add_notice("usage: /file PATH (a text file, sent with your next message)", "error")
+            return
+        if self.busy:
+            pane.add_notice(f"/file: {WAIT}", "error")
+            return
+
+        def attach() -> None:
+            try:
+                file = self.controller.attach(Path(path.strip()).expanduser())
+            except UserError as exc:
+                self.app.call_from_thread(pane.add_notice, f"/file: {exc}", "error")
+                return
+            text = f"attached {file.describe()}: it goes with your next message"
+            self.app.call_from_thread(pane.add_notice, text)
+
+        self.run_worker(attach, name="attach-file", thread=True, exit_on_error=False)
 
     def send(self, text: str, edit: int | None = None) -> None:
         """A user turn (edit: replacing message `edit`), its reply drawn as it streams."""
