@@ -17,17 +17,17 @@ async def test_a_broken_save_mid_reply_names_the_line_and_changes_nothing(
 ) -> None:
     good = tiny_config.read_text().replace(
         "[profiles.long]\ncontext_length = 4096\nmax_new_tokens = 4000\n",
-        "[profiles.long]\ncontext_length = 1024\nmax_new_tokens = 300\n",
+        "[profiles.long]\ncontext_length = 4096\nmax_new_tokens = 2000\n",  # seconds of streaming
     )
     tiny_config.write_text(good)
     app = make_app("long", tiny_config, cursor_blink=False)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
         before = app.chat.controller.profile
-        assert before is not None and before.max_new_tokens == 300
+        assert before is not None and before.max_new_tokens == 2000
         await pilot.press(*"tell me a long story", "enter")
         await wait_for(pilot, lambda: app.chat.stats.tokens >= 3)
-        broken = good.replace("max_new_tokens = 300\n", 'max_new_tokens = 300\ntop_p = "wide"\n')
+        broken = good.replace("max_new_tokens = 2000\n", 'max_new_tokens = 2000\ntop_p = "wide"\n')
         tiny_config.write_text(broken)
         line = broken.splitlines().index('top_p = "wide"') + 1
         error = app.chat.query_one("#config-error", Static)
@@ -40,5 +40,5 @@ async def test_a_broken_save_mid_reply_names_the_line_and_changes_nothing(
         await pilot.pause(0.1)
         reply = app.chat.conversation.last_reply()
         assert reply is not None and reply.status == "reached max_new_tokens"
-        assert app.chat.stats.last.generated_tokens == 300  # type: ignore[union-attr]
+        assert app.chat.stats.last.generated_tokens == 2000  # type: ignore[union-attr]
         assert replace(app.chat.controller.profile) == before  # type: ignore[arg-type]
