@@ -3,7 +3,6 @@ store. A continued reply reuses the KV cache and joins into the reply one longer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,25 +15,12 @@ from engine.errors import UserError
 from engine.events import Done, Failed, TokenEvent
 from engine.local import LocalBackend
 from engine.queue import EngineQueue, LoadRequest, ModelReady, QueueEvent
-from engine.store import DB_NAME, ConversationStore
+from engine.store import ConversationStore
 
 
 @pytest.fixture
 def profile(tiny_profile: Profile) -> Profile:
     return replace(tiny_profile, context_length=256)
-
-
-@pytest.fixture
-def engine(profile: Profile) -> Iterator[EngineQueue]:
-    queue = EngineQueue(LocalBackend())
-    assert isinstance(list(queue.submit(LoadRequest(profile)))[-1], ModelReady)
-    yield queue
-    queue.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ConversationStore:
-    return ConversationStore(tmp_path / DB_NAME)
 
 
 def run(chat: Conversation, turn: Turn) -> list[QueueEvent]:

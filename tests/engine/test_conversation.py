@@ -4,9 +4,7 @@ store. What is saved when, what failed, stopped, edited and regenerated turns le
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +12,9 @@ from engine.config import Profile
 from engine.conversation import Conversation, Turn
 from engine.events import Done, Failed, TokenEvent, TurnStarted
 from engine.local import LocalBackend
-from engine.queue import EngineQueue, LoadRequest, ModelReady, QueueEvent
+from engine.queue import EngineQueue, LoadRequest, QueueEvent
 from engine.session import ChatSession
-from engine.store import DB_NAME, ConversationStore
+from engine.store import ConversationStore
 
 LONG_SYSTEM = "rule " * 80  # over the whole prompt budget of a 64-token context
 
@@ -24,19 +22,6 @@ LONG_SYSTEM = "rule " * 80  # over the whole prompt budget of a 64-token context
 @pytest.fixture
 def profile(tiny_profile: Profile) -> Profile:
     return replace(tiny_profile, context_length=1024)
-
-
-@pytest.fixture
-def engine(profile: Profile) -> Iterator[EngineQueue]:
-    queue = EngineQueue(LocalBackend())
-    assert isinstance(list(queue.submit(LoadRequest(profile)))[-1], ModelReady)
-    yield queue
-    queue.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ConversationStore:
-    return ConversationStore(tmp_path / DB_NAME)
 
 
 def session(engine: EngineQueue) -> ChatSession:

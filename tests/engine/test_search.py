@@ -15,11 +15,6 @@ from engine.importing import read_import
 from engine.store import DB_NAME, MARK, ConversationStore
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ConversationStore:
-    return ConversationStore(tmp_path / DB_NAME)
-
-
 def hits(store: ConversationStore, query: str, prefix: bool = False) -> list[tuple[int, int, str]]:
     return [(r["conversation_id"], r["seq"], r["role"]) for r in store.search(query, prefix=prefix)]
 

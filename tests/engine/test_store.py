@@ -13,11 +13,6 @@ from engine.errors import UserError
 from engine.store import DB_NAME, ConversationStore, data_dir
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ConversationStore:
-    return ConversationStore(tmp_path / DB_NAME)
-
-
 def test_wal_mode_on(store: ConversationStore) -> None:
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -22,7 +22,7 @@ from engine.config import Profile
 from engine.conversation import Conversation
 from engine.events import Done, TokenEvent
 from engine.local import LocalBackend
-from engine.queue import EngineQueue, LoadRequest, ModelReady
+from engine.queue import EngineQueue
 from engine.store import DB_NAME, ConversationStore
 
 WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -47,14 +47,6 @@ class FullDisk:
 @pytest.fixture
 def profile(tiny_profile: Profile) -> Profile:
     return replace(tiny_profile, context_length=1024)
-
-
-@pytest.fixture
-def engine(profile: Profile) -> Iterator[EngineQueue]:
-    queue = EngineQueue(LocalBackend())
-    assert isinstance(list(queue.submit(LoadRequest(profile)))[-1], ModelReady)
-    yield queue
-    queue.close()
 
 
 @pytest.fixture
