@@ -16,6 +16,20 @@ from tests.cli.test_cli import ROOT
 TURNS = 25
 
 
+def plain_chat(tmp_path: Path, env: dict[str, str], flags: list[str]) -> subprocess.Popen[str]:
+    """`chat --plain --json` on the test's store, its pipes open for the test to feed."""
+    argv = ["chat", "--plain", "--json", *flags, "--data-dir", str(tmp_path / "data")]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tui.cli.main", *argv],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_two_processes_writing_one_store_keep_every_message(
     tiny_gguf: Path, tmp_path: Path
 ) -> None:
@@ -25,25 +39,7 @@ def test_two_processes_writing_one_store_keep_every_message(
     procs = []
     for name in ("a", "b"):
         lines = "".join(f"{name} turn {i}\n" for i in range(TURNS))
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tui.cli.main",
-                "chat",
-                "--plain",
-                "--json",
-                *flags,
-                "--data-dir",
-                str(data),
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = plain_chat(tmp_path, env, flags)
         procs.append((name, proc, lines))
     for _, proc, lines in procs:  # both start before either is fed: their turns interleave
         assert proc.stdin is not None
@@ -109,16 +105,7 @@ def test_the_app_and_chat_plain_on_one_store_keep_every_message(
     )
     os.close(slave)
     screen = Reader(master)
-    plain = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli.main", "chat", "--plain", "--json", *flags]
-        + ["--data-dir", str(data)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    plain = plain_chat(tmp_path, env, flags)
     app_turns = 8
     try:
         screen.wait_for(b"Metrics", timeout=120)  # the app is drawn
