@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         resolve_profile,
         sampling_changed_only,
     )
-    from engine.conversation import Conversation, Turn
+    from engine.conversation import Conversation, SavedMessage, Turn
     from engine.cpu_load import BUSY_SHOWN, Stamp, other_load
     from engine.default_model import default_model_path
     from engine.energy import EnergyReading
@@ -117,6 +117,7 @@ _EXPORTS = {
     "ConfigError": "engine.errors",
     "ContextOverflowError": "engine.errors",
     "Conversation": "engine.conversation",
+    "SavedMessage": "engine.conversation",
     "ConversationStore": "engine.store",
     "DEFAULTS_NAME": "engine.config",
     "Done": "engine.events",
@@ -210,6 +211,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflowError",
     "Conversation",
+    "SavedMessage",
     "ConversationStore",
     "Done",
     "EngineQueue",

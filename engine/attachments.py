@@ -78,3 +78,12 @@ def read_attachment(path: Path) -> Attachment:
 def with_attachments(text: str, attachments: tuple[Attachment, ...]) -> str:
     """The user message the model gets: each file, then what the user typed."""
     return "\n\n".join([*(a.wrapped for a in attachments), text])
+
+
+def typed_part(content: str, attachments: tuple[Attachment, ...]) -> str:
+    """What the user typed, out of a user message built by with_attachments (the whole
+    message when it was not built from these files)."""
+    if not attachments:
+        return content
+    files = with_attachments("", attachments)
+    return content.removeprefix(files) if content.startswith(files) else content

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from engine.attachments import Attachment, read_attachment, with_attachments
+from engine.attachments import Attachment, read_attachment, typed_part, with_attachments
 from engine.backend import GenerationRequest, RequestKind, TokenizeRequest
 from engine.chat_format import Message
 from engine.config import Profile
@@ -49,7 +50,13 @@ from engine.unsaved import Mirror
 
 RETRY_S = 1.0  # while the store cannot be written, a write is tried again at most this often
 Notify = Callable[[str, str], None]  # (one line for the user, "info" | "error")
-SavedMessage = tuple[str, str, bool]  # (role, text, stopped)
+
+
+class SavedMessage(NamedTuple):
+    role: str
+    text: str  # a user message with files: what the user typed
+    stopped: bool
+    attachments: tuple[Attachment, ...] = ()  # the files sent with it
 
 
 @dataclass
@@ -173,29 +180,40 @@ class Conversation:
         ends with Pinned (or Failed for a message the conversation does not hold)."""
         return self._submit(PinRequest(index, pinned))
 
-    def restart(self, messages: Sequence[Message] = ()) -> Ticket:
-        """Stop everything and start over: empty, or with a saved conversation's messages. A
-        reply cut short here is saved as stopped."""
+    def restart(
+        self,
+        messages: Sequence[Message] = (),
+        attached: Sequence[tuple[Attachment, ...]] = (),
+    ) -> Ticket:
+        """Stop everything and start over: empty, or with a saved conversation's messages
+        (`attached[i]`: the files inside message i). A reply cut short here is saved as
+        stopped."""
         self.queue.cancel_all()
         self._stop_replies()
         self._settle()
         self.turns.clear()
         self.conv = None
         self.length, self.context_start, self.pinned = len(messages), 0, ()
-        self.mirror.reset(list(messages))
+        self.mirror.reset(list(messages), attached)
         self.unsaved_from = None
         self.context_used = 0
         return self._submit(ClearRequest(tuple(messages)))
 
     def resume(self, store: ConversationStore, conv: int) -> tuple[str, list[SavedMessage]]:
         """Go on with saved conversation `conv` (UserError if it cannot be read): its title and
-        messages. New turns are saved there when `store` is the one this chat saves to."""
-        title = str(store.get(conv)["title"])
+        messages. New turns are saved there when `store` is the one this chat saves to; the
+        persona it used is `persona` again (the caller loads its profile)."""
+        saved = store.get(conv)
         rows = store.messages(conv)
-        self.restart([Message(r["role"], r["content"]) for r in rows])
+        files = [store.attached(r["id"]) for r in rows]
+        self.restart([Message(r["role"], r["content"]) for r in rows], files)
+        self.persona = saved["persona"]
         if store is self.store:
             self.conv = conv
-        return title, [(r["role"], r["content"], bool(r["stopped"])) for r in rows]
+        return str(saved["title"]), [
+            SavedMessage(r["role"], typed_part(r["content"], f), bool(r["stopped"]), f)
+            for r, f in zip(rows, files, strict=True)
+        ]
 
     def _active(self) -> Profile:
         if self.profile is None:
@@ -219,7 +237,7 @@ class Conversation:
         if turn is None:
             return None
         self._follow(turn, event)
-        self.mirror.follow(turn.kind, turn.text, turn.user, turn.reply, event)
+        self.mirror.follow(turn.kind, turn.text, turn.user, turn.reply, event, turn.attachments)
         with self._saving() as store:
             if store is not None and self.unsaved_from is None:
                 self._record(store, turn, event)
@@ -344,7 +362,9 @@ class Conversation:
             return
         self._retry_at = time.monotonic() + RETRY_S
         profile = asdict(self.profile) if self.profile is not None else {}
-        conv, streaming = self.mirror.catch_up(store, self.conv, self.unsaved_from, profile)
+        conv, streaming = self.mirror.catch_up(
+            store, self.conv, self.unsaved_from, profile, self.persona
+        )
         self.conv, self.unsaved_from = conv, None
         if turn is not None and not ending:
             saver = turn.saver = ReplySaver(store, conv)
@@ -375,7 +395,7 @@ class Conversation:
         if self.unsaved_from is None:
             return None
         profile = asdict(self.profile) if self.profile is not None else {}
-        path = self.mirror.export([store.path.parent], profile)
+        path = self.mirror.export([store.path.parent], profile, self.persona)
         if path is None:
             self.notify(f"this chat could not be saved to {store.path} nor exported", "error")
         else:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.attachments import Attachment
 from engine.errors import UserError
 from engine.store_safety import BrokenStore, is_busy, move_aside, quick_check, retry_busy
 
@@ -226,6 +227,13 @@ class ConversationStore:
             (msg_id, path, size, sha256, tokens, text),
         )
 
+    def attached(self, msg_id: int) -> tuple[Attachment, ...]:
+        """The files sent inside message `msg_id`, in the order they were attached."""
+        return tuple(
+            Attachment(a["path"], a["size"], a["sha256"], a["text"], a["tokens"])
+            for a in self.attachments(msg_id)
+        )
+
     def attachments(self, msg_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM attachments WHERE message_id = ? ORDER BY id", (msg_id,)
@@ -334,14 +342,30 @@ class ConversationStore:
         now = time.time()
         cur = self._write(
             "INSERT INTO conversations (title, created, updated, profile_json, parent_id,"
-            " forked_at) VALUES (?,?,?,?,?,?)",
-            (title or parent["title"], now, now, parent["profile_json"], conv, at),
+            " forked_at, persona) VALUES (?,?,?,?,?,?,?)",
+            (
+                title or parent["title"],
+                now,
+                now,
+                parent["profile_json"],
+                conv,
+                at,
+                parent["persona"],
+            ),
         )
         fork = int(cur.lastrowid or 0)
         self._write(
             "INSERT INTO messages (conversation_id, seq, role, content, created, metrics_json,"
             " stopped) SELECT ?, seq, role, content, created, metrics_json, stopped"
             " FROM messages WHERE conversation_id = ? AND seq < ? ORDER BY seq",
+            (fork, conv, at),
+        )
+        self._write(  # the copied messages keep their files
+            "INSERT INTO attachments (message_id, path, size, sha256, tokens, text)"
+            " SELECT n.id, a.path, a.size, a.sha256, a.tokens, a.text FROM attachments a"
+            " JOIN messages o ON o.id = a.message_id"
+            " JOIN messages n ON n.conversation_id = ? AND n.seq = o.seq"
+            " WHERE o.conversation_id = ? AND o.seq < ? ORDER BY a.id",
             (fork, conv, at),
         )
         return fork

@@ -13,10 +13,12 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.attachments import Attachment
 from engine.chat_format import Message
 from engine.events import Done, Failed, TokenEvent, TurnStarted
 from engine.saving import reply_record, title_of
@@ -32,6 +34,7 @@ class Entry:
     stopped: bool = False
     metrics: dict[str, Any] | None = None
     final: bool = True  # False while its reply streams
+    attachments: tuple[Attachment, ...] = ()  # files sent inside a user message
 
 
 @dataclass
@@ -39,19 +42,31 @@ class Mirror:
     entries: list[Entry] = field(default_factory=list)
     title: str = ""
 
-    def reset(self, messages: list[Message]) -> None:
-        self.entries = [Entry(m.role, m.content) for m in messages]
+    def reset(
+        self, messages: list[Message], attached: Sequence[tuple[Attachment, ...]] = ()
+    ) -> None:
+        """Start from `messages` (a resumed chat), `attached[i]`: the files of message i."""
+        files = list(attached) + [()] * (len(messages) - len(attached))
+        self.entries = [
+            Entry(m.role, m.content, attachments=f) for m, f in zip(messages, files, strict=True)
+        ]
         self.title = title_of(messages[0].content) if messages else ""
 
     def follow(
-        self, kind: str, text: str, user: int | None, reply: int | None, event: object
+        self,
+        kind: str,
+        text: str,
+        user: int | None,
+        reply: int | None,
+        event: object,
+        attachments: tuple[Attachment, ...] = (),
     ) -> None:
         """One event of a turn (`user`, `reply`: where TurnStarted put its messages)."""
         if isinstance(event, TurnStarted):
             if kind == "regenerate":
                 del self.entries[reply if reply is not None else len(self.entries) :]
             else:
-                self.user(user, text)
+                self.user(user, text, attachments)
         elif isinstance(event, TokenEvent) and event.text:
             last = self.entries[-1] if self.entries else None
             if last is not None and last.role == "assistant" and not last.final:
@@ -73,11 +88,11 @@ class Mirror:
             if keep is not None:
                 del self.entries[keep:]
 
-    def user(self, index: int | None, text: str) -> None:
+    def user(self, index: int | None, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
         """A turn's user message, where the engine put it (what came after it is dropped)."""
         if index is not None:
             del self.entries[index:]
-        self.entries.append(Entry("user", text))
+        self.entries.append(Entry("user", text, attachments=attachments))
         if len(self.entries) == 1:
             self.title = title_of(text)
 
@@ -88,39 +103,43 @@ class Mirror:
             last.final, last.stopped = True, True
 
     def catch_up(
-        self, store: ConversationStore, conv: int | None, keep: int, profile: dict[str, Any]
+        self,
+        store: ConversationStore,
+        conv: int | None,
+        keep: int,
+        profile: dict[str, Any],
+        persona: str | None = None,
     ) -> tuple[int, int | None]:
-        """Write entries[keep:] over what `conv` holds from seq `keep` on (a new conversation
-        when `conv` is None). Returns the conversation and the id of a reply still streaming."""
+        """Write entries[keep:] (with their files) over what `conv` holds from seq `keep` on
+        (a new conversation, with `persona`, when `conv` is None). Returns the conversation and
+        the id of a reply still streaming."""
         if conv is None:
-            conv, keep = store.new_conversation(self.title or "(untitled)", profile), 0
+            title = self.title or "(untitled)"
+            conv, keep = store.new_conversation(title, profile, persona), 0
         else:
             store.truncate(conv, keep)
         streaming = None
         for entry in self.entries[keep:]:
             msg = store.add_message(conv, entry.role, entry.content, entry.metrics)
+            for a in entry.attachments:
+                store.add_attachment(msg, a.path, a.size, a.sha256, a.tokens, a.text)
             if entry.stopped:
                 store.update_message(msg, entry.content, stopped=True)
             if not entry.final:
                 streaming = msg
         return conv, streaming
 
-    def export(self, folders: list[Path], profile: dict[str, Any]) -> Path | None:
+    def export(
+        self, folders: list[Path], profile: dict[str, Any], persona: str | None = None
+    ) -> Path | None:
         """The whole conversation as JSON in the first folder that takes it; None if none did."""
         now = time.time()
         doc = {
             "title": self.title,
             "created": now,
+            "persona": persona,
             "profile": profile,
-            "messages": [
-                {
-                    "role": e.role,
-                    "content": e.content,
-                    "stopped": e.stopped or not e.final,
-                    "metrics": e.metrics,
-                }
-                for e in self.entries
-            ],
+            "messages": [_exported(e) for e in self.entries],
         }
         text = json.dumps(doc, ensure_ascii=False, indent=2, default=str) + "\n"
         name = f"{EXPORT_PREFIX}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
@@ -135,3 +154,17 @@ class Mirror:
                 except OSError:
                     pass
         return None
+
+
+def _exported(entry: Entry) -> dict[str, Any]:
+    """One message as `history export --format json` writes it (history import reads it)."""
+    out: dict[str, Any] = {
+        "role": entry.role,
+        "content": entry.content,
+        "stopped": entry.stopped or not entry.final,
+        "metrics": entry.metrics,
+    }
+    if entry.attachments:
+        keys = ("path", "size", "sha256", "tokens", "text")
+        out["attachments"] = [{k: asdict(a)[k] for k in keys} for a in entry.attachments]
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -180,13 +181,33 @@ def test_resume_goes_on_where_the_saved_conversation_ends(
     title, messages = chat.resume(store, conv)
     assert title == "about the sea" and chat.length == 2 and chat.conv == conv
     assert messages == [
-        ("user", "what colour is the sea?", False),
-        ("assistant", "Blue, mostly.", False),
+        ("user", "what colour is the sea?", False, ()),
+        ("assistant", "Blue, mostly.", False, ()),
     ]
     turn = chat.send("and the sky?")
     run(chat, turn)
     assert turn.user == 2 and len(history(engine)) == 4
     assert saved(store, conv) == history(engine) and len(store.list_conversations()) == 1
+
+
+def test_resume_gives_what_was_typed_its_files_and_the_persona(
+    engine: EngineQueue, store: ConversationStore, profile: Profile, tmp_path: Path
+) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("tide tables\n")
+    chat = Conversation(engine, store, profile=profile)
+    chat.set_persona("sailor")
+    chat.attach(note)
+    run(chat, chat.send("read this"))
+    conv = chat.conv or 0
+    other = Conversation(engine, store, profile=profile)
+    _, messages = other.resume(store, conv)
+    user = messages[0]
+    assert (user.role, user.text) == ("user", "read this")
+    [file] = user.attachments
+    assert (file.path, file.text, file.size) == (str(note), "tide tables\n", 12)
+    assert file.tokens > 0 and other.persona == "sailor"
+    assert history(engine)[0][1].endswith("read this") and "tide tables" in history(engine)[0][1]
 
 
 def test_the_controller_follows_the_pins(engine: EngineQueue, profile: Profile) -> None:

@@ -125,6 +125,23 @@ def test_fork_copies_the_prefix_and_leaves_the_parent_alone(store: ConversationS
         store.fork(99, 0)
 
 
+def test_fork_copies_the_files_and_the_persona(store: ConversationStore) -> None:
+    conv = store.new_conversation("files", {}, persona="pirate")
+    first = store.add_message(conv, "user", "<file>a</file> read it")
+    store.add_attachment(first, "/tmp/a.txt", 1, "00", 3, "a")
+    store.add_message(conv, "assistant", "done")
+    later = store.add_message(conv, "user", "<file>b</file> and this")
+    store.add_attachment(later, "/tmp/b.txt", 1, "11", 3, "b")
+    fork = store.fork(conv, 2)
+    copied = [store.attached(m["id"]) for m in store.messages(fork)]
+    assert [[(a.path, a.text, a.tokens) for a in f] for f in copied] == [
+        [("/tmp/a.txt", "a", 3)],
+        [],
+    ]
+    assert store.get(fork)["persona"] == "pirate"
+    assert [len(store.attached(m["id"])) for m in store.messages(conv)] == [1, 0, 1]
+
+
 def test_truncate_drops_the_tail(store: ConversationStore) -> None:
     conv = store.new_conversation("t", {})
     for text in "abc":

@@ -207,3 +207,48 @@ def test_a_real_full_disk_keeps_the_chat_and_catches_up_once_space_is_freed(
     again = ConversationStore(small_fs / DB_NAME)
     assert again.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert saved(again, chat.conv or again.list_conversations()[0]["id"]) == history(engine)
+
+
+def files(store: ConversationStore, conv: int | None) -> list[list[tuple[str, str]]]:
+    """Each message's attachments as (path, text)."""
+    assert conv is not None
+    return [[(a.path, a.text) for a in store.attached(m["id"])] for m in store.messages(conv)]
+
+
+def test_files_and_persona_sent_while_the_disk_is_full_are_written_when_it_frees(
+    engine: EngineQueue, disk: tuple[ConversationStore, FullDisk], profile: Profile, tmp_path: Path
+) -> None:
+    store, proxy = disk
+    note = tmp_path / "note.txt"
+    note.write_text("the password is swordfish\n")
+    chat = Conversation(engine, store, profile=profile)
+    chat.set_persona("pirate")
+    proxy.full = True  # the very first turn is refused: the conversation itself is new
+    chat.attach(note)
+    turn(chat, "what is the password?")
+    assert chat.conv is None and not store.list_conversations()
+    proxy.full = False
+    turn(chat, "and now?")
+    assert saved(store, chat.conv) == history(engine)
+    assert files(store, chat.conv) == [[(str(note), "the password is swordfish\n")], [], [], []]
+    assert store.get(chat.conv or 0)["persona"] == "pirate"
+
+
+def test_an_export_keeps_the_files_and_history_import_reads_them_back(
+    engine: EngineQueue, disk: tuple[ConversationStore, FullDisk], profile: Profile, tmp_path: Path
+) -> None:
+    store, proxy = disk
+    note = tmp_path / "note.txt"
+    note.write_text("line\n")
+    chat = Conversation(engine, store, profile=profile)
+    proxy.full = True
+    chat.attach(note)
+    turn(chat, "read it")
+    exported = chat.close()
+    assert exported is not None
+    doc = json.loads(exported.read_text())
+    [record] = doc["messages"][0]["attachments"]
+    assert (record["path"], record["text"], record["size"]) == (str(note), "line\n", 5)
+    again = ConversationStore(store.path)  # close() closed the one the chat used
+    conv = again.import_conversation(doc)
+    assert files(again, conv) == [[(str(note), "line\n")], []]

@@ -44,7 +44,7 @@ class ProfileSwitcher:
         old, self.controller.profile = self.controller.profile, new
         if old is None or old.theme != new.theme:
             self.set_theme(new.theme)
-        self.config_pane.show(new, self.info, self.source())
+        self.show(new)
         if old is not None and sampling_changed_only(old, new) and not self.loads:
             self.screen.notify(f"{new.name}: sampling applies to the next reply", timeout=2)
             return
@@ -62,6 +62,10 @@ class ProfileSwitcher:
             names = ", ".join(n for n in app.available_themes if n.startswith("llama"))
             pane = self.screen.query_one(ConversationPane)
             pane.add_notice(f"unknown theme '{name}'; themes: {names}", "error")
+
+    def show(self, profile: Profile) -> None:
+        """The config pane shows `profile` as it runs, with the persona over it."""
+        self.config_pane.show(profile, self.info, self.source(), self.state.persona)
 
     def source(self) -> str:
         """The config pane's subtitle: the file, and the persona in use."""
@@ -116,7 +120,7 @@ class ProfileSwitcher:
                 how = "reused (already loaded)" if info.reused else f"loaded in {info.load_s:.1f} s"
                 pane.add_notice(f"profile {profile.name}: {info.name} on {info.device}, {how}")
                 if controller.profile is not None:
-                    self.config_pane.show(controller.profile, self.info, self.source())
+                    self.show(controller.profile)
             elif isinstance(event, Failed):
                 pane.hide_load()
                 keep = self.loaded.name if self.loaded else "nothing loaded"
@@ -126,7 +130,7 @@ class ProfileSwitcher:
                 if self.loaded is not None and controller.profile == profile:
                     self.state.name, self.state.edits = self.loaded.name, {}
                     controller.profile = self.loaded
-                    self.config_pane.show(self.loaded, self.info, self.source())
+                    self.show(self.loaded)
             elif isinstance(event, MemoryStats):
                 self.stats.on_memory(event)
         if update.finished:

@@ -20,6 +20,7 @@ from tui.app.bridge import EngineBridge
 from tui.app.messages import EngineUpdate, ProfilePicked, PromptSubmitted, SettingEdited
 from tui.app.profile_switch import ProfileSwitcher
 from tui.app.profiles import ProfileState
+from tui.app.screens.attach_file import AttachFileScreen
 from tui.app.screens.edit_message import EditMessageScreen
 from tui.app.screens.pin_message import PinMessageScreen
 from tui.app.screens.reply_details import ReplyDetailsScreen
@@ -53,6 +54,7 @@ class ChatScreen(Screen[None]):
         Binding("f9", "reply_details", "Details", show=False),
         Binding("ctrl+y", "copy_reply", "Copy reply", show=False),
         Binding("ctrl+b", "copy_code", "Copy code", show=False),
+        Binding("ctrl+t", "attach_file", "Attach file", show=False),
         Binding("f6", "focus_prompt", "Prompt", show=False),
     ]
 
@@ -74,7 +76,12 @@ class ChatScreen(Screen[None]):
         self.controller = Conversation(bridge.queue, submit=self._submit, notify=self._notice)
         self.profiles = ProfileSwitcher(self, self.controller, state, self.stats)
         self.saved = SavedChats(
-            self, self.controller, self.stats, data_dir=data_dir, cursor_blink=cursor_blink
+            self,
+            self.controller,
+            self.stats,
+            data_dir=data_dir,
+            cursor_blink=cursor_blink,
+            resume_persona=self.resume_persona,
         )
         self.view = TurnView(self, self.controller, self.stats)
         self.narrow: bool | None = None
@@ -175,10 +182,21 @@ class ChatScreen(Screen[None]):
 
         self.run_worker(attach, name="attach-file", thread=True, exit_on_error=False)
 
+    def action_attach_file(self) -> None:
+        """A path prompt with completion; the file goes with the next message."""
+        if self.busy:
+            self.conversation.add_notice(f"attach: {WAIT}", "error")
+            return
+        self.app.push_screen(AttachFileScreen(), self._on_path)
+
+    def _on_path(self, path: str | None) -> None:
+        if path is not None:
+            self.attach_file(path)
+
     def send(self, text: str, edit: int | None = None) -> None:
         """A user turn (edit: replacing message `edit`), its reply drawn as it streams."""
-        user = self.conversation.add_user(text)
         turn = self.controller.send(text) if edit is None else self.controller.edit(edit, text)
+        user = self.conversation.add_user(text, turn.attachments)
         self.conversation.add_turn(turn.id, user, len(self.profiles.loads))
 
     def action_cancel(self) -> None:
@@ -205,6 +223,21 @@ class ChatScreen(Screen[None]):
         self.controller.set_persona(name)
         self.profiles.apply(profile)
         self.notify(f"persona: {name or 'none (the profile’s own system prompt)'}", timeout=3)
+
+    def resume_persona(self, name: str | None) -> None:
+        """A resumed chat goes on with the persona it used, if llama-tui.toml still has it."""
+        if name == self.state.persona:
+            return
+        if name is not None and name not in self.state.config.prompts:
+            self.controller.persona = self.state.persona
+            self.conversation.add_notice(
+                f"this chat used persona '{name}', which the config no longer has"
+                f" ([prompts.{name}]): new turns use "
+                + (f"persona '{self.state.persona}'" if self.state.persona else "no persona"),
+                "error",
+            )
+            return
+        self.use_persona(name)
 
     def action_continue_reply(self) -> None:
         """Extend the last reply where it stopped (length, or Esc) from the engine's cache."""

@@ -3,6 +3,7 @@ chat on screen deleted from the list. What is saved, and where, is the controlle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from textual.screen import Screen
@@ -23,8 +24,10 @@ class SavedChats:
         *,
         data_dir: Path | None,
         cursor_blink: bool,
+        resume_persona: Callable[[str | None], None],
     ) -> None:
         self.screen, self.controller, self.stats = screen, controller, stats
+        self.resume_persona = resume_persona  # a resumed chat's persona, taken up again
         self.data_dir = data_dir  # --data-dir (None: $LLAMA_TUI_DATA_DIR, else the user's)
         self.cursor_blink = cursor_blink
         self._browse: ConversationStore | None = None  # the list's own, when this chat is not saved
@@ -87,6 +90,7 @@ class SavedChats:
             return
         await self._cleared()
         await self.pane.add_history(messages)
+        self.resume_persona(self.controller.persona)
         saved = "" if store is self.controller.store else " (--no-save: new turns are not saved)"
         self.pane.add_notice(f"resumed #{conv} '{title}', {len(messages)} messages{saved}")
         self.screen.query_one(PromptInput).focus()

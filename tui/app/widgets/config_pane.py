@@ -20,8 +20,16 @@ def _shown(value: object) -> str:
     return "random" if value is None else str(value)  # only seed may be None
 
 
-def effective_rows(profile: Profile, info: ModelInfo | None) -> list[tuple[str, str]]:
-    """What runs: the model actually loaded (when known) and the profile's other settings."""
+def effective_rows(
+    profile: Profile, info: ModelInfo | None, persona: str | None = None
+) -> list[tuple[str, str]]:
+    """What runs: the model actually loaded (when known) and the profile's other settings;
+    `persona`: the [prompts.NAME] over them, when one is in use."""
+    rows = _rows(profile, info)
+    return rows + [("persona", f"{persona} ([prompts.{persona}])")] if persona else rows
+
+
+def _rows(profile: Profile, info: ModelInfo | None) -> list[tuple[str, str]]:
     model = Path(profile.model).name if profile.model else "embedded SmolLM2-135M"
     system = profile.system_prompt or "(none)"
     if len(system) > 60:
@@ -82,9 +90,11 @@ class ConfigPane(VerticalScroll):
                 yield Input(id=f"set-{key}", compact=True, select_on_focus=True)
         yield Static(id="config-error")
 
-    def show(self, profile: Profile, info: ModelInfo | None, source: str) -> None:
+    def show(
+        self, profile: Profile, info: ModelInfo | None, source: str, persona: str | None = None
+    ) -> None:
         self.border_subtitle = source
-        rows = effective_rows(profile, info)
+        rows = effective_rows(profile, info, persona)
         width = max(len(k) for k, _ in rows)
         self.query_one("#effective", Static).update(
             Content("\n").join(Content.assemble((f"{k:<{width}} ", "dim"), v) for k, v in rows)

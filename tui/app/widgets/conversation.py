@@ -8,8 +8,8 @@ from textual import events
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
-from engine import Failed, QueueEvent
-from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
+from engine import Attachment, Failed, QueueEvent, SavedMessage
+from tui.app.widgets.message import AssistantMessage, FileBlock, LoadBar, Notice, UserMessage
 
 W = TypeVar("W", bound=Widget)
 
@@ -69,8 +69,12 @@ class ConversationPane(VerticalScroll, can_focus=True):
         super()._on_mouse_scroll_down(event)
         self._resume_if_at_end()
 
-    def add_user(self, text: str) -> UserMessage:
-        return self._add(UserMessage(text))
+    def add_user(self, text: str, attachments: tuple[Attachment, ...] = ()) -> UserMessage:
+        """What the user typed, then each file sent with it (collapsed)."""
+        user = self._add(UserMessage(text, attachments))
+        for attachment in attachments:
+            self._add(FileBlock(attachment))
+        return user
 
     def add_assistant(self, status: str = "pending") -> AssistantMessage:
         reply = AssistantMessage(status)
@@ -102,11 +106,11 @@ class ConversationPane(VerticalScroll, can_focus=True):
         if bar is not None:  # after a refresh: the bar may still be mounting
             self.call_after_refresh(bar.remove)
 
-    async def add_history(self, messages: list[tuple[str, str, bool]]) -> None:
-        """A saved conversation's (role, text, stopped) messages; message i gets index i."""
-        for index, (role, text, stopped) in enumerate(messages):
+    async def add_history(self, messages: list[SavedMessage]) -> None:
+        """A saved conversation's messages (with their files); message i gets index i."""
+        for index, (role, text, stopped, attachments) in enumerate(messages):
             if role == "user":
-                self.add_user(text).index = index
+                self.add_user(text, attachments).index = index
             else:
                 reply = self.add_assistant("")
                 reply.index = index

@@ -5,10 +5,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
-from textual.widgets import Label, Markdown, ProgressBar, Static
+from textual.widgets import Collapsible, Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
-from engine import Done, Failed, PrefillDone, QueueEvent, Started, TokenEvent
+from engine import Attachment, Done, Failed, PrefillDone, QueueEvent, Started, TokenEvent
 
 STOP_LABELS = {
     "stop": "",
@@ -21,14 +21,17 @@ STOP_LABELS = {
 
 DROPPED_MARK = "out of context"  # shown on messages the model no longer sees
 PINNED_MARK = "pinned"  # shown on messages trimming keeps in context
+FILE_LINES = 200  # an attached file opened on screen shows this many lines at most
 
 
 class UserMessage(Static):
-    """What the user sent, shown verbatim (no markup)."""
+    """What the user typed, shown verbatim (no markup); the files sent with it follow it as
+    FileBlocks."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, attachments: tuple[Attachment, ...] = ()) -> None:
         super().__init__(Content(text))
         self.text = text
+        self.attachments = attachments
         self.index: int | None = None  # its place in the session's messages, once answered
         self.dropped = False
         self.pinned = False
@@ -138,6 +141,23 @@ class AssistantMessage(Vertical):
             await self._stream.stop()
             self._stream = None
         self.set_status(f"failed: {message}", "failed")
+
+
+class FileBlock(Collapsible):
+    """A file sent inside the user message above it: collapsed to its name, size and token
+    count; opened, its text (the first FILE_LINES lines)."""
+
+    def __init__(self, attachment: Attachment) -> None:
+        lines = attachment.text.splitlines()
+        shown = "\n".join(lines[:FILE_LINES])
+        if len(lines) > FILE_LINES:
+            shown += f"\n… {len(lines) - FILE_LINES:,} more lines (all of them were sent)"
+        super().__init__(
+            Static(Content(shown), classes="file-text"),
+            title=f"file {attachment.describe()}",
+            collapsed=True,
+        )
+        self.attachment = attachment
 
 
 class Notice(Static):
