@@ -45,6 +45,8 @@ async def test_ctrl_t_completes_a_path_and_the_file_shows_collapsed(
     app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, idle(app))
+        titles = [c.title for c in app.get_system_commands(app.chat)]
+        assert "Attach a file" in titles  # the palette has it too
         app.chat.query_one(PromptInput).focus()
         await pilot.press("ctrl+t")  # from the prompt: the TextArea leaves Ctrl+T alone
         await wait_for(pilot, lambda: isinstance(app.screen, AttachFileScreen))

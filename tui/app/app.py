@@ -193,6 +193,11 @@ class LlamaTuiApp(App[None]):
             chat.action_edit_message,
         )
         yield SystemCommand(
+            "Attach a file",
+            "a text file into your next message, with path completion (ctrl+t)",
+            chat.action_attach_file,
+        )
+        yield SystemCommand(
             "Pin or unpin a message",
             "trimming keeps a pinned message in the model's context (f8)",
             chat.action_pin_message,
