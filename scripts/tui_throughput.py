@@ -36,7 +36,9 @@ async def app_run(overrides: dict[str, object]) -> float:
         await pilot.pause(0.2)
         deadline = time.monotonic() + 300
         while screen.stats.streaming or screen.stats.last is None:  # type: ignore[attr-defined]
-            await pilot.pause(0.1)
+            # a plain sleep: Pilot.pause would force a layout and a full repaint every time,
+            # work the app never does by itself
+            await asyncio.sleep(0.1)
             if time.monotonic() > deadline:
                 raise TimeoutError("no reply from the app")
         return float(screen.stats.last.decode_tok_s)  # type: ignore[attr-defined]
