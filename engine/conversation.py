@@ -20,13 +20,14 @@ beside the store (else in the temp folder) when the store never came back.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from engine.attachments import Attachment, read_attachment, typed_part, with_attachments
 from engine.backend import GenerationRequest, RequestKind, TokenizeRequest
@@ -57,6 +58,7 @@ class SavedMessage(NamedTuple):
     text: str  # a user message with files: what the user typed
     stopped: bool
     attachments: tuple[Attachment, ...] = ()  # the files sent with it
+    metrics: dict[str, Any] | None = None  # a reply's saved figures (engine.reply_record's)
 
 
 @dataclass
@@ -211,7 +213,13 @@ class Conversation:
         if store is self.store:
             self.conv = conv
         return str(saved["title"]), [
-            SavedMessage(r["role"], typed_part(r["content"], f), bool(r["stopped"]), f)
+            SavedMessage(
+                r["role"],
+                typed_part(r["content"], f),
+                bool(r["stopped"]),
+                f,
+                json.loads(r["metrics_json"]) if r["metrics_json"] else None,
+            )
             for r, f in zip(rows, files, strict=True)
         ]
 

@@ -181,8 +181,8 @@ def test_resume_goes_on_where_the_saved_conversation_ends(
     title, messages = chat.resume(store, conv)
     assert title == "about the sea" and chat.length == 2 and chat.conv == conv
     assert messages == [
-        ("user", "what colour is the sea?", False, ()),
-        ("assistant", "Blue, mostly.", False, ()),
+        ("user", "what colour is the sea?", False, (), None),
+        ("assistant", "Blue, mostly.", False, (), None),
     ]
     turn = chat.send("and the sky?")
     run(chat, turn)

@@ -13,6 +13,7 @@ from textual.widgets import Input, Select, Static
 from engine.local import LocalBackend
 from engine.routing import ProfileBackend
 from tui.app.app import LlamaTuiApp, make_app
+from tui.app.messages import SettingEdited
 from tui.app.widgets.message import AssistantMessage, LoadBar, Notice, UserMessage
 from tui.app.widgets.metrics_pane import metric_lines
 from tui.app.widgets.prompt import PromptInput
@@ -351,6 +352,60 @@ async def test_reply_details_show_every_phase_and_the_plots(app: LlamaTuiApp) ->
         assert list(app.screen.query_one(RepliesBars).stats.turns)
         await pilot.press("escape")
         assert not isinstance(app.screen, ReplyDetailsScreen)
+
+
+async def test_reply_details_step_to_an_earlier_reply_also_after_resuming(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    from tui.app.screens.reply_details import ReplyDetailsScreen, record_lines
+
+    overrides: dict[str, object] = {"max_new_tokens": 5}
+    app = make_app(
+        config_path=tiny_config, overrides=overrides, cursor_blink=False, data_dir=tmp_path
+    )
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, idle(app))
+        first = await say(pilot, "one")
+        app.chat.profiles.edit(SettingEdited("max_new_tokens", "9"))
+        await pilot.pause(0.1)
+        await say(pilot, "two")
+
+        def figures() -> str:
+            return str(app.screen.query_one("#detail-figures", Static).render())
+
+        def title() -> str:
+            return str(app.screen.query_one("#question").render())
+
+        await pilot.press("f9")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ReplyDetailsScreen)
+        assert title().startswith("Last reply") and figures().startswith("9 tokens")
+        await pilot.press("left")
+        await pilot.pause(0.1)
+        assert title().startswith("Reply 1 of 2") and figures().startswith("5 tokens")
+        assert first.record is not None and figures() == "\n".join(record_lines(first.record))
+        assert "forward" in figures() and "wall" in figures()
+        await pilot.press("left")  # the first: stays
+        await pilot.pause(0.05)
+        assert title().startswith("Reply 1 of 2")
+        await pilot.press("right")
+        await pilot.pause(0.1)
+        assert title().startswith("Last reply") and figures().startswith("9 tokens")
+        await pilot.press("escape")
+        conv = app.chat.controller.conv
+        assert conv is not None
+
+        await app.chat.saved.start_new()
+        await app.chat.saved.resume(conv)  # the figures come back from the store
+        await pilot.pause(0.2)
+        await wait_for(pilot, idle(app))
+        await say(pilot, "three")
+        await pilot.press("f9")
+        await pilot.pause(0.2)
+        await pilot.press("left", "left")
+        await pilot.pause(0.1)
+        assert title().startswith("Reply 1 of 3") and figures().startswith("5 tokens")
+        assert "forward" in figures()
 
 
 async def test_ctrl_g_continues_the_last_reply_from_the_cache(tiny_config: Path) -> None:

@@ -204,7 +204,7 @@ class LlamaTuiApp(App[None]):
         )
         yield SystemCommand(
             "Reply details",
-            "where the last reply's time went, its energy and cost, throughput plots (f9)",
+            "where a reply's time went, its energy and cost, plots; ← → other replies (f9)",
             chat.action_reply_details,
         )
         yield SystemCommand(

@@ -292,7 +292,9 @@ class ChatScreen(Screen[None]):
             self.controller.pin(index, index not in self.controller.pinned)
 
     def action_reply_details(self) -> None:
-        self.app.push_screen(ReplyDetailsScreen(self.stats))
+        """The last reply's details; Left and Right step to the other replies on screen."""
+        earlier = [reply.record for reply in self.conversation.replies_shown()[:-1]]
+        self.app.push_screen(ReplyDetailsScreen(self.stats, earlier))
 
     def action_copy_reply(self) -> None:
         last = self.conversation.last_reply()

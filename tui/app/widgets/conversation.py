@@ -108,13 +108,13 @@ class ConversationPane(VerticalScroll, can_focus=True):
 
     async def add_history(self, messages: list[SavedMessage]) -> None:
         """A saved conversation's messages (with their files); message i gets index i."""
-        for index, (role, text, stopped, attachments) in enumerate(messages):
-            if role == "user":
-                self.add_user(text, attachments).index = index
+        for index, message in enumerate(messages):
+            if message.role == "user":
+                self.add_user(message.text, message.attachments).index = index
             else:
                 reply = self.add_assistant("")
                 reply.index = index
-                await reply.show(text, stopped)
+                await reply.show(message.text, message.stopped, message.metrics)
 
     def show_message(self, index: int) -> UserMessage | AssistantMessage | None:
         """Scroll message `index` to the top of the view (the end stays unfollowed)."""
@@ -216,6 +216,9 @@ class ConversationPane(VerticalScroll, can_focus=True):
         children = list(self.children)
         later = [w for w in children[children.index(widget) :] if w is not self._bar]
         await self.remove_children(later)
+
+    def replies_shown(self) -> list[AssistantMessage]:
+        return list(self.query(AssistantMessage))
 
     def last_reply(self) -> AssistantMessage | None:
         replies = self.query(AssistantMessage)

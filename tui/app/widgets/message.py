@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Collapsible, Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
-from engine import Attachment, Done, Failed, PrefillDone, QueueEvent, Started, TokenEvent
+from engine import (
+    Attachment,
+    Done,
+    Failed,
+    PrefillDone,
+    QueueEvent,
+    Started,
+    TokenEvent,
+    reply_record,
+)
 
 STOP_LABELS = {
     "stop": "",
@@ -59,6 +70,7 @@ class AssistantMessage(Vertical):
         self.index: int | None = None  # its place in the session's messages, once finished
         self.dropped = False
         self.pinned = False
+        self.record: dict[str, Any] | None = None  # its figures (the reply details), once done
         self._stream: MarkdownStream | None = None
         self.role = Label(self._header(), classes="role")
         self.body = Markdown("", classes="reply")
@@ -107,6 +119,7 @@ class AssistantMessage(Vertical):
             elif isinstance(event, PrefillDone):
                 self.set_status("streaming")
             elif isinstance(event, Done):
+                self.record = reply_record(event)
                 await self.finish(event.stop_reason)
             elif isinstance(event, Failed):
                 await self.fail(event.message)
@@ -130,9 +143,9 @@ class AssistantMessage(Vertical):
             kind = "stopped" if stop_reason in ("cancelled", "context", "error") else ""
             self.set_status(STOP_LABELS.get(stop_reason, stop_reason), kind)
 
-    async def show(self, text: str, stopped: bool) -> None:
-        """A finished reply from a saved conversation, shown whole."""
-        self.text = text
+    async def show(self, text: str, stopped: bool, record: dict[str, Any] | None = None) -> None:
+        """A finished reply from a saved conversation, shown whole (`record`: its saved figures)."""
+        self.text, self.record = text, record
         await self.body.update(text)
         self.set_status("stopped" if stopped else "", "stopped" if stopped else "")
 
