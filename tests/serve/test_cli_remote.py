@@ -97,3 +97,4 @@ def test_bench_remote_prints_both_sides(config: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "local (defaults)" in out and "remote (far)" in out
     assert "remote (far): client: TTFT, decode; server: prompt, cache, speeds" in out
+    assert "the local side runs its eager decode step (compile off for this bench)" in out
