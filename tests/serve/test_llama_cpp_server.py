@@ -2,7 +2,7 @@
 
 That server reports neither `usage` in a stream nor llama.cpp's `timings`, so its cached-token
 figure is not checked here (the metrics' source says "server: nothing"); `llama-tui serve`'s
-tests check cached tokens.
+tests and llama.cpp's own server's (tests/serve/test_llama_server.py) check cached tokens.
 """
 
 from __future__ import annotations
