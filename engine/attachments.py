@@ -38,6 +38,16 @@ class Attachment:
         """e.g. "notes.txt · 63 B · 21 tokens"."""
         return f"{self.name} · {human_size(self.size)} · {self.tokens:,} tokens"
 
+    def record(self) -> dict[str, object]:
+        """As `history export --format json` writes it (and `history import` reads it)."""
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "tokens": self.tokens,
+            "text": self.text,
+        }
+
     def counted(self, tokens: int) -> Attachment:
         return replace(self, tokens=tokens)
 

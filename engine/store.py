@@ -392,10 +392,9 @@ class ConversationStore:
             "stopped": bool(m["stopped"]),
             "metrics": json.loads(m["metrics_json"]) if m["metrics_json"] else None,
         }
-        files = self.attachments(m["id"])
+        files = self.attached(m["id"])
         if files:
-            keys = ("path", "size", "sha256", "tokens", "text")
-            out["attachments"] = [{k: a[k] for k in keys} for a in files]
+            out["attachments"] = [a.record() for a in files]
         return out
 
     def import_conversation(self, data: dict[str, Any]) -> int:

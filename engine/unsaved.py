@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,5 @@ def _exported(entry: Entry) -> dict[str, Any]:
         "metrics": entry.metrics,
     }
     if entry.attachments:
-        keys = ("path", "size", "sha256", "tokens", "text")
-        out["attachments"] = [{k: asdict(a)[k] for k in keys} for a in entry.attachments]
+        out["attachments"] = [a.record() for a in entry.attachments]
     return out

@@ -43,12 +43,23 @@ llama_cpp_cmake_flags() {
     echo "$flags -DLLAVA_BUILD=OFF"
 }
 
+# The llama-cpp-python version the test extra pins.
+llama_cpp_version() {
+    grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3
+}
+
+# The CPU features $1 (llama_cpp_cmake_flags) turns on, e.g. "avx-avx2-fma": part of a cache key.
+llama_cpp_tag() {
+    local tag
+    tag="$(tr ' ' '\n' <<<"$1" | sed -n 's/^-DGGML_\(.*\)=ON$/\1/p' | tr 'A-Z\n' 'a-z-' | sed 's/-$//')"
+    echo "${tag:-generic}"
+}
+
 install_llama_cpp() {
-    local version flags tag dir wheel stamp="$VENV/.llama-cpp-python-build"
-    version="$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)"
+    local version flags dir wheel stamp="$VENV/.llama-cpp-python-build"
+    version="$(llama_cpp_version)"
     flags="$(llama_cpp_cmake_flags)"
-    tag="$(tr ' ' '\n' <<<"$flags" | sed -n 's/^-DGGML_\(.*\)=ON$/\1/p' | tr 'A-Z\n' 'a-z-' | sed 's/-$//')"
-    dir="$WHEELS/llama-cpp-python-$version-${tag:-generic}"
+    dir="$WHEELS/llama-cpp-python-$version-$(llama_cpp_tag "$flags")"
     echo "llama-tui: llama.cpp CMAKE_ARGS: $flags" >&2
     if [[ "$(cat "$stamp" 2>/dev/null)" == "$(basename "$dir")" ]]; then
         echo "llama-tui: llama-cpp-python $version for these flags already installed" >&2
@@ -72,11 +83,10 @@ install_llama_cpp() {
 # version and CPU flags as the wheel, linked statically, cached beside the wheel, linked into
 # the venv as bin/llama-server.
 install_llama_server() {
-    local version flags tag dir work src
-    version="$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)"
+    local version flags dir work src
+    version="$(llama_cpp_version)"
     flags="$(llama_cpp_cmake_flags)"
-    tag="$(tr ' ' '\n' <<<"$flags" | sed -n 's/^-DGGML_\(.*\)=ON$/\1/p' | tr 'A-Z\n' 'a-z-' | sed 's/-$//')"
-    dir="$WHEELS/llama-server-$version-${tag:-generic}"
+    dir="$WHEELS/llama-server-$version-$(llama_cpp_tag "$flags")"
     if [[ ! -x "$dir/llama-server" ]]; then
         echo "llama-tui: building llama-server $version into $dir (5 to 10 minutes on 2 cores)" >&2
         command -v cmake >/dev/null || "${PIP[@]}" install cmake

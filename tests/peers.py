@@ -16,10 +16,31 @@ from pathlib import Path
 
 import httpx
 
+from engine import SamplingSettings
+
 REPO = Path(__file__).resolve().parents[1]
 START_S = 180.0  # the embedded model loads in seconds; a busy 2-core machine is slower
 TEST_KEY_ENV = "LLAMA_TUI_TEST_SERVE_KEY"
 TEST_KEY = "test-key-not-a-secret"
+
+
+# greedy with every filter off: what the remote tests ask a server for
+GREEDY = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+
+def plain_reply(url: str, text: str, max_tokens: int) -> str:
+    """A server's greedy answer to one user message, asked with httpx alone (no llama-tui)."""
+    body = {
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "repeat_penalty": 1.0,
+    }
+    reply = httpx.post(f"{url}/chat/completions", json=body, timeout=120)
+    return str(reply.json()["choices"][0]["message"]["content"])
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from engine import (
@@ -24,14 +23,11 @@ from engine import (
     ModelReady,
     Profile,
     RemoteBackend,
-    SamplingSettings,
     TokenEvent,
 )
-from tests.peers import Peer, free_port, llama_cpp_argv, running
+from tests.peers import GREEDY, Peer, free_port, llama_cpp_argv, plain_reply, running
 
 pytestmark = pytest.mark.slow
-
-GREEDY = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 
 
 @pytest.fixture
@@ -63,17 +59,7 @@ def test_greedy_reply_equals_a_plain_request(llama_server: Peer) -> None:
     text = "Say hello in five words."
 
     def plain() -> str:
-        body = {
-            "messages": [{"role": "user", "content": text}],
-            "max_tokens": 12,
-            "temperature": 0.0,
-            "top_k": 0,
-            "top_p": 1.0,
-            "min_p": 0.0,
-            "repeat_penalty": 1.0,
-        }
-        reply = httpx.post(f"{llama_server.url}/chat/completions", json=body, timeout=120)
-        return str(reply.json()["choices"][0]["message"]["content"])
+        return plain_reply(llama_server.url, text, 12)
 
     # llama-cpp-python reuses the prompt it evaluated last and re-runs only its final token; on
     # an AVX2 machine that batch shape changed a near tie ("world!" vs "world."). A plain

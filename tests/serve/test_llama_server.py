@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from engine import (
@@ -23,13 +22,19 @@ from engine import (
     ModelReady,
     Profile,
     RemoteBackend,
-    SamplingSettings,
 )
-from tests.peers import LLAMA_SERVER, Peer, free_port, llama_server_argv, running
+from tests.peers import (
+    GREEDY,
+    LLAMA_SERVER,
+    Peer,
+    free_port,
+    llama_server_argv,
+    plain_reply,
+    running,
+)
 
 pytestmark = pytest.mark.slow
 
-GREEDY = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 N_CTX = 2048
 
 
@@ -73,17 +78,7 @@ def test_the_context_comes_from_props_and_turn_two_hits_the_prefix_cache(
 
 def test_greedy_reply_equals_a_plain_request(llama_server: Peer) -> None:
     text = "Say hello in five words."
-    body = {
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": 12,
-        "temperature": 0.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "min_p": 0.0,
-        "repeat_penalty": 1.0,
-    }
-    reply = httpx.post(f"{llama_server.url}/chat/completions", json=body, timeout=120)
-    plain = str(reply.json()["choices"][0]["message"]["content"])
+    plain = plain_reply(llama_server.url, text, 12)
     far = RemoteBackend()
     far.load(profile(llama_server.url), lambda d, t: None)
     events = list(far.generate(GenerationRequest("chat", text, GREEDY, 12), threading.Event()))

@@ -16,15 +16,13 @@ from engine import (
     Profile,
     ProfileBackend,
     RemoteBackend,
-    SamplingSettings,
     ServerError,
     UserError,
 )
-from tests.peers import TEST_KEY, TEST_KEY_ENV, free_port
+from tests.peers import GREEDY, TEST_KEY, TEST_KEY_ENV, free_port
 
 pytestmark = pytest.mark.slow
 
-GREEDY = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 LOCAL = Profile("local", dtype="float32", context_length=1024, sampling=GREEDY)
 
 

@@ -12,14 +12,12 @@ import httpx
 import pytest
 import uvicorn
 
-from engine import EngineQueue, LocalBackend, Profile, SamplingSettings
-from tests.peers import free_port
+from engine import EngineQueue, LocalBackend, Profile
+from tests.peers import GREEDY, free_port
 from tui.serve.app import make_app
 from tui.serve.run import load
 
 pytestmark = pytest.mark.slow
-
-GREEDY = SamplingSettings(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 
 
 @dataclass

@@ -39,6 +39,21 @@ def notices(app: LlamaTuiApp) -> list[str]:
     return [str(n.render()) for n in app.chat.query(Notice)]
 
 
+async def open_path_prompt(pilot, app: LlamaTuiApp, typed: str) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+T, then `typed` into the path prompt, and a pause for its completions."""
+    await pilot.press("ctrl+t")
+    await wait_for(pilot, lambda: isinstance(app.screen, AttachFileScreen))
+    await pilot.pause(0.1)
+    await pilot.press(*typed)
+    await pilot.pause(0.2)
+
+
+async def attach_notes(pilot, app: LlamaTuiApp, folder: Path) -> None:  # type: ignore[no-untyped-def]
+    """notes.txt attached for the next message, as /file does it."""
+    app.chat.attach_file(str(folder / "notes.txt"))
+    await wait_for(pilot, lambda: any("attached notes.txt" in n for n in notices(app)))
+
+
 async def test_ctrl_t_completes_a_path_and_the_file_shows_collapsed(
     tiny_config: Path, data: Path, folder: Path
 ) -> None:
@@ -48,11 +63,7 @@ async def test_ctrl_t_completes_a_path_and_the_file_shows_collapsed(
         titles = [c.title for c in app.get_system_commands(app.chat)]
         assert "Attach a file" in titles  # the palette has it too
         app.chat.query_one(PromptInput).focus()
-        await pilot.press("ctrl+t")  # from the prompt: the TextArea leaves Ctrl+T alone
-        await wait_for(pilot, lambda: isinstance(app.screen, AttachFileScreen))
-        await pilot.pause(0.1)
-        await pilot.press("n", "o")
-        await pilot.pause(0.2)
+        await open_path_prompt(pilot, app, "no")  # from the prompt: the TextArea leaves Ctrl+T
         await pilot.press("tab")  # the one match
         await pilot.pause(0.1)
         assert app.screen.query_one("#path", Input).value == "notes.txt"
@@ -77,11 +88,7 @@ async def test_the_path_prompt_completes_folders_and_cancels(
     app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, idle(app))
-        await pilot.press("ctrl+t")
-        await wait_for(pilot, lambda: isinstance(app.screen, AttachFileScreen))
-        await pilot.pause(0.1)
-        await pilot.press("l", "o")
-        await pilot.pause(0.2)
+        await open_path_prompt(pilot, app, "lo")
         await pilot.press("tab")  # a folder: completes with its slash, the list stays open
         await pilot.pause(0.2)
         await pilot.press("tab")
@@ -107,8 +114,7 @@ async def test_a_resumed_chat_shows_its_files_and_takes_up_its_persona(
         await wait_for(pilot, idle(app))
         effective = str(app.chat.query_one("#effective", Static).render())
         assert "persona" in effective and "pirate ([prompts.pirate])" in effective
-        app.chat.attach_file(str(folder / "notes.txt"))
-        await wait_for(pilot, lambda: any("attached notes.txt" in n for n in notices(app)))
+        await attach_notes(pilot, app, folder)
         await say(pilot, "the word?")
         await say(pilot, "again")
         conv = app.chat.controller.conv
@@ -140,8 +146,7 @@ async def test_a_fork_keeps_the_files_of_the_messages_it_copies(
     app = make_app(config_path=tiny_config, cursor_blink=False, data_dir=data)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
-        app.chat.attach_file(str(folder / "notes.txt"))
-        await wait_for(pilot, lambda: any("attached notes.txt" in n for n in notices(app)))
+        await attach_notes(pilot, app, folder)
         await say(pilot, "first")
         await say(pilot, "second")
         parent = app.chat.controller.conv

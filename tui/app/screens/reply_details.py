@@ -17,7 +17,7 @@ from textual.widgets import Label, Static
 
 from engine import reply_record
 from tui.app.stats import LiveStats
-from tui.app.widgets.metrics_pane import PHASE_LABELS
+from tui.app.widgets.metrics_pane import PHASE_LABELS, session_energy
 from tui.app.widgets.throughput_plots import RepliesBars, ReplyCurve
 
 Record = Mapping[str, Any]  # a reply's figures, as engine.reply_record makes and the store keeps
@@ -90,10 +90,7 @@ def detail_lines(stats: LiveStats) -> list[str]:
     record = last_record(stats)
     if record is None or stats.last is None:
         return ["no reply yet"]
-    session = f"{stats.session_energy_j:,.1f} J {stats.session_energy_source}"
-    if stats.session_cost is not None:
-        session += f", cost {stats.session_cost:,.4f}"
-    return record_lines(record, session)
+    return record_lines(record, session_energy(stats))
 
 
 class ReplyDetailsScreen(ModalScreen[None]):

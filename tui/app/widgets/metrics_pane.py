@@ -90,6 +90,14 @@ def timing_rows(done: Done, render_lag_s: float = 0.0) -> list[tuple[str, str]]:
     return rows
 
 
+def session_energy(stats: LiveStats) -> str:
+    """The session's energy so far, and its cost when priced."""
+    session = f"{stats.session_energy_j:,.1f} J {stats.session_energy_source}"
+    if stats.session_cost is not None:
+        session += f", cost {stats.session_cost:,.4f}"
+    return session
+
+
 def energy_rows(stats: LiveStats) -> list[tuple[str, str]]:
     """The last reply's energy (and per 1,000 tokens), the session's, and the cost if priced."""
     done, m = stats.last_done, stats.last
@@ -98,10 +106,7 @@ def energy_rows(stats: LiveStats) -> list[tuple[str, str]]:
         e = done.energy
         per_1k = e.per_1k(m.computed_tokens + m.generated_tokens)
         rows.append(("energy", f"{e.joules:,.2f} J {e.source}, {per_1k:,.0f} J/1k tok"))
-        session = f"{stats.session_energy_j:,.1f} J {stats.session_energy_source}"
-        if stats.session_cost is not None:
-            session += f", cost {stats.session_cost:,.4f}"
-        rows.append(("session", session))
+        rows.append(("session", session_energy(stats)))
     if done is not None and done.cost is not None:
         rows.append(("cost", f"{done.cost:,.4f} at your price"))
     return rows
