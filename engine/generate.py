@@ -20,6 +20,7 @@ from engine.timings import ReplyTimings
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
+COMPILED_FROM = 2  # the compiled step (engine/compiled.py) is traced for positions from this on
 TIE_MARGIN = 0.1  # greedy: a draft's row with its two best logits this close is recomputed
 
 
@@ -60,7 +61,7 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     device = model.norm.weight.device
     pos = cache.length
     tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
-    step = model.decode_step or token_logits
+    step = model.decode_step if model.decode_step and pos >= COMPILED_FROM else token_logits
     logits = step(model, tokens, pos, cache)[0, -1]
     cache.append([token_id])
     return logits

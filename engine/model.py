@@ -34,6 +34,25 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
+def one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One position's attention over everything cached: q [B, KV, n_rep, Dh] (the query heads
+    sharing each KV head), k, v [B, KV, S, Dh] -> [B, KV, n_rep, Dh]. Eagerly SDPA; compiled,
+    attention_sums."""
+    if torch.compiler.is_compiling():
+        return attention_sums(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """one_token_attention as sums, which inductor fuses into loops reading the cache where it
+    lies. SDPA's flash kernel spends ~70 us a call at one query row (2 ms of a SmolLM2 step),
+    and matmuls would first copy the cache's strided views (more still). Eagerly these sums
+    would build [B, KV, n_rep, S, Dh] products: compiled only."""
+    scores = (q[:, :, :, None] * k[:, :, None]).sum(-1) * q.shape[-1] ** -0.5  # [B, KV, r, S]
+    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return (weights[..., None] * v[:, :, None]).sum(-2)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int, device: Device = None) -> None:
         super().__init__()
@@ -77,13 +96,15 @@ class Attention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         q = q.view(B, T, self.n_kv_heads, n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
-        if cache is not None and 1 < T <= ROW_BY_ROW:
+        if cache is not None and T == 1:
+            out = one_token_attention(q, k, v)  # a decode step
+        elif cache is not None and T <= ROW_BY_ROW:
             # a short chunk after cached tokens (a speculative draft): each query row attends
             # alone, exactly as a one-token step computes it, so drafts change no rounding
             rows = q.view(B, self.n_kv_heads, n_rep, T, self.head_dim)
             out = torch.stack(
                 [
-                    F.scaled_dot_product_attention(
+                    one_token_attention(
                         rows[:, :, :, t], k[:, :, : start + t + 1], v[:, :, : start + t + 1]
                     )
                     for t in range(T)

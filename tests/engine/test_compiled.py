@@ -21,13 +21,13 @@ from engine.compiled import (
     compile_in_background,
     compile_supported,
     compile_wanted,
-    compiled_token_logits,
 )
 from engine.config import Profile, load_config
 from engine.errors import ConfigError
-from engine.generate import decode_one_token, prefill
+from engine.generate import COMPILED_FROM, decode_one_token, prefill, token_logits
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
+from engine.model import attention_sums, one_token_attention
 from engine.placement import Placement
 from engine.quantized import int4_cpu_supported
 from tests.gguf_writer import write_tiny_gguf
@@ -98,17 +98,48 @@ def test_switching_to_the_compiled_step_mid_reply_keeps_the_greedy_tokens(
 
 @pytest.mark.slow
 @needs_compiler
-def test_the_compiled_step_covers_every_decode_position_without_recompiling(
-    compiled: LoadedModel,
-) -> None:
+def test_the_compiled_step_covers_every_decode_position(compiled: LoadedModel) -> None:
+    # it checks no guards: one graph must be right at any position and cache length
     model, a = compiled.model, compiled.args
+    assert model.decode_step is not None
     cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, compiled.context_length)
-    prefill(model, cache, [7], 0)
-    fn = compiled_token_logits()  # the same function: it finds the step compiled at warm-up
-    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
-        for start in range(1, compiled.context_length - 1):  # a recompile would raise here
-            fn(model, torch.tensor([[start]]), start, cache)
+    prefill(model, cache, [7, 8], 0)
+    with torch.inference_mode():
+        for start in range(COMPILED_FROM, compiled.context_length - 1):
+            token = torch.tensor([[start]])
+            step = model.decode_step(model, token, start, cache)
+            eager = token_logits(model, token, start, cache)
+            torch.testing.assert_close(step, eager, rtol=1e-3, atol=1e-3)
             cache.append([start])
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_each_model_gets_a_graph_of_its_own(
+    compiled: LoadedModel, tmp_path: Path, cache_dir: Path
+) -> None:
+    # no guards tell models apart: a second model of other sizes must not run the first's graph
+    path = write_tiny_gguf(
+        tmp_path / "other.gguf", dim=96, n_layers=3, ffn_dim=192, seed=3, quantize=Q.Q4_1
+    )
+    other = load_model(path, placement=PACKED, context_length=64)
+    compile_decode_step(other.model)
+    for m in (other, compiled):  # the first model's step still runs its own graph
+        eager, eager_logits = greedy(m, 16)
+        switched, switched_logits = greedy(m, 16, switch_at=4)
+        assert switched == eager
+        torch.testing.assert_close(switched_logits, eager_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_one_token_attention_compiled_form_is_sdpa() -> None:
+    # the sums inductor fuses (attention_sums) against SDPA, on a cache view as decode has it
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 3, 64, generator=g)
+    cache = torch.randn(2, 1, 3, 40, 64, generator=g)
+    k, v = cache[0][:, :, :29], cache[1][:, :, :29]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention_sums(q, k, v), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(one_token_attention(q, k, v), expected)  # eagerly: SDPA itself
 
 
 @pytest.mark.slow
