@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widget import Widget
-from textual.widgets import Label, ProgressBar
+from textual.widgets import Label
 
 from engine import BUSY_SHOWN, Done
 from tui.app.stats import LiveStats
@@ -206,6 +206,39 @@ class Figures(Widget):
         return Content("\n").join(out)
 
 
+class ContextBar(Widget):
+    """The context used as a bar and a percentage on one line, drawn by render(): an update is
+    a repaint. (Textual's ProgressBar relaid out the whole screen each time its label moved, a
+    cost the UI thread takes from the engine's while a reply streams.)"""
+
+    COMPONENT_CLASSES = {"context-bar--used", "context-bar--free"}
+    DEFAULT_CSS = """
+    ContextBar { height: 1; }
+    ContextBar > .context-bar--used { color: $accent; }
+    ContextBar > .context-bar--free { color: $foreground 15%; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.used = self.limit = 0
+
+    def show(self, used: int, limit: int) -> None:
+        if (used, limit) != (self.used, self.limit):
+            self.used, self.limit = used, limit
+            self.refresh()
+
+    def render(self) -> Content:
+        share = min(self.used / self.limit, 1.0) if self.limit > 0 else 0.0
+        label = f" {share:4.0%}"
+        width = max(self.size.width - len(label), 1)
+        filled = round(share * width)
+        return Content.assemble(
+            ("━" * filled, self.get_visual_style("context-bar--used")),
+            ("━" * (width - filled), self.get_visual_style("context-bar--free")),
+            label,
+        )
+
+
 class MetricsPane(Vertical):
     BORDER_TITLE = "Metrics"
 
@@ -213,14 +246,13 @@ class MetricsPane(Vertical):
         super().__init__(id=id)
         self.stats = stats
         self.drawn = -1  # the stats version last drawn
-        self.caption = ""  # the context caption and (total, percent) of the bar, as drawn
-        self.bar = (0, -1)
+        self.caption = ""  # the context caption, as drawn
 
     def compose(self) -> ComposeResult:
         yield Figures(self.stats, id="figures")
         yield ReplyCurve(self.stats, id="reply-plot")  # per reply across the chat: F9
         yield Label("context", classes="caption", id="context-caption")
-        yield ProgressBar(total=1, show_eta=False, id="context")
+        yield ContextBar(id="context")
 
     def on_mount(self) -> None:
         self.redraw()
@@ -245,8 +277,4 @@ class MetricsPane(Vertical):
         if caption != self.caption:  # one line across the pane: a repaint, not a relayout
             self.caption = caption
             self.query_one("#context-caption", Label).update(caption, layout=False)
-        # the bar's own label relayouts on each update: only when its percentage moves
-        bar = (max(s.context_limit, 1), 100 * s.context_used // max(s.context_limit, 1))
-        if s.context_limit and bar != self.bar:
-            self.bar = bar
-            self.query_one("#context", ProgressBar).update(total=bar[0], progress=s.context_used)
+        self.query_one(ContextBar).show(s.context_used, s.context_limit)
