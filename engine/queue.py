@@ -112,6 +112,7 @@ class Ticket:
         self._items: deque[object] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._waiter_lock = threading.Lock()
+        self._ended = asyncio.Event()  # set on the loop once the engine has put the end
 
     def cancel(self) -> None:
         """Stop it: a pending ticket never runs; a running one stops within one decode step."""
@@ -124,11 +125,13 @@ class Ticket:
         with self._waiter_lock:
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            try:
+        try:
+            if waiter is not None:
                 self._loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:  # the loop has closed: nobody is listening any more
-                pass
+            if item is _END:
+                self._loop.call_soon_threadsafe(self._ended.set)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            pass
 
     async def _take(self) -> list[object]:
         """Everything that arrived, waiting until there is at least one item."""
@@ -154,6 +157,14 @@ class Ticket:
             events, ended = await self.drain()
             for event in events:
                 yield event
+
+    async def wait_unless_ended(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the stream ends meanwhile (a consumer that batches then
+        draws the end at once, not up to a batch later)."""
+        try:
+            await asyncio.wait_for(self._ended.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def drain(self) -> tuple[list[QueueEvent], bool]:
         """Every event that has arrived (waits for at least one), and whether the stream ended."""

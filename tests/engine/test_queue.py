@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +154,20 @@ def test_async_iteration_from_an_event_loop(engine: EngineQueue) -> None:
     assert isinstance(events[0], Started)
     assert any(isinstance(e, TokenEvent) for e in events)
     done_of(events)
+
+
+def test_a_batching_consumer_wakes_when_the_stream_ends(engine: EngineQueue) -> None:
+    # the app's bridge sleeps between batches; the end must not wait out the sleep
+    async def run() -> float:
+        ticket = engine.submit(chat("short", n=2))
+        t0 = time.perf_counter()
+        await ticket.wait_unless_ended(30.0)
+        waited = time.perf_counter() - t0
+        events, ended = await ticket.drain()
+        assert ended and any(isinstance(e, Done) for e in events)
+        return waited
+
+    assert asyncio.run(run()) < 25.0  # woke at the end, well before the 30 s
 
 
 def test_model_cache_hit_and_miss(engine: EngineQueue, profile: Profile) -> None:
