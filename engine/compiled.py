@@ -5,9 +5,9 @@ residual adds) and Python dispatch around the int4 kernels; inductor fuses them.
 a minute or two (about half a minute with a warm on-disk cache), so nothing waits for it:
 ``compile_in_background`` compiles ``generate.token_logits`` in a daemon thread, warms it up on a
 scratch KV cache, then sets ``model.decode_step``, which ``generate.decode_one_token`` uses from
-the next token on. The compiled step only ever runs what was compiled (``torch._dynamo.run``):
-an input its guards reject runs eagerly instead of stalling the chat on a recompile. Greedy
-tokens are the same either way (tests/engine/test_compiled.py).
+the next token on. The compiled step only ever runs what was compiled (``torch._dynamo.run``),
+and checks no guards (compiled_token_logits says why that is safe here). Greedy tokens are the
+same either way (tests/engine/test_compiled.py).
 
 Inductor keeps its on-disk cache under the llama-tui user cache folder, so the second start only
 traces. ``compile = false`` in a profile, or LLAMA_TUI_COMPILE=0, keeps the eager step.
@@ -113,7 +113,7 @@ def compile_decode_step(model: Transformer) -> None:
     )
     with torch.inference_mode():  # as decode_one_token: its token is an inference tensor
         token = torch.zeros(1, 1, dtype=torch.long, device=weight.device)
-        token_logits(model, token.expand(1, 2), 0, scratch)  # prefill 2 positions, eagerly
+        token_logits(model, token.expand(1, COMPILED_FROM), 0, scratch)  # prefill, eagerly
         for start in (COMPILED_FROM, COMPILED_FROM + 1):  # a graph for any position from there
             compiled(model, token, start, scratch)
     model.decode_step = dynamo.run(compiled)
