@@ -27,6 +27,7 @@ from engine.quantized import (
     QuantizedHead,
     dequantize_t,
     int4_cpu_supported,
+    int4_groups_from_gguf,
     int4_linear_from_dense,
     int4_linear_from_gguf,
     native_bf16,
@@ -294,6 +295,19 @@ def test_dequantize_t_reads_the_kernels_pack_layout() -> None:
     )
     kernel = lin(torch.eye(96, dtype=torch.bfloat16))  # [96, 192]: row k = W[:, k], rounded
     assert (weight_t.float() - kernel.float()).abs().max() <= kernel.abs().max() / 128
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dequantize_t_is_the_kernels_formula_rounded_once(seed: int) -> None:
+    raw = random_blocks(Q.Q4_1, 192, 96, seed=seed)
+    lin = int4_linear_from_gguf(raw, Q.Q4_1, (192, 96))
+    q, _, _ = int4_groups_from_gguf(raw, Q.Q4_1, (192, 96))
+    weight_t = dequantize_t(
+        lin.packed, lin.scales_zeros, torch.empty(96, 192, dtype=torch.bfloat16)
+    )
+    scale, zero = lin.scales_zeros.float().repeat_interleave(32, dim=0).unbind(-1)  # [in, out]
+    exact = (q.t().float() - 8.0) * scale + zero  # float32, as the kernel computes it
+    assert torch.equal(weight_t, exact.bfloat16())
 
 
 needs_native_bf16 = pytest.mark.skipif(
