@@ -125,8 +125,8 @@ def dequantize_t(
 
     Each step is one dtype over runs as long as the layout allows (nibbles in uint8, one
     permuted copy each into bfloat16, then one multiply-add over whole rows of W.T with the
-    scales and zeros made contiguous first): an addcmul that read them interleaved, as
-    scales_zeros holds them, took 2.3 ms of a 3072 x 576 layer's 2.7, against 0.25 ms."""
+    scales and zeros made contiguous first): on a 3072 x 576 layer, that addcmul took 2.3 ms
+    reading them interleaved, as scales_zeros holds them, against 0.25 ms contiguous."""
     block = block or pack_block()
     n_in, n_out = out.shape
     nb, g, half = n_out // block, n_in // GROUP, block // 2
@@ -138,7 +138,8 @@ def dequantize_t(
     w = out.view(g, GROUP, n_out)
     scale = scales_zeros[..., 0].unsqueeze(1).contiguous()  # [g, 1, out]
     zero = scales_zeros[..., 1].unsqueeze(1).contiguous()
-    return torch.addcmul(zero, w, scale, out=w).view(n_in, n_out)
+    torch.addcmul(zero, w, scale, out=w)
+    return out
 
 
 @functools.cache
