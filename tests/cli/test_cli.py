@@ -76,6 +76,53 @@ def test_ask_json_on_tiny_model(tiny_gguf: Path, tmp_path: Path) -> None:
     assert record["energy_j"] >= 0 and "cost" not in record  # no price set
 
 
+def test_ask_into_a_closed_pipe_stops_quietly(tiny_gguf: Path, tmp_path: Path) -> None:
+    """`llama-tui ask ... | head -1` once head has gone: SIGPIPE's status, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: the first write fails
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    args = ["ask", "--model", str(tiny_gguf), "--temperature", "0", "--max-new-tokens", "4", "hi"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tui.cli.main", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+def test_exit_handlers_run_before_the_quick_exit(tmp_path: Path) -> None:
+    """The entry point leaves with os._exit (no interpreter teardown), after the exit handlers
+    (logging's flush, temporary folders' removal) and with main's exit status."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+        "sys.argv = ['llama-tui', 'ask', '--model', 'nope.gguf', 'hi']\n"
+        "from tui.cli.main import run\n"
+        "run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and "nope.gguf" in lines[0], proc.stderr
+    assert lines[1] == "exit handler ran"
+
+
 def test_ask_json_costs_at_the_configured_price(tiny_gguf: Path, tmp_path: Path) -> None:
     config = tmp_path / "llama-tui.toml"
     config.write_text(
