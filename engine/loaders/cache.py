@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,8 +186,78 @@ def write_prepared(
             raise OSError(str(exc).splitlines()[0]) from exc
         align_data(temp)
 
-    why = write_atomically(entry_path(source, placement), save)
-    return "written" if why is None else f"not written: {why}"
+    target = entry_path(source, placement)
+    why = write_atomically(target, save)
+    if why is not None:
+        return f"not written: {why}"
+    prune_stale(target.parent, keep=target)
+    return "written"
+
+
+TEMP_MAX_AGE_S = 24 * 3600  # a write's temp file this old is left over, whoever wrote it
+
+
+def prune_stale(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Remove the weights folder's files that no load can ever read; returns them.
+
+    Each entry is one model file's (entry_path), so a rebuild replaces its own stale entry,
+    but an entry whose model file was deleted, moved or changed would stay forever (a 7B
+    model's is gigabytes): such entries go, as do unreadable ones and the temp files of
+    writes that were killed (their process is gone, or a day passed). A model file on a drive
+    that is not mounted counts as gone: its entry costs a rebuild later. Entries of model
+    files that are still there are kept, whatever version of llama-tui wrote them."""
+    removed: list[Path] = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path == keep or not path.is_file():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            gone = _writer_gone(path)
+        elif path.suffix == ".safetensors":
+            gone = _orphaned(path)
+        else:
+            continue
+        if gone:
+            try:
+                path.unlink()
+            except OSError:  # a read-only folder, or another process removed it first
+                continue
+            removed.append(path)
+    return removed
+
+
+def _writer_gone(temp: Path) -> bool:
+    """A temp file of write_atomically (".NAME.PID.tmp") whose writer is no longer running."""
+    try:
+        pid, age = int(temp.name.split(".")[-2]), time.time() - temp.stat().st_mtime
+    except (ValueError, OSError):
+        return False
+    if age > TEMP_MAX_AGE_S:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # a process of another user: still running
+        return False
+    return False
+
+
+def _orphaned(entry: Path) -> bool:
+    """True for an entry that cannot be read, or whose model file is gone or has changed."""
+    try:
+        with safe_open(entry, framework="pt", device="cpu") as f:
+            key = json.loads((f.metadata() or {}).get(KEY, "null"))
+        source = Path(key["source"])
+        size, mtime_ns = int(key["size"]), int(key["mtime_ns"])
+    except Exception:  # truncated, garbage, no key: no load can read it
+        return True
+    try:
+        stat = source.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:  # there but not readable now (permissions): keep it
+        return False
+    return (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns)
 
 
 DATA_ALIGN = 64  # bytes: where a cache file's tensor data starts

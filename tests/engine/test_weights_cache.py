@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,13 @@ from torch import nn
 
 import engine.loaders.gguf as gguf_loader
 from engine.loaders import LoadedModel, load_model
-from engine.loaders.cache import DATA_ALIGN, KEY, MANIFEST, entry_path, write_prepared
+from engine.loaders.cache import (
+    DATA_ALIGN,
+    KEY,
+    MANIFEST,
+    entry_path,
+    write_prepared,
+)
 from engine.model import Transformer
 from engine.placement import Placement
 from engine.quantized import Int4Linear, Q8Table, QuantizedHead, int4_cpu_supported
@@ -158,6 +165,48 @@ def test_a_touched_model_file_is_rebuilt(
         fh.write(b"\0" * 64)
     assert load(path, FLOAT32).weights_cache == "written"
     assert torch.equal(logits(load(path, FLOAT32)), reference)
+
+
+def test_entries_no_load_can_read_go_when_an_entry_is_written(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """A deleted or changed model file's entry, an unreadable entry and a killed write's temp
+    file are removed by the next write; live entries, live writes and other files stay."""
+    kept, deleted, changed = (copy_of(tiny_gguf, tmp_path / name) for name in "abc")
+    for path in (kept, deleted, changed):
+        assert load(path, FLOAT32).weights_cache == "written"
+    folder = entry_path(kept, FLOAT32).parent
+    deleted.unlink()
+    with changed.open("ab") as fh:  # a different size: its entry's key can never match again
+        fh.write(b"\0" * 64)
+    garbage = folder / "other-0123456789abcdef.safetensors"
+    garbage.write_bytes(os.urandom(256))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    killed = folder / f".x.safetensors.{int(dead.stdout)}.tmp"  # its writer has exited
+    running = folder / f".y.safetensors.{os.getpid()}.tmp"  # a write in progress
+    stale = folder / f".z.safetensors.{os.getpid()}.tmp"
+    unrelated = folder / "README.txt"
+    for path in (killed, running, stale, unrelated):
+        path.write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+
+    fresh = copy_of(tiny_gguf, tmp_path / "d")
+    assert load(fresh, FLOAT32).weights_cache == "written"
+
+    left = {p.name for p in folder.iterdir()}
+    assert left == {
+        entry_path(kept, FLOAT32).name,
+        entry_path(fresh, FLOAT32).name,
+        running.name,
+        unrelated.name,
+    }
+    assert load(kept, FLOAT32).weights_cache == "read"  # what stayed still reads
 
 
 def corrupt_truncated(entry: Path) -> None:
