@@ -16,6 +16,7 @@ from engine.chat_format import Message
 from engine.config import Profile
 from engine.events import Event, Pinned, Tokens
 from engine.remote.backend import RemoteBackend
+from engine.startup import collector_paused
 
 if TYPE_CHECKING:
     from engine.local import LocalBackend
@@ -37,11 +38,12 @@ class ProfileBackend:
         return self._local
 
     def load(self, profile: Profile, progress: Progress) -> ModelInfo:
-        target: Backend = self.remote if profile.backend == "openai" else self.local
-        if target is self.active:
-            return target.load(profile, progress)
-        messages, pinned = self.active.history()
-        info = target.load(profile, progress)  # a failed load leaves the old one active
+        with collector_paused():  # the first local load imports torch: millions of objects
+            target: Backend = self.remote if profile.backend == "openai" else self.local
+            if target is self.active:
+                return target.load(profile, progress)
+            messages, pinned = self.active.history()
+            info = target.load(profile, progress)  # a failed load leaves the old one active
         target.clear(messages)
         for index in sorted(pinned):
             target.pin(index)
