@@ -4,6 +4,9 @@ Order (as transformers applies its warpers): repetition penalty, presence/freque
 (both over the last ``repeat_last_n`` tokens), temperature, top-k, typical-p, top-p, min-p,
 then a draw from a seeded generator. Top-k cuts the vocabulary first, so the later filters and
 the draw run on its k survivors (``candidates``). Temperature 0 is greedy (after the penalties).
+The default chain's shape (no typical-p, presence or frequency penalty) takes a shorter road
+with the same result: ``top_rows`` applies the repeat penalty and the filters in Python to the
+few dozen largest logits, and ``draw`` picks from uniforms the generator gives in batches.
 
 With ``mirostat`` 1 or 2 (as llama.cpp's chain): penalties, temperature, then Mirostat
 replaces top-k, typical-p, top-p and min-p. Mirostat keeps one number per conversation,
@@ -17,6 +20,7 @@ recomputes the top few in float32 when the head is not float32.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -183,6 +187,9 @@ def sample(
     0 is greedy and leaves ``state`` untouched.
     """
     window = recent[-settings.repeat_last_n :] if settings.repeat_last_n else []
+    if not settings.mirostat and chain_on_top_rows(settings, logits.shape[-1]):
+        rows, weights = top_rows(logits, settings, window)  # the penalty included
+        return rows[draw(weights, generator)]
     logits = apply_repeat_penalty(logits, window, settings.repeat_penalty)
     logits = apply_presence_frequency(
         logits, window, settings.presence_penalty, settings.frequency_penalty
@@ -204,6 +211,78 @@ def sample(
         return token
     ids, probs = candidates(logits, settings)
     return int(ids[torch.multinomial(probs, 1, generator=generator)])
+
+
+def chain_on_top_rows(settings: SamplingSettings, vocab: int) -> bool:
+    """The default chain's shape (top-k, top-p, min-p, repeat penalty; no typical-p or
+    presence/frequency penalties): ``top_rows`` computes it in Python on a few dozen rows."""
+    s = settings
+    plain = s.typical_p >= 1.0 and s.presence_penalty == 0.0 and s.frequency_penalty == 0.0
+    return plain and s.temperature > 0.0 and 0 < s.top_k < vocab
+
+
+def top_rows(
+    logits: torch.Tensor, settings: SamplingSettings, window: Sequence[int]
+) -> tuple[list[int], list[float]]:
+    """(ids, weights) of what the repeat penalty, temperature, top-k, top-p and min-p keep,
+    weights proportional to the probabilities (the top one 1.0), most likely first.
+
+    The same tokens and probabilities as penalizing the whole vocabulary and then
+    ``candidates``, with two torch calls instead of ~25: in a decode loop each small torch
+    call cost 10-20 us (3-5 us alone; the forward between them leaves the CPU's caches
+    cold). At the defaults, in SmolLM2's decode loop: 0.83-0.90 ms a token that way, 0.40 ms
+    this way, half of it the top-k. A penalty only lowers a
+    logit, so the k largest after it are among the k + U largest before it (U = the distinct
+    tokens in the window): at most U of those are lowered, and whatever lies below them
+    stays below the other k."""
+    penalty = settings.repeat_penalty
+    seen = set(window) if penalty != 1.0 else set()
+    k = settings.top_k
+    values, ids = torch.topk(logits, min(k + len(seen), logits.shape[-1]))
+    rows = list(zip(values.tolist(), ids.tolist(), strict=True))  # descending
+    if seen:
+        rows = [
+            (v / penalty if v > 0 else v * penalty, i) if i in seen else (v, i) for v, i in rows
+        ]
+        rows.sort(key=lambda row: row[0], reverse=True)  # stable: ties keep topk's order
+    rows = rows[:k]
+    top = rows[0][0] / settings.temperature
+    weights = [math.exp(v / settings.temperature - top) for v, _ in rows]
+    if settings.top_p < 1.0:  # keep a token while the mass before it is below p
+        total, before = sum(weights), 0.0
+        for n, w in enumerate(weights):
+            if n and before >= settings.top_p * total:
+                del weights[n:]
+                break
+            before += w
+    cut = settings.min_p  # relative to the top token's weight, 1.0
+    weights = [w if w >= cut else 0.0 for w in weights]
+    return [i for _, i in rows[: len(weights)]], weights
+
+
+UNIFORM_BATCH = 256  # uniforms drawn from a generator at a time (one torch call, not 256)
+_uniforms: weakref.WeakKeyDictionary[torch.Generator, list[float]] = weakref.WeakKeyDictionary()
+
+
+def uniform(generator: torch.Generator) -> float:
+    """The generator's next number in [0, 1): drawn UNIFORM_BATCH at a time, so a seed gives
+    the same numbers in the same order, one torch call per UNIFORM_BATCH draws."""
+    left = _uniforms.get(generator)
+    if not left:
+        batch = torch.rand(UNIFORM_BATCH, generator=generator, device=generator.device)
+        left = _uniforms[generator] = batch.tolist()[::-1]  # popped from the end
+    return left.pop()
+
+
+def draw(weights: Sequence[float], generator: torch.Generator) -> int:
+    """An index drawn with probability proportional to its weight (weights >= 0, one > 0)."""
+    target = uniform(generator) * sum(weights)
+    total = 0.0
+    for n, w in enumerate(weights):
+        total += w
+        if target < total:
+            return n
+    return max(n for n, w in enumerate(weights) if w > 0)  # rounding at the very top
 
 
 def candidates(

@@ -10,10 +10,13 @@ from engine.config import SamplingSettings
 from engine.events import Done
 from engine.loaders import LoadedModel
 from engine.sampling import (
+    UNIFORM_BATCH,
     MirostatState,
     apply_presence_frequency,
     apply_repeat_penalty,
     candidates,
+    chain_on_top_rows,
+    draw,
     make_generator,
     min_p,
     mirostat_update,
@@ -24,7 +27,9 @@ from engine.sampling import (
     sample,
     top_k,
     top_p,
+    top_rows,
     typical_p,
+    uniform,
 )
 from engine.session import ChatSession
 
@@ -234,3 +239,62 @@ def test_top_k_first_keeps_what_the_full_vocabulary_chain_keeps() -> None:
         fast = torch.zeros_like(full).index_put_((ids,), probs)
         assert sorted(ids[probs > 0].tolist()) == kept(full.log())
         torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-5)
+
+
+def test_the_default_chain_on_top_rows_keeps_what_the_whole_vocabulary_keeps() -> None:
+    """top_rows (penalty on the k + U largest, then the chain in Python) keeps the same
+    tokens with the same probabilities as penalizing all 49,152 logits, then candidates()."""
+    gen = torch.Generator().manual_seed(5)
+    rng = torch.Generator().manual_seed(6)
+    settings = [
+        SamplingSettings(),  # the defaults: top-k 40, top-p 0.95, min-p 0.05, repeat 1.1
+        SamplingSettings(temperature=1.3, top_k=200, top_p=0.5, min_p=0.0, repeat_penalty=1.5),
+        SamplingSettings(temperature=0.4, top_k=5, top_p=1.0, min_p=0.2, repeat_penalty=1.0),
+        SamplingSettings(temperature=2.0, top_k=40, top_p=0.99, min_p=0.0, repeat_last_n=0),
+    ]
+    for n, s in enumerate(settings * 5):
+        assert chain_on_top_rows(s, 49152)
+        logits = torch.randn(49152, generator=gen) * 4
+        top = logits.topk(80).indices.tolist()
+        # a window of recent tokens, many of them among the largest logits (as in a chat)
+        picks = torch.randint(0, 80, (48,), generator=rng).tolist()
+        window = [top[i] for i in picks] + torch.randint(0, 49152, (16,), generator=rng).tolist()
+        window = window[-s.repeat_last_n :] if s.repeat_last_n else []
+        ids, probs = candidates(apply_repeat_penalty(logits, window, s.repeat_penalty), s)
+        expected = {i: p for i, p in zip(ids.tolist(), probs.tolist(), strict=True) if p > 0}
+        rows, weights = top_rows(logits, s, window)
+        total = sum(weights)
+        got = {i: w / total for i, w in zip(rows, weights, strict=True) if w > 0}
+        assert got.keys() == expected.keys(), n
+        for i, p in expected.items():
+            assert math.isclose(got[i], p, rel_tol=1e-5, abs_tol=1e-7), (n, i)
+        assert weights[0] == 1.0 and weights == sorted(weights, reverse=True)
+
+
+def test_draws_follow_the_weights_and_a_seed_repeats_them() -> None:
+    weights = [8.0, 4.0, 2.0, 1.0, 0.0, 1.0]
+    g = make_generator(1)
+    counts = [0] * len(weights)
+    for _ in range(4000):
+        counts[draw(weights, g)] += 1
+    assert counts[4] == 0  # a weight of zero is never drawn
+    for c, w in zip(counts, weights, strict=True):
+        assert abs(c / 4000 - w / 16) < 0.03
+    # the uniforms are the seed's torch.rand stream, in order, across batch boundaries
+    g1, g2 = make_generator(9), make_generator(9)
+    stream = [uniform(g1) for _ in range(UNIFORM_BATCH + 10)]
+    assert stream[:UNIFORM_BATCH] == torch.rand(UNIFORM_BATCH, generator=g2).tolist()
+    assert stream[UNIFORM_BATCH:] == torch.rand(UNIFORM_BATCH, generator=g2).tolist()[:10]
+
+
+def test_the_default_chain_samples_from_its_distribution() -> None:
+    """sample() at the default settings draws each kept token as often as its probability."""
+    s = SamplingSettings(top_k=3, top_p=1.0, min_p=0.0, repeat_penalty=1.0, temperature=1.0)
+    logits = torch.full((1000,), -20.0)
+    logits[[7, 70, 700]] = PROBS[:3].log()  # 0.5, 0.25, 0.125, renormalized over the three
+    g = make_generator(2)
+    counts = {7: 0, 70: 0, 700: 0}
+    for _ in range(4000):
+        counts[sample(logits, s, [], g)] += 1
+    for token, p in zip((7, 70, 700), (4 / 7, 2 / 7, 1 / 7), strict=True):
+        assert abs(counts[token] / 4000 - p) < 0.03
