@@ -17,6 +17,7 @@ from engine.sampling import (
     candidates,
     chain_on_top_rows,
     draw,
+    greedy,
     make_generator,
     min_p,
     mirostat_update,
@@ -298,3 +299,15 @@ def test_the_default_chain_samples_from_its_distribution() -> None:
         counts[sample(logits, s, [], g)] += 1
     for token, p in zip((7, 70, 700), (4 / 7, 2 / 7, 1 / 7), strict=True):
         assert abs(counts[token] / 4000 - p) < 0.03
+
+
+def test_greedy_picks_as_torch_argmax_does() -> None:
+    """The first of tied maxima, a NaN over any number, any dtype and a strided view."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(49152, generator=gen)
+    logits[[100, 200, 300]] = 9.0  # a three-way tie: the first wins
+    cases = [logits, logits.double(), logits.bfloat16(), logits[::2], logits.clone()]
+    cases[-1][4000] = math.nan
+    for case in cases:
+        assert greedy(case) == int(torch.argmax(case))
+    assert greedy(logits) == 100 and greedy(cases[-1]) == 4000
