@@ -235,10 +235,11 @@ def top_rows(
     ``candidates``, with two torch calls instead of ~25: in a decode loop each small torch
     call cost 10-20 us (3-5 us alone; the forward between them leaves the CPU's caches
     cold). At the defaults, in SmolLM2's decode loop: 0.83-0.90 ms a token that way, 0.40 ms
-    this way, half of it the top-k. A penalty only lowers a
-    logit, so the k largest after it are among the k + U largest before it (U = the distinct
-    tokens in the window): at most U of those are lowered, and whatever lies below them
-    stays below the other k."""
+    this way, half of it the top-k.
+
+    A penalty only lowers a logit, so the k largest after it are among the k + U largest
+    before it (U = the distinct tokens in the window): at most U of those are lowered, and
+    whatever lies below them stays below the other k."""
     penalty = settings.repeat_penalty
     seen = set(window) if penalty != 1.0 else set()
     k = settings.top_k

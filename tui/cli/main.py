@@ -322,7 +322,7 @@ def run() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except OSError:  # stderr's reader went away: nothing left to write to
+        except OSError:  # a reader that went away: nothing left to write to
             pass
     if not engine.background_busy():
         atexit._run_exitfuncs()
