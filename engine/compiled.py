@@ -1,41 +1,66 @@
-"""The decode step through torch.compile (inductor, C++ wrapper), built while the chat runs.
+"""The decode step compiled ahead of time by AOTInductor, built in a process of its own.
 
 An eager decode step spends about a third of its time in small ops (norms, rotations, casts,
-residual adds) and Python dispatch around the int4 kernels; inductor fuses them. Compiling takes
-a minute or two (about half a minute with a warm on-disk cache), so nothing waits for it:
-``compile_in_background`` compiles ``generate.token_logits`` in a daemon thread, warms it up on a
-scratch KV cache, then sets ``model.decode_step``, which ``generate.decode_one_token`` uses from
-the next token on. The compiled step only ever runs what was compiled (``torch._dynamo.run``),
-and checks no guards (compiled_token_logits says why that is safe here). Greedy tokens are the
-same either way (tests/engine/test_compiled.py).
+residual adds) and Python dispatch around the int4 kernels; inductor fuses them. The step
+(``generate.token_logits`` for one token) is exported with torch.export and compiled by
+AOTInductor into a package (a shared library, a few MB) that takes the model's weights, the rope
+table and the KV cache as inputs: it holds no weights, so it depends only on the model's shapes,
+and one build serves every later start (``step_package`` names it by those shapes, the code
+that shapes the step, torch's version and the CPU).
 
-Inductor keeps its on-disk cache under the llama-tui user cache folder, so the second start only
-traces. ``compile = false`` in a profile, or LLAMA_TUI_COMPILE=0, keeps the eager step.
+Building takes a minute or two. It used to run in a thread of the chat's own process, where
+dynamo's tracing held the GIL and eager decoding crawled at 0.2-5 tokens/s until it was done;
+``compile_in_background`` now runs it in a child process (engine/step_build.py, at low CPU
+priority) while the chat decodes eagerly, then loads the package (milliseconds) and sets
+``model.decode_step``: ``generate.decode_one_token`` uses it from the next token on.
+A start that finds the package loads it at once. Greedy tokens are the same either way
+(tests/engine/test_compiled.py). ``compile = false`` in a profile, or LLAMA_TUI_COMPILE=0,
+keeps the eager step.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
-import types
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from engine import background
 from engine.generate import COMPILED_FROM, token_logits
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.quantized import Int4Linear
+from engine.user_cache import cache_dir, write_atomically
 
 ENV_COMPILE = "LLAMA_TUI_COMPILE"  # "0" (or "false", "off") turns the compiled step off
 ENV_CACHE_DIR = "LLAMA_TUI_CACHE_DIR"  # the llama-tui cache folder (default: the user's)
-WARMUP_LEN = 11  # scratch KV cache positions; a length no model dimension has (see below)
+STEP_VERSION = 1  # bump when what a package takes or returns changes
+# modules whose code decides what the compiled step computes: a change to any is a new package
+STEP_MODULES = (
+    "engine.compiled",
+    "engine.generate",
+    "engine.kv_cache",
+    "engine.model",
+    "engine.quantized",
+    "engine.rope",
+    "engine.sampling",
+)
+# example sizes for export: a position, a cache length and a rope length no model dimension has
+# (export would tie a size equal to a static one, say head_dim / 2, to it), primes and distinct
+EXAMPLE_POS, EXAMPLE_CACHE, EXAMPLE_ROPE = 11, 13, 17
+BUILD_TIMEOUT_S = 1800  # a build process still running after this is stopped
 
 
 def compile_wanted(setting: bool) -> bool:
@@ -50,13 +75,183 @@ def compile_supported(model: Transformer) -> bool:
 
 
 def inductor_cache_dir() -> Path:
-    """$LLAMA_TUI_CACHE_DIR/inductor, else the user cache folder's (platformdirs)."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env) / "inductor"
-    import platformdirs
+    """Inductor's working folder for builds: the llama-tui cache folder's ``inductor``."""
+    return cache_dir() / "inductor"
 
-    return platformdirs.user_cache_path("llama-tui") / "inductor"
+
+def step_weights(model: Transformer) -> list[tuple[str, torch.Tensor]]:
+    """The model's parameters and buffers in a fixed order: the package's weight inputs."""
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: the package's kernels are built for this instruction set."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1] for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def step_key(model: Transformer) -> str:
+    """What a package depends on: the shapes, strides and dtypes of everything it takes, the
+    model's sizes, the step's code, torch's version, the thread count and the CPU's flags."""
+    digest = hashlib.sha256()
+    for name in STEP_MODULES:
+        source = getattr(sys.modules.get(name), "__file__", None)
+        digest.update(Path(source).read_bytes() if source else name.encode())
+    described = {
+        "version": STEP_VERSION,
+        "torch": torch.__version__,
+        "args": json.dumps(asdict(model.args), sort_keys=True, default=str),
+        "rope": str(model.rope.dtype),
+        "activations": str(model.norm.weight.dtype),
+        "threads": torch.get_num_threads(),  # inductor parallelises loops for this many
+        "weights": [
+            (n, list(t.shape), list(t.stride()), str(t.dtype)) for n, t in step_weights(model)
+        ],
+    }
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    digest.update(_cpu_flags().encode())
+    return digest.hexdigest()[:24]
+
+
+def step_package(model: Transformer) -> Path:
+    """Where this model's compiled step is kept: the llama-tui cache folder's ``steps``."""
+    return cache_dir() / "steps" / f"{step_key(model)}.pt2"
+
+
+class _Step(nn.Module):
+    """token_logits for one token, with everything it reads passed in: export's root module.
+
+    The model is kept out of the module tree (no parameters of its own to bake in): its
+    parameters and buffers are swapped for the weight inputs while the step runs, each module
+    once (a tied table is one module under two names). A position travels as the length of an
+    empty tensor: the package takes tensors only, and an int would be a constant of the graph.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.__dict__["model"] = model  # unregistered
+        index = {id(t): i for i, (_, t) in enumerate(step_weights(model))}
+        # (the module's parameter or buffer table, the name in it, the weight input's index)
+        tables: list[dict[str, Any]] = [
+            table for m in model.modules() for table in (m._parameters, m._buffers)
+        ]
+        self.slots = [
+            (table, name, index[id(t)])
+            for table in tables
+            for name, t in table.items()
+            if t is not None
+        ]
+
+    def forward(
+        self,
+        token: torch.Tensor,  # [1, 1]
+        position: torch.Tensor,  # [pos, 0]
+        rope: torch.Tensor,  # [R, Dh/2] complex
+        keys: tuple[torch.Tensor, ...],  # per layer [1, KV, S, Dh], written at pos
+        values: tuple[torch.Tensor, ...],
+        weights: tuple[torch.Tensor, ...],  # step_weights' tensors, in order
+    ) -> torch.Tensor:
+        model: Transformer = self.__dict__["model"]
+        saved = [(table, name, table[name]) for table, name, _ in self.slots]
+        rope_saved, model.rope = model.rope, rope
+        try:
+            for table, name, i in self.slots:
+                table[name] = weights[i]
+            cache = KVCache.over(keys, values)
+            return token_logits(model, token, position.shape[0], cache)  # [1, 1, V]
+        finally:
+            model.rope = rope_saved
+            for table, name, original in saved:
+                table[name] = original
+
+
+def build_package(model: Transformer, target: Path) -> None:
+    """Export and compile the decode step of ``model`` into ``target`` (blocking; a minute or
+    two on 2 cores). Raises what torch raises; a failed build leaves no file behind."""
+    from torch.export import Dim, export
+
+    # inductor reads its working folder from the environment, and importing torch._dynamo (or
+    # anything that does) fills in /tmp's default, so ours is set, not defaulted
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
+    import torch._inductor  # imported here: seconds, and only a build needs it
+
+    # inductor's notes (fallback kernels, complex operators) are about speed, measured anyway
+    torch._logging.set_logs(inductor=logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"torch\._inductor")
+    a, weight = model.args, model.norm.weight
+    cache = KVCache(
+        a.n_layers, a.n_kv_heads, a.head_dim, EXAMPLE_CACHE, dtype=weight.dtype, device="cpu"
+    )
+    for buffer in (*cache.k, *cache.v):
+        buffer.zero_()
+    weights = tuple(t for _, t in step_weights(model))
+    example = (
+        torch.zeros(1, 1, dtype=torch.long),
+        torch.empty(EXAMPLE_POS, 0),
+        model.rope[:EXAMPLE_ROPE].clone(),
+        tuple(cache.k),
+        tuple(cache.v),
+        weights,
+    )
+    length = Dim("cache", min=COMPILED_FROM + 2)
+    dims = (
+        None,
+        {0: Dim("position", min=COMPILED_FROM)},
+        {0: Dim("rope", min=COMPILED_FROM + 2)},
+        tuple({2: length} for _ in cache.k),
+        tuple({2: length} for _ in cache.v),
+        tuple(None for _ in weights),
+    )
+    program = export(_Step(model), example, dynamic_shapes=dims, strict=False)
+
+    def write(temp: Path) -> None:
+        named = temp.with_name(temp.name + ".pt2")  # the packager takes only names in .pt2
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(named), inductor_configs={"compile_threads": 1}
+            )
+            os.replace(named, temp)
+        finally:
+            named.unlink(missing_ok=True)
+
+    error = write_atomically(target, write)
+    if error:
+        raise OSError(f"could not write the compiled step: {error}")
+
+
+class CompiledStep:
+    """A loaded package as ``model.decode_step``: (model, token [1, 1], start, cache) -> logits
+    [1, 1, V], for the model it was loaded with and positions from COMPILED_FROM on."""
+
+    def __init__(self, model: Transformer, package: Path) -> None:
+        # the package's runner itself (what torch._inductor.aoti_load_package wraps): ~10 ms,
+        # where importing torch._inductor for the wrapper took 1.4 s of the load
+        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
+        self.weights = [t for _, t in step_weights(model)]
+
+    def __call__(
+        self, model: Transformer, tokens: torch.Tensor, start: int, cache: KVCache
+    ) -> torch.Tensor:
+        position = torch.empty(start, 0)
+        inputs = [tokens, position, model.rope, *cache.k, *cache.v, *self.weights]
+        return self.runner.boxed_run(inputs)[0]  # boxed: the runner empties the list
+
+
+def compile_decode_step(model: Transformer) -> float:
+    """Hand ``model.decode_step`` its compiled step, building the package here first when
+    there is none (blocking: the benchmarks). Returns the seconds the build took (0 when the
+    package was there)."""
+    package = step_package(model)
+    built = 0.0
+    if not package.exists():
+        t0 = time.perf_counter()
+        build_package(model, package)
+        built = time.perf_counter() - t0
+    model.decode_step = CompiledStep(model, package)
+    return built
 
 
 @dataclass
@@ -64,69 +259,54 @@ class CompileStatus:
     """What the background build did, for a status line (filled in by the thread)."""
 
     ready: threading.Event
-    seconds: float = 0.0  # compile + warm-up time, once ready (or failed)
+    seconds: float = 0.0  # build (or find) + load time, once ready (or failed)
+    built: bool = False  # a build process ran (False: the package was in the cache)
     error: str | None = None  # why the step stayed eager (no C++ compiler, ...)
 
 
-def compiled_token_logits() -> Callable[..., torch.Tensor]:
-    """generate.token_logits through inductor: any position (dynamic=True), the C++ wrapper
-    (kernels called without Python in between), one compile thread (no worker pool).
-
-    It checks no guards when called. Dynamo's guards (one per weight tensor, module attribute
-    and cache buffer) took ~1 ms of a ~9 ms SmolLM2 step, and they only tell apart calls that
-    cannot happen here: the step is compiled from a code object of its own (a copy of
-    token_logits'), and dynamo keeps graphs per code object, so it holds this model's graph and
-    no other. It is called only by generate.decode_one_token, with the model it was built for,
-    that model's caches, a [1, 1] token and a position from COMPILED_FROM on.
-    """
-    own = token_logits.__code__.replace()  # equal, not the same object: a graph cache of its own
-    fn = types.FunctionType(own, token_logits.__globals__, "token_logits")
-    fn.__defaults__ = token_logits.__defaults__
-    return torch.compile(
-        fn,
-        dynamic=True,
-        options={
-            "cpp_wrapper": True,
-            "compile_threads": 1,
-            "guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
-        },
-    )
-
-
-def compile_decode_step(model: Transformer) -> None:
-    """Compile and warm up the decode step, then hand it to ``model.decode_step`` (blocking)."""
-    # inductor reads its cache folder from the environment, and importing torch._dynamo (or
-    # anything that does) fills in /tmp's default, so ours is set, not defaulted
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
-    import torch._dynamo as dynamo  # imported here: a second or more, only when compiling
-
-    # inductor's notes (fallback kernels, mixed float types) would go to the terminal under the
-    # app's screen: they are about speed, which the switch measures anyway
-    torch._logging.set_logs(inductor=logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"torch\._inductor")
-    compiled = compiled_token_logits()
-    a, weight = model.args, model.norm.weight
-    # inductor gives equal sizes one symbol, so a scratch length equal to a static size (say
-    # head_dim / 2 = 8) would pin every cache to that length: WARMUP_LEN is odd and prime
-    scratch = KVCache(
-        a.n_layers, a.n_kv_heads, a.head_dim, WARMUP_LEN, dtype=weight.dtype, device=weight.device
-    )
-    with torch.inference_mode():  # as decode_one_token: its token is an inference tensor
-        token = torch.zeros(1, 1, dtype=torch.long, device=weight.device)
-        token_logits(model, token.expand(1, COMPILED_FROM), 0, scratch)  # prefill, eagerly
-        for start in (COMPILED_FROM, COMPILED_FROM + 1):  # a graph for any position from there
-            compiled(model, token, start, scratch)
-    model.decode_step = dynamo.run(compiled)
+def _build_elsewhere(model: Transformer, source: Mapping[str, Any], package: Path) -> None:
+    """Run engine/step_build.py on ``source`` (load_model's profile keys) to write ``package``;
+    raises RuntimeError with its last line of output when it fails."""
+    request = {
+        "source": dict(source),
+        "package": str(package),
+        "key": package.stem,
+        "threads": torch.get_num_threads(),
+    }
+    command = [sys.executable, "-m", "engine.step_build"]
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            _, err = child.communicate(json.dumps(request), timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise RuntimeError(f"the build ran past {BUILD_TIMEOUT_S} s and was stopped") from None
+    if child.returncode != 0 or not package.exists():
+        lines = [line for line in err.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"build process exited {child.returncode}")
 
 
-def compile_in_background(model: Transformer) -> CompileStatus:
-    """Start ``compile_decode_step`` in a daemon thread; the model decodes eagerly meanwhile."""
+def compile_in_background(model: Transformer, source: Mapping[str, Any]) -> CompileStatus:
+    """Give ``model`` its compiled step without stopping the chat: a package in the cache is
+    loaded in a daemon thread; otherwise a child process loads the same model (``source``:
+    the profile keys load_profile_model reads) and builds it first. The model decodes
+    eagerly meanwhile."""
     status = CompileStatus(threading.Event())
 
     def build() -> None:
         t0 = time.perf_counter()
         try:
-            compile_decode_step(model)
+            package = step_package(model)
+            if not package.exists():
+                status.built = True
+                _build_elsewhere(model, source, package)
+            model.decode_step = CompiledStep(model, package)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place
             status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         finally:

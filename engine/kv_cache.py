@@ -35,6 +35,16 @@ class KVCache:
         self.max_len = max_len
         self.tokens: list[int] = []  # ids whose keys/values are stored, in order (batch 1)
 
+    @classmethod
+    def over(cls, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor]) -> KVCache:
+        """A cache over existing buffers [B, KV, S, Dh] per layer, holding no token ids (the
+        compiled step's traced inputs: engine/compiled.py)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(k), list(v)
+        cache.max_len = k[0].shape[2]
+        cache.tokens = []
+        return cache
+
     @property
     def length(self) -> int:
         return len(self.tokens)

@@ -12,7 +12,7 @@ import torch
 
 from engine.args import ModelArgs
 from engine.chat_format import ChatTemplate, chat_template_from_gguf
-from engine.config import Profile
+from engine.config import WEIGHT_KEYS, Profile
 from engine.default_model import default_model_path
 from engine.errors import ModelLoadError
 from engine.loaders.cache import cacheable, read_prepared, write_prepared
@@ -277,5 +277,8 @@ def load_profile_model(profile: Profile, progress: Progress | None = None) -> Lo
     from engine.compiled import compile_in_background, compile_supported, compile_wanted
 
     if compile_wanted(profile.compile) and compile_supported(loaded.model):
-        loaded.compiled = compile_in_background(loaded.model)  # decodes eagerly until ready
+        # what a build process needs to load the same model (engine/step_build.py), as JSON
+        source = {k: getattr(profile, k) for k in (*WEIGHT_KEYS, "context_length")}
+        source["offload_exclusion"] = list(profile.offload_exclusion)
+        loaded.compiled = compile_in_background(loaded.model, source)  # eager until ready
     return loaded

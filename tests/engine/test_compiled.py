@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
@@ -21,6 +23,8 @@ from engine.compiled import (
     compile_in_background,
     compile_supported,
     compile_wanted,
+    step_key,
+    step_package,
 )
 from engine.config import Profile, load_config
 from engine.errors import ConfigError
@@ -142,17 +146,61 @@ def test_one_token_attention_compiled_form_is_sdpa() -> None:
     assert torch.equal(one_token_attention(q, k, v), expected)  # eagerly: SDPA itself
 
 
+def q4_profile(path: Path) -> Profile:
+    return Profile(name="q4", model=str(path), dtype="bfloat16", device="cpu")
+
+
 @pytest.mark.slow
 @needs_compiler
-def test_background_build_hands_over_the_step_and_caches_on_disk(
-    q4_path: Path, cache_dir: Path, compiled: LoadedModel
+def test_a_build_process_writes_the_package_and_the_next_start_loads_it(
+    q4_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(ENV_COMPILE, "1")  # the test session turns it off (conftest)
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))  # cold: no package yet
+    first = load_profile_model(q4_profile(q4_path))
+    assert first.compiled is not None and first.model.decode_step is None  # eager meanwhile
+    assert first.compiled.ready.wait(600) and first.compiled.error is None
+    assert first.compiled.built and first.model.decode_step is not None
+    assert [p.name for p in (tmp_path / "steps").iterdir()] == [step_package(first.model).name]
+    again = load_profile_model(q4_profile(q4_path))  # a second start finds it
+    assert again.compiled is not None and again.compiled.ready.wait(600)
+    assert again.compiled.error is None and not again.compiled.built
+    for m in (first, again):
+        eager, eager_logits = greedy(m, 16)
+        switched, switched_logits = greedy(m, 16, switch_at=4)
+        assert switched == eager
+        torch.testing.assert_close(switched_logits, eager_logits, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_failed_build_leaves_the_eager_step_and_says_why(
+    q4_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))  # cold: no package yet
     m = load_model(q4_path, placement=PACKED, context_length=64)
-    assert compile_supported(m.model) and m.model.decode_step is None
-    status = compile_in_background(m.model)
-    assert status.ready.wait(600) and status.error is None
-    assert m.model.decode_step is not None and status.seconds > 0
-    assert any((cache_dir / "inductor").iterdir())  # inductor's cache, in ours
+    other = write_tiny_gguf(tmp_path / "other.gguf", dim=96, ffn_dim=192, quantize=Q.Q4_1)
+    source = {"model": str(other), "dtype": "bfloat16", "device": "cpu"}
+    status = compile_in_background(m.model, source)  # the build process loads another model
+    assert status.ready.wait(300)
+    assert status.error is not None and "other than the chat's" in status.error
+    assert m.model.decode_step is None and not step_package(m.model).exists()
+
+
+def test_the_package_key_follows_shapes_and_threads_not_values(q4_path: Path) -> None:
+    m = load_model(q4_path, placement=PACKED, context_length=64)
+    key = step_key(m.model)
+    with torch.no_grad():
+        m.model.norm.weight.add_(1.0)  # other values, same shapes: the same package
+    assert step_key(m.model) == key
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # inductor plans its loops for the thread count
+    try:
+        assert step_key(m.model) != key
+    finally:
+        torch.set_num_threads(threads)
+    shorter = load_model(q4_path, placement=PACKED, context_length=32)
+    assert step_key(shorter.model) == key  # the rope table's length is an input's size
 
 
 def test_compile_is_a_profile_key_and_an_environment_switch(
@@ -178,7 +226,7 @@ def test_a_profile_starts_the_build_unless_compile_is_off(
     q4_path: Path, cache_dir: Path, compiled: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_COMPILE, "1")  # the test session turns it off (conftest)
-    profile = Profile(name="q4", model=str(q4_path), dtype="bfloat16", device="cpu")
+    profile = q4_profile(q4_path)
     loaded = load_profile_model(profile)
     assert loaded.compiled is not None  # started; the model decodes eagerly meanwhile
     assert loaded.compiled.ready.wait(600) and loaded.model.decode_step is not None
@@ -208,3 +256,21 @@ def test_the_command_line_exits_cleanly_while_the_build_still_runs(
     )
     assert done.returncode == 0, done.stderr
     assert "terminate called" not in done.stderr and done.stdout  # the reply was printed
+    # the build process it started (engine/step_build.py) notices and stops within seconds
+    deadline = time.monotonic() + 30
+    while builders(env[ENV_CACHE_DIR]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not builders(env[ENV_CACHE_DIR])
+
+
+def builders(cache: str) -> list[psutil.Process]:
+    """Running build processes (engine.step_build) whose cache folder is ``cache``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "engine.step_build" in (proc.info["cmdline"] or []):
+                if proc.environ().get(ENV_CACHE_DIR) == cache:
+                    found.append(proc)
+        except psutil.Error:
+            continue
+    return found
