@@ -257,8 +257,8 @@ def _print_report(
     if meta["decode_step"] == "compiled":
         built = ", ".join(f"{s:.0f}" for s in meta["compile_s"])
         print(
-            "llama-tui decoded through its compiled step, built after the first token as a "
-            f"chat builds it in the background (seconds per process: {built})"
+            "llama-tui decoded through its compiled step, built or loaded from the cache after "
+            f"the first token (seconds per process: {built}; 0 = loaded from the cache)"
         )
     if meta["device"] != "cpu" and LLAMA_CPP in summaries:
         print(f"note: llama.cpp ran on the CPU (a CPU build), the others on {meta['device']}")
