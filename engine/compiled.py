@@ -20,6 +20,7 @@ keeps the eager step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -61,6 +62,8 @@ STEP_MODULES = (
 # (export would tie a size equal to a static one, say head_dim / 2, to it), primes and distinct
 EXAMPLE_POS, EXAMPLE_CACHE, EXAMPLE_ROPE = 11, 13, 17
 BUILD_TIMEOUT_S = 1800  # a build process still running after this is stopped
+KEEP_STEPS = 8  # packages kept in the cache folder's steps/, the ones used last
+TEMP_MAX_AGE_S = 24 * 3600  # a build's temp file this old was left by a killed build
 
 
 def compile_wanted(setting: bool) -> bool:
@@ -220,6 +223,7 @@ def build_package(model: Transformer, target: Path) -> None:
     error = write_atomically(target, write)
     if error:
         raise OSError(f"could not write the compiled step: {error}")
+    prune_steps(target.parent)
 
 
 class CompiledStep:
@@ -240,17 +244,56 @@ class CompiledStep:
         return self.runner.boxed_run(inputs)[0]  # boxed: the runner empties the list
 
 
+def cached_step(model: Transformer, package: Path) -> CompiledStep | None:
+    """The step in ``package`` when there is one that loads. One that does not (cut short,
+    not a package) is removed, so it is built again rather than trusted or failed on forever."""
+    if not package.exists():
+        return None
+    try:
+        step = CompiledStep(model, package)
+    except RuntimeError:
+        package.unlink(missing_ok=True)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(package)  # used now: prune_steps keeps the packages used last
+    return step
+
+
+def prune_steps(folder: Path, keep: int = KEEP_STEPS) -> list[Path]:
+    """Remove all but the ``keep`` packages used last (a new torch, a code change or another
+    model leaves the old ones unread), and temp files of builds killed a day ago; returns
+    what went."""
+    now = time.time()
+    packages, gone = [], []
+    for path in folder.glob("*.pt2"):
+        with contextlib.suppress(OSError):
+            packages.append((path.stat().st_mtime, path))
+    packages.sort(reverse=True)
+    stale = [path for _, path in packages[keep:]]
+    for path in folder.glob(".*.tmp*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > TEMP_MAX_AGE_S:
+                stale.append(path)
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            gone.append(path)
+    return gone
+
+
 def compile_decode_step(model: Transformer) -> float:
     """Hand ``model.decode_step`` its compiled step, building the package here first when
     there is none (blocking: the benchmarks). Returns the seconds the build took (0 when the
     package was there)."""
     package = step_package(model)
+    step = cached_step(model, package)
     built = 0.0
-    if not package.exists():
+    if step is None:
         t0 = time.perf_counter()
         build_package(model, package)
         built = time.perf_counter() - t0
-    model.decode_step = CompiledStep(model, package)
+        step = CompiledStep(model, package)
+    model.decode_step = step
     return built
 
 
@@ -303,10 +346,12 @@ def compile_in_background(model: Transformer, source: Mapping[str, Any]) -> Comp
         t0 = time.perf_counter()
         try:
             package = step_package(model)
-            if not package.exists():
+            step = cached_step(model, package)
+            if step is None:
                 status.built = True
                 _build_elsewhere(model, source, package)
-            model.decode_step = CompiledStep(model, package)
+                step = CompiledStep(model, package)
+            model.decode_step = step
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place
             status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         finally:

@@ -19,10 +19,12 @@ from gguf import GGMLQuantizationType as Q
 from engine.compiled import (
     ENV_CACHE_DIR,
     ENV_COMPILE,
+    KEEP_STEPS,
     compile_decode_step,
     compile_in_background,
     compile_supported,
     compile_wanted,
+    prune_steps,
     step_key,
     step_package,
 )
@@ -185,6 +187,39 @@ def test_a_failed_build_leaves_the_eager_step_and_says_why(
     assert status.ready.wait(300)
     assert status.error is not None and "other than the chat's" in status.error
     assert m.model.decode_step is None and not step_package(m.model).exists()
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_package_that_does_not_load_is_built_again(
+    q4_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))
+    m = load_model(q4_path, placement=PACKED, context_length=64)
+    package = step_package(m.model)
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"PK\x03\x04 cut short")  # a zip's first bytes, then nothing
+    assert compile_decode_step(m.model) > 0  # rebuilt, not trusted
+    assert m.model.decode_step is not None
+    eager, _ = greedy(m, 12)
+    assert greedy(m, 12, switch_at=3)[0] == eager
+    assert compile_decode_step(m.model) == 0.0  # the rebuilt one loads
+
+
+def test_the_steps_folder_keeps_the_packages_used_last(tmp_path: Path) -> None:
+    for i in range(KEEP_STEPS + 3):
+        path = tmp_path / f"{i:02d}.pt2"
+        path.write_bytes(b"x")
+        os.utime(path, (1000.0 + i, 1000.0 + i))  # 00 used first, 10 last
+    killed = tmp_path / ".00.pt2.4242.tmp.pt2"  # a build killed long ago
+    killed.write_bytes(b"x")
+    os.utime(killed, (1000.0, 1000.0))
+    running = tmp_path / ".01.pt2.4243.tmp"  # a build writing now
+    running.write_bytes(b"x")
+    gone = prune_steps(tmp_path)
+    assert sorted(p.name for p in gone) == [".00.pt2.4242.tmp.pt2", "00.pt2", "01.pt2", "02.pt2"]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == [".01.pt2.4243.tmp", *[f"{i:02d}.pt2" for i in range(3, KEEP_STEPS + 3)]]
 
 
 def test_the_package_key_follows_shapes_and_threads_not_values(q4_path: Path) -> None:
