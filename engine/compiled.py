@@ -46,7 +46,6 @@ from engine.quantized import Int4Linear
 from engine.user_cache import cache_dir, write_atomically
 
 ENV_COMPILE = "LLAMA_TUI_COMPILE"  # "0" (or "false", "off") turns the compiled step off
-ENV_CACHE_DIR = "LLAMA_TUI_CACHE_DIR"  # the llama-tui cache folder (default: the user's)
 STEP_VERSION = 1  # bump when what a package takes or returns changes
 # modules whose code decides what the compiled step computes: a change to any is a new package
 STEP_MODULES = (

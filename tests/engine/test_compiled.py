@@ -17,7 +17,6 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from engine.compiled import (
-    ENV_CACHE_DIR,
     ENV_COMPILE,
     KEEP_STEPS,
     compile_decode_step,
@@ -36,6 +35,7 @@ from engine.loaders import LoadedModel, load_model, load_profile_model
 from engine.model import attention_sums, one_token_attention
 from engine.placement import Placement
 from engine.quantized import int4_cpu_supported
+from engine.user_cache import ENV_CACHE_DIR
 from tests.gguf_writer import write_tiny_gguf
 
 CPU = torch.device("cpu")
