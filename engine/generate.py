@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from engine.background import background_busy
 from engine.config import SamplingSettings
 from engine.errors import ContextOverflowError
 from engine.events import Done, Event, PrefillDone, TokenEvent
@@ -54,6 +55,11 @@ def prefill(model: Transformer, cache: KVCache, ids: Sequence[int], start: int) 
     return logits
 
 
+def uses_compiled_step(model: Transformer, pos: int) -> bool:
+    """Whether a one-token step at ``pos`` runs the compiled step (engine/compiled.py)."""
+    return model.decode_step is not None and pos >= COMPILED_FROM
+
+
 @torch.inference_mode()
 def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch.Tensor:
     """Feed one token at the cache's end; returns next-token logits [V] (through the compiled
@@ -61,10 +67,20 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     device = model.norm.weight.device
     pos = cache.length
     tokens = torch.tensor([[token_id]], dtype=torch.long, device=device)
-    step = model.decode_step if model.decode_step and pos >= COMPILED_FROM else token_logits
-    logits = step(model, tokens, pos, cache)[0, -1]
+    step = model.decode_step if uses_compiled_step(model, pos) else None
+    logits = (step or token_logits)(model, tokens, pos, cache)[0, -1]
     cache.append([token_id])
     return logits
+
+
+def step_label(steps: int, compiled: int) -> str:
+    """GenerationMetrics.decode_step for a reply of ``steps`` one-token steps, ``compiled`` of
+    them through the compiled step (engine/compiled.py)."""
+    if compiled and compiled == steps:
+        return "compiled"
+    if compiled:
+        return "eager, then compiled"
+    return "eager (compiled step building)" if background_busy() else ""
 
 
 def near_tie(logits: torch.Tensor) -> bool:
@@ -129,6 +145,7 @@ def generate(
     steps = 0  # rows sampled after the prefill's (one a forward without a draft)
     verified = False  # rows came from a forward over a draft
     sample_s = forward_s = detok_s = 0.0  # accumulated perf_counter deltas: no device syncs
+    one_token = compiled = 0  # one-token steps, and those through the compiled step
     while True:
         if verified and settings.temperature == 0 and near_tie(rows[0]):
             # the compiled one-token step (engine/compiled.py) rounds a little differently
@@ -136,6 +153,8 @@ def generate(
             # step, as without drafts, and the rest of the draft is dropped
             t = time.perf_counter()
             cache.truncate(cache.length - len(draft) - 1)
+            one_token += 1
+            compiled += uses_compiled_step(model, cache.length)
             rows, draft, verified = [decode_one_token(model, cache, out_ids[-1])], [], False
             forward_s += time.perf_counter() - t
         t = time.perf_counter()
@@ -186,6 +205,8 @@ def generate(
         if draft:
             rows = verify(model, cache, [token, *draft])
         else:
+            one_token += 1
+            compiled += uses_compiled_step(model, cache.length)
             rows = [decode_one_token(model, cache, token)]
         forward_s += time.perf_counter() - t
         steps += 1
@@ -208,6 +229,7 @@ def generate(
         context_limit=cache.max_len,
         draft_tokens=lookup.drafted if lookup else 0,
         accepted_tokens=lookup.accepted if lookup else 0,
+        decode_step=step_label(one_token, compiled),
     )
     timings = ReplyTimings(
         prefill_s=t_prefill - t0,

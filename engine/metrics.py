@@ -22,6 +22,9 @@ class GenerationMetrics:
     offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
     draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
     accepted_tokens: int = 0  # of those, tokens the model agreed with
+    # the one-token steps' code: "compiled", "eager, then compiled" (it became ready mid-reply),
+    # "eager (compiled step building)"; "" = eager with no compiled step in play, or remote
+    decode_step: str = ""
     # remote: who measured what, one line ("" = all measured here by the local engine)
     source: str = ""
     server_prefill_tok_s: float = 0.0  # remote: the server's own prefill speed, 0 = not reported

@@ -27,9 +27,10 @@ from engine.compiled import (
     step_key,
     step_package,
 )
-from engine.config import Profile, load_config
+from engine.config import Profile, SamplingSettings, load_config
 from engine.errors import ConfigError
-from engine.generate import COMPILED_FROM, decode_one_token, prefill, token_logits
+from engine.events import Done, TokenEvent
+from engine.generate import COMPILED_FROM, decode_one_token, generate, prefill, token_logits
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
 from engine.model import attention_sums, one_token_attention
@@ -137,6 +138,43 @@ def test_each_model_gets_a_graph_of_its_own(
         torch.testing.assert_close(switched_logits, eager_logits, rtol=1e-3, atol=1e-3)
 
 
+def reply_step(m: LoadedModel, switch_after: int | None = None) -> str:
+    """A 12-token greedy reply's GenerationMetrics.decode_step; with ``switch_after``, eager
+    until that many tokens, then compiled (as the background build hands it over)."""
+    step, a = m.model.decode_step, m.args
+    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length)
+    greedy_settings = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+    m.model.decode_step = None if switch_after is not None else step
+    label, tokens = "?", 0
+    try:
+        events = generate(
+            m.model, m.tokenizer, cache, [7, 8, 9], greedy_settings, 12, stop_ids=frozenset()
+        )
+        for event in events:
+            if isinstance(event, TokenEvent):
+                tokens += 1
+                if tokens == switch_after:
+                    m.model.decode_step = step
+            elif isinstance(event, Done):
+                label = event.metrics.decode_step
+    finally:
+        m.model.decode_step = step
+    return label
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_reply_says_which_step_decoded_it(compiled: LoadedModel) -> None:
+    assert reply_step(compiled) == "compiled"
+    assert reply_step(compiled, switch_after=5) == "eager, then compiled"
+    step = compiled.model.decode_step
+    compiled.model.decode_step = None
+    try:
+        assert reply_step(compiled) == ""  # eager, nothing building: no compiled step in play
+    finally:
+        compiled.model.decode_step = step
+
+
 def test_one_token_attention_compiled_form_is_sdpa() -> None:
     # the sums inductor fuses (attention_sums) against SDPA, on a cache view as decode has it
     g = torch.Generator().manual_seed(0)
@@ -161,6 +199,7 @@ def test_a_build_process_writes_the_package_and_the_next_start_loads_it(
     monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))  # cold: no package yet
     first = load_profile_model(q4_profile(q4_path))
     assert first.compiled is not None and first.model.decode_step is None  # eager meanwhile
+    assert reply_step(first) == "eager (compiled step building)"  # a build takes 10 s or more
     assert first.compiled.ready.wait(600) and first.compiled.error is None
     assert first.compiled.built and first.model.decode_step is not None
     assert [p.name for p in (tmp_path / "steps").iterdir()] == [step_package(first.model).name]

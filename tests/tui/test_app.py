@@ -512,3 +512,18 @@ async def say_raw(pilot: Pilot[None], text: str) -> None:
     app.chat.query_one(PromptInput).focus()
     await pilot.press(*text, "enter")
     await pilot.pause(0.1)
+
+
+def test_metrics_pane_names_the_decode_step_only_when_a_compiled_one_is_in_play() -> None:
+    from engine.metrics import GenerationMetrics
+    from tui.app.stats import LiveStats
+
+    stats = LiveStats()
+    stats.on_done(GenerationMetrics(generated_tokens=9, decode_steps=8, decode_s=2.0))
+    assert "step" not in dict(metric_lines(stats))  # eager, nothing building (compile off)
+    for label in ("eager (compiled step building)", "eager, then compiled", "compiled"):
+        done = GenerationMetrics(
+            generated_tokens=9, decode_steps=8, decode_s=2.0, decode_step=label
+        )
+        stats.on_done(done)
+        assert dict(metric_lines(stats))["step"] == label

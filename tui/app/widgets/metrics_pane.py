@@ -146,6 +146,8 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
     if m is not None and m.source:  # a remote profile: who measured which figure, a row each
         parts = m.source.split("; ")
         rows += [("source" if i == 0 else "", part) for i, part in enumerate(parts)]
+    if m is not None and m.decode_step:  # a compiled step in play (engine/compiled.py)
+        rows.append(("step", m.decode_step))
     if m is not None and m.draft_tokens:  # speculative = "prompt-lookup"
         rows.append(("drafts", f"{m.accepted_tokens} of {m.draft_tokens} tokens accepted"))
     n, turns = stats.dropped_messages, stats.dropped_turns
