@@ -26,6 +26,7 @@ from tui.terminal import mute_lost_terminal
 UI_NICE = 5  # scheduling niceness of the UI thread relative to the engine's threads
 STOP_WAIT_S = 1.0  # after SIGTERM/SIGHUP: how long the cancelled reply may take to end
 HARD_EXIT_S = 1.6  # and when the process leaves even if the terminal's teardown hangs
+HANGUP_GRACE_S = 0.3  # after SIGHUP, from the chat's end: there is no terminal to restore
 
 
 def yield_cpu_to_engine() -> None:
@@ -71,6 +72,7 @@ class LlamaTuiApp(App[None]):
         self.exit_notes: list[str] = []  # lines for stderr once the screen is gone
         self.ending: int | None = None  # the signal (SIGTERM, SIGHUP) the app is ending for
         self._chat_lock, self._chat_done = threading.Lock(), False
+        self._ended = threading.Event()  # after a signal: the reply has ended, exit was asked
         self.llama_themes = load_themes()
         for theme in self.llama_themes:
             self.register_theme(theme)
@@ -103,7 +105,7 @@ class LlamaTuiApp(App[None]):
             mute_lost_terminal()
         if self.queue is not None:
             self.queue.cancel_all()
-        threading.Thread(target=self._hard_exit, args=(128 + signum,), daemon=True).start()
+        threading.Thread(target=self._hard_exit, args=(signum,), daemon=True).start()
         self.run_worker(self._end(signum), name="ending", exit_on_error=False)
 
     async def _end(self, signum: int) -> None:
@@ -111,14 +113,20 @@ class LlamaTuiApp(App[None]):
         deadline = time.monotonic() + STOP_WAIT_S
         while chat is not None and chat.controller.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self._ended.set()
         self.exit(return_code=128 + signum)
 
-    def _hard_exit(self, code: int) -> None:
-        """A terminal that is gone can leave Textual's teardown waiting on a write: once the
-        chat is closed (or HARD_EXIT_S passed), leave anyway."""
-        time.sleep(HARD_EXIT_S)
+    def _hard_exit(self, signum: int) -> None:
+        """A terminal that is gone can leave Textual's teardown waiting on a write: leave
+        anyway, HARD_EXIT_S after the signal, or after SIGHUP (nothing left to restore on the
+        terminal) HANGUP_GRACE_S after the reply ended; the chat is closed first."""
+        t0 = time.monotonic()
+        if signum == signal.SIGHUP and self._ended.wait(HARD_EXIT_S):
+            time.sleep(min(HANGUP_GRACE_S, max(0.0, HARD_EXIT_S - (time.monotonic() - t0))))
+        else:
+            time.sleep(HARD_EXIT_S)
         self.close_chat()
-        os._exit(code)
+        os._exit(128 + signum)
 
     def close_chat(self) -> None:
         """Stop the engine and close the chat's store (what it could not write is exported);
