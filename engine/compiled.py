@@ -353,6 +353,7 @@ def compile_in_background(model: Transformer, source: Mapping[str, Any]) -> Comp
             model.decode_step = step
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place
             status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            model.decode_step_error = status.error
         finally:
             background.done()
         status.seconds = time.perf_counter() - t0

@@ -73,13 +73,15 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     return logits
 
 
-def step_label(steps: int, compiled: int) -> str:
+def step_label(model: Transformer, steps: int, compiled: int) -> str:
     """GenerationMetrics.decode_step for a reply of ``steps`` one-token steps, ``compiled`` of
     them through the compiled step (engine/compiled.py)."""
     if compiled and compiled == steps:
         return "compiled"
     if compiled:
         return "eager, then compiled"
+    if model.decode_step_error:
+        return f"eager (compiled step failed: {model.decode_step_error})"
     return "eager (compiled step building)" if background_busy() else ""
 
 
@@ -229,7 +231,7 @@ def generate(
         context_limit=cache.max_len,
         draft_tokens=lookup.drafted if lookup else 0,
         accepted_tokens=lookup.accepted if lookup else 0,
-        decode_step=step_label(one_token, compiled),
+        decode_step=step_label(model, one_token, compiled),
     )
     timings = ReplyTimings(
         prefill_s=t_prefill - t0,

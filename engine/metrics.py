@@ -23,7 +23,8 @@ class GenerationMetrics:
     draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
     accepted_tokens: int = 0  # of those, tokens the model agreed with
     # the one-token steps' code: "compiled", "eager, then compiled" (it became ready mid-reply),
-    # "eager (compiled step building)"; "" = eager with no compiled step in play, or remote
+    # "eager (compiled step building)", "eager (compiled step failed: why)"; "" = eager with no
+    # compiled step in play, or remote
     decode_step: str = ""
     # remote: who measured what, one line ("" = all measured here by the local engine)
     source: str = ""

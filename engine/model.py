@@ -183,8 +183,10 @@ class Transformer(nn.Module):
             else nn.Linear(args.dim, args.vocab_size, bias=False, device=device)
         )
         self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
-        # generate.token_logits compiled for one-token steps, once built (engine/compiled.py)
+        # generate.token_logits compiled for one-token steps, once built (engine/compiled.py),
+        # or why its build failed (the reply's metrics say so)
         self.decode_step: Callable[..., torch.Tensor] | None = None
+        self.decode_step_error: str | None = None
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None

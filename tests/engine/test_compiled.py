@@ -226,6 +226,7 @@ def test_a_failed_build_leaves_the_eager_step_and_says_why(
     assert status.ready.wait(300)
     assert status.error is not None and "other than the chat's" in status.error
     assert m.model.decode_step is None and not step_package(m.model).exists()
+    assert reply_step(m) == f"eager (compiled step failed: {status.error})"  # the pane's row
 
 
 @pytest.mark.slow

@@ -521,7 +521,8 @@ def test_metrics_pane_names_the_decode_step_only_when_a_compiled_one_is_in_play(
     stats = LiveStats()
     stats.on_done(GenerationMetrics(generated_tokens=9, decode_steps=8, decode_s=2.0))
     assert "step" not in dict(metric_lines(stats))  # eager, nothing building (compile off)
-    for label in ("eager (compiled step building)", "eager, then compiled", "compiled"):
+    building, failed = "eager (compiled step building)", "eager (compiled step failed: why)"
+    for label in (building, failed, "eager, then compiled", "compiled"):
         done = GenerationMetrics(
             generated_tokens=9, decode_steps=8, decode_s=2.0, decode_step=label
         )
