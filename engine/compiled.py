@@ -42,7 +42,7 @@ from engine import background
 from engine.generate import COMPILED_FROM, token_logits
 from engine.kv_cache import KVCache
 from engine.model import Transformer
-from engine.quantized import Int4Linear
+from engine.quantized import Int4Linear, cpu_flags
 from engine.user_cache import cache_dir, write_atomically
 
 ENV_COMPILE = "LLAMA_TUI_COMPILE"  # "0" (or "false", "off") turns the compiled step off
@@ -86,15 +86,6 @@ def step_weights(model: Transformer) -> list[tuple[str, torch.Tensor]]:
     return [*model.named_parameters(), *model.named_buffers()]
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags: the package's kernels are built for this instruction set."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line.split(":", 1)[1] for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
 def step_key(model: Transformer) -> str:
     """What a package depends on: the shapes, strides and dtypes of everything it takes, the
     model's sizes, the step's code, torch's version, the thread count and the CPU's flags."""
@@ -114,7 +105,7 @@ def step_key(model: Transformer) -> str:
         ],
     }
     digest.update(json.dumps(described, sort_keys=True).encode())
-    digest.update(_cpu_flags().encode())
+    digest.update(" ".join(cpu_flags()).encode())  # the kernels' instruction set
     return digest.hexdigest()[:24]
 
 
@@ -306,7 +297,7 @@ class CompileStatus:
     error: str | None = None  # why the step stayed eager (no C++ compiler, ...)
 
 
-def _build_elsewhere(model: Transformer, source: Mapping[str, Any], package: Path) -> None:
+def _build_elsewhere(source: Mapping[str, Any], package: Path) -> None:
     """Run engine/step_build.py on ``source`` (load_model's profile keys) to write ``package``;
     raises RuntimeError with its last line of output when it fails."""
     request = {
@@ -348,7 +339,7 @@ def compile_in_background(model: Transformer, source: Mapping[str, Any]) -> Comp
             step = cached_step(model, package)
             if step is None:
                 status.built = True
-                _build_elsewhere(model, source, package)
+                _build_elsewhere(source, package)
                 step = CompiledStep(model, package)
             model.decode_step = step
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place

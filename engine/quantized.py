@@ -38,17 +38,25 @@ def int4_cpu_supported() -> bool:
 
 
 @functools.cache
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's feature flags (/proc/cpuinfo), in its order; none where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return tuple(
+                next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+            )
+    except OSError:
+        return ()
+
+
+@functools.cache
 def native_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo).
     Without it the dense prefill path is off: on an AVX2 EPYC a [128, 576] x [576, 1536]
     bfloat16 GEMM took 54x float32's time (a 128-token prefill ~40x slower than the int4
     kernel), and float32 GEMMs on the dequantized weights were no faster than the kernel
     (128 tokens: 1.0 s dense against 0.67 s for 127 on the kernel)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line.split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
