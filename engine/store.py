@@ -70,16 +70,18 @@ CREATE TABLE IF NOT EXISTS attachments (
 CREATE INDEX IF NOT EXISTS attachments_by_message ON attachments(message_id);
 """
 # full-text search over every message: an FTS5 index with messages as its external content,
-# kept in step by triggers (a streaming reply's rewrites replace its indexed text)
+# kept in step by triggers (a streaming reply's rewrites replace its indexed text); each step a
+# no-op once done, as two processes opening a new store may both get here
 SEARCH_SCHEMA = """
-CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id');
-CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts
+    USING fts5(content, content='messages', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
     INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
 END;
-CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
     INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
 END;
-CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF content ON messages BEGIN
     INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
     INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
 END;
@@ -183,7 +185,8 @@ class ConversationStore:
         have = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone()
         if have is None:
             try:
-                db.executescript(f"BEGIN; {SEARCH_SCHEMA} COMMIT;")
+                # under the write lock: another process's creation waits or is found done
+                db.executescript(f"BEGIN IMMEDIATE; {SEARCH_SCHEMA} COMMIT;")
             except sqlite3.OperationalError as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")

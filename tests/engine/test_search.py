@@ -12,7 +12,7 @@ import pytest
 from engine.codeblocks import CodeBlock, code_blocks
 from engine.errors import UserError
 from engine.importing import read_import
-from engine.store import DB_NAME, MARK, ConversationStore
+from engine.store import DB_NAME, MARK, SEARCH_SCHEMA, ConversationStore
 
 
 def hits(store: ConversationStore, query: str, prefix: bool = False) -> list[tuple[int, int, str]]:
@@ -196,3 +196,17 @@ def test_code_blocks_are_found_in_order() -> None:
     ]
     assert code_blocks("cut short:\n```js\nlet x") == [CodeBlock("js", "let x")]
     assert code_blocks("no code here") == []
+
+
+def test_a_second_process_creating_the_index_too_changes_nothing(tmp_path: Path) -> None:
+    # two processes opening a new store at once both find no index and both create it: the
+    # second, under the write lock after the first, must neither fail nor index twice
+    first = ConversationStore(tmp_path / DB_NAME)
+    chat = first.new_conversation("boats", {})
+    first.add_message(chat, "user", "a boat on the lake")
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    db.executescript(f"BEGIN IMMEDIATE; {SEARCH_SCHEMA} COMMIT;")  # the late process's step
+    db.close()
+    first.add_message(chat, "assistant", "the boat drifts")
+    assert sorted(hits(first, "boat")) == [(chat, 0, "user"), (chat, 1, "assistant")]  # once each
+    assert hits(ConversationStore(tmp_path / DB_NAME), "lake") == [(chat, 0, "user")]
