@@ -48,6 +48,18 @@ def test_the_command_line_and_history_need_no_torch() -> None:
     assert "torch" not in loaded and "jinja2" not in loaded
 
 
+def test_a_local_reply_imports_no_http_client(tiny_gguf: Path) -> None:
+    """httpx (and the rich console its CLI module brings) cost ~60 ms of every start: only a
+    remote profile imports them."""
+    code = (
+        "from tui.cli.main import main\n"
+        f"assert main(['ask', '--model', {str(tiny_gguf)!r}, '--max-new-tokens', '2', 'Hi']) == 0"
+    )
+    loaded = modules_after(code)
+    assert "torch" in loaded  # the reply ran on the local engine
+    assert "httpx" not in loaded and "engine.remote.client" not in loaded
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     try:
         engine.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018

@@ -26,7 +26,6 @@ from engine import (
     Persona,
     Profile,
     ProfileBackend,
-    RemoteClient,
     ServerError,
     TokenEvent,
     Turn,
@@ -200,6 +199,8 @@ def run_models(profile: Profile) -> int:
     if profile.backend != "openai":
         print(profile.model or "(the embedded SmolLM2-135M-Instruct)")
         return 0
+    from engine import RemoteClient  # httpx: imported for remote profiles only
+
     client = RemoteClient(profile.base_url, profile.api_key_env, profile.request_timeout_s)
     try:
         for entry in client.models():
