@@ -287,6 +287,16 @@ def compile_decode_step(model: Transformer) -> float:
     return built
 
 
+def load_cached_step(model: Transformer) -> bool:
+    """Hand ``model.decode_step`` the package already in the cache, here and now (5-10 ms),
+    building nothing: for a process that ends with its one reply (`llama-tui ask`), where a
+    build would be stopped unfinished. Returns whether there was one."""
+    step = cached_step(model, step_package(model))
+    if step is not None:
+        model.decode_step = step
+    return step is not None
+
+
 @dataclass
 class CompileStatus:
     """What the background build did, for a status line (filled in by the thread)."""

@@ -68,10 +68,11 @@ def model_key(profile: Profile) -> ModelKey:
 class LocalBackend:
     """Pure-PyTorch backend: an LRU cache of loaded models and one ChatSession."""
 
-    def __init__(self, max_loaded_models: int = 2) -> None:
+    def __init__(self, max_loaded_models: int = 2, build_steps: bool = True) -> None:
         if max_loaded_models < 1:
             raise UserError(f"max_loaded_models = {max_loaded_models}: must be >= 1")
         self.max_loaded_models = max_loaded_models
+        self.build_steps = build_steps  # False: compiled steps from the cache only (one reply)
         self.models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()  # oldest first
         self.session: ChatSession | None = None
         self.profile: Profile | None = None
@@ -87,7 +88,7 @@ class LocalBackend:
                 return replace(loaded, context_length=wanted), True
             del self.models[key]
         self._evict(self.max_loaded_models - 1)
-        loaded = load_profile_model(profile, progress)
+        loaded = load_profile_model(profile, progress, self.build_steps)
         self.loads += 1
         self.models[key] = loaded
         return loaded, False

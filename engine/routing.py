@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 
 class ProfileBackend:
-    def __init__(self, max_loaded_models: int = 2) -> None:
+    def __init__(self, max_loaded_models: int = 2, build_steps: bool = True) -> None:
         self.max_loaded_models = max_loaded_models
+        self.build_steps = (
+            build_steps  # LocalBackend's: False takes compiled steps from the cache only
+        )
         self._local: LocalBackend | None = None  # made by the first local load: it imports torch
         self.remote = RemoteBackend()
         self.active: Backend = self.remote  # nothing loaded yet: it holds no conversation
@@ -34,7 +37,7 @@ class ProfileBackend:
         if self._local is None:
             from engine.local import LocalBackend
 
-            self._local = LocalBackend(self.max_loaded_models)
+            self._local = LocalBackend(self.max_loaded_models, self.build_steps)
         return self._local
 
     def load(self, profile: Profile, progress: Progress) -> ModelInfo:

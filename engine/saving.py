@@ -48,6 +48,8 @@ def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
         "context_tokens": m.context_used,  # tokens in context after the turn
         "computed_tokens": m.computed_tokens,  # prompt tokens run through the model this turn
     }
+    if m.decode_step:  # which decode step ran: "compiled", "eager (compiled step building)", ...
+        record["decode_step"] = m.decode_step
     if m.offload_bytes_per_token:  # weights streamed from CPU memory this reply
         record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
         record["offload_gb_s"] = round(m.offload_gb_s, 2)

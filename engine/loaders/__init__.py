@@ -257,8 +257,12 @@ def _loaded(
     )
 
 
-def load_profile_model(profile: Profile, progress: Progress | None = None) -> LoadedModel:
-    """The model a profile names (the embedded default when none), on its device and dtype."""
+def load_profile_model(
+    profile: Profile, progress: Progress | None = None, build_step: bool = True
+) -> LoadedModel:
+    """The model a profile names (the embedded default when none), on its device and dtype.
+    With ``compile`` on, its compiled decode step comes from the cache, else is built in the
+    background; ``build_step`` False takes one from the cache only (a one-reply process)."""
     placement = resolve_placement(
         profile.device,
         profile.dtype,
@@ -274,9 +278,17 @@ def load_profile_model(profile: Profile, progress: Progress | None = None) -> Lo
         progress=progress,
         tokenizer=Path(profile.tokenizer) if profile.tokenizer else None,
     )
-    from engine.compiled import compile_in_background, compile_supported, compile_wanted
+    from engine.compiled import (
+        compile_in_background,
+        compile_supported,
+        compile_wanted,
+        load_cached_step,
+    )
 
     if compile_wanted(profile.compile) and compile_supported(loaded.model):
+        if not build_step:
+            load_cached_step(loaded.model)
+            return loaded
         # what a build process needs to load the same model (engine/step_build.py), as JSON
         source = {k: getattr(profile, k) for k in (*WEIGHT_KEYS, "context_length")}
         source["offload_exclusion"] = list(profile.offload_exclusion)

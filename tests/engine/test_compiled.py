@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -307,6 +308,57 @@ def test_a_profile_starts_the_build_unless_compile_is_off(
     assert loaded.compiled.ready.wait(600) and loaded.model.decode_step is not None
     off = load_profile_model(replace(profile, compile=False))
     assert off.compiled is None and off.model.decode_step is None
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_one_reply_load_takes_a_package_from_the_cache_and_builds_none(
+    q4_path: Path,
+    cache_dir: Path,
+    compiled: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `llama-tui ask` (build_step=False): its process ends with the reply, before any build
+    monkeypatch.setenv(ENV_COMPILE, "1")  # the test session turns it off (conftest)
+    warm = load_profile_model(q4_profile(q4_path), build_step=False)
+    assert warm.compiled is None and warm.model.decode_step is not None  # loaded at once
+    assert reply_step(warm) == "compiled"
+    os.environ[ENV_CACHE_DIR] = str(tmp_path)  # cold; the module fixture restores it
+    try:
+        cold = load_profile_model(q4_profile(q4_path), build_step=False)
+    finally:
+        os.environ[ENV_CACHE_DIR] = str(cache_dir)
+    assert cold.compiled is None and cold.model.decode_step is None
+    assert reply_step(cold) == ""  # eager, and nothing building
+    assert not builders(str(tmp_path)) and not (tmp_path / "steps").exists()
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_ask_decodes_on_the_cached_package_and_says_so(
+    q4_path: Path, cache_dir: Path, compiled: LoadedModel, tmp_path: Path
+) -> None:
+    code = "from tui.cli.main import run; run()"
+    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
+    args = ["ask", "--json", "--max-new-tokens", "6", "--temperature", "0", *flags, "Hi"]
+    replies = {}
+    for name, cache in (("warm", cache_dir), ("cold", tmp_path / "cold")):
+        env = {**os.environ, ENV_COMPILE: "1", ENV_CACHE_DIR: str(cache)}
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        replies[name] = json.loads(done.stdout)
+    assert replies["warm"]["decode_step"] == "compiled"
+    assert "decode_step" not in replies["cold"]  # eager, no build started for one reply
+    assert replies["warm"]["token_ids"] == replies["cold"]["token_ids"]
+    assert not builders(str(tmp_path / "cold")) and not (tmp_path / "cold" / "steps").exists()
 
 
 @pytest.mark.slow

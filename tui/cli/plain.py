@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TextIO
 
 from engine import (
@@ -103,8 +102,9 @@ def stream(chat: Conversation, turn: Turn, as_json: bool, out: TextIO) -> Done:
 
 def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    # one reply: a background compile of the decode step would only cost start time and CPU
-    queue = open_engine(replace(profile, compile=False))
+    # one reply: a compiled decode step already in the cache is used (5-10 ms to load); none is
+    # built, as the process would end before the build (a chat builds it)
+    queue = open_engine(profile, backend=ProfileBackend(max_loaded_models=1, build_steps=False))
     try:
         chat = Conversation(queue, profile=profile)  # one turn, not saved
         stream(chat, chat.send(prompt), args.json, sys.stdout)
