@@ -33,6 +33,7 @@ def model(data: Callable[[Path], bytes]) -> Setup:
 ROWS: list[tuple[str, Setup, str, int, str]] = [  # (what, setup, stdin, exit code, fragment)
     ("missing model", lambda d, m: ["ask", "--model", "nope.gguf", "hi"], "", 2, "not found"),
     ("text as a model", model(lambda m: b"not a model"), "", 2, "not a GGUF file"),
+    ("prepare a missing model", lambda d, m: ["prepare", "--model", "no.gguf"], "", 2, "no.gguf"),
     ("empty model", model(lambda m: b""), "", 2, "bad.gguf"),
     ("truncated model", model(lambda m: m.read_bytes()[:4096]), "", 2, "truncated"),
     ("model is a folder", lambda d, m: ["ask", "--model", str(d), "hi"], "", 2, "model-is-a"),

@@ -363,6 +363,40 @@ def test_ask_decodes_on_the_cached_package_and_says_so(
 
 @pytest.mark.slow
 @needs_compiler
+def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
+    q4_path: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
+
+    def cli(*args: str, compile_on: str = "1") -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache)}
+        code = "from tui.cli.main import run; run()"
+        command = [sys.executable, "-c", code, *args, *flags]
+        return subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+        )
+
+    first = cli("prepare")
+    assert first.returncode == 0, first.stderr
+    lines = first.stderr.splitlines()  # one line a step, no warnings or traces
+    assert len(lines) == 3, first.stderr
+    assert "weights cache: written" in lines[0] and "building" in lines[1]
+    assert "built in" in lines[2]
+    packages = sorted((cache / "steps").iterdir())
+    assert [p.suffix for p in packages] == [".pt2"]
+    again = cli("prepare")
+    assert again.returncode == 0 and "weights cache: read" in again.stderr
+    assert again.stderr.splitlines()[-1] == "llama-tui: compiled decode step: ready (already built)"
+    assert sorted((cache / "steps").iterdir()) == packages  # nothing built twice
+    reply = cli("ask", "--json", "--max-new-tokens", "4", "--temperature", "0", "Hi")
+    assert reply.returncode == 0 and json.loads(reply.stdout)["decode_step"] == "compiled"
+    off = cli("prepare", compile_on="0")
+    assert off.returncode == 0 and "compiled decode step: off" in off.stderr
+
+
+@pytest.mark.slow
+@needs_compiler
 def test_the_command_line_exits_cleanly_while_the_build_still_runs(
     q4_path: Path, tmp_path: Path
 ) -> None:

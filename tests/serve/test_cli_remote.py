@@ -53,6 +53,8 @@ def test_ask_and_models(config: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert record["source"].startswith("client: TTFT, decode; server: prompt, cache")
     assert main(["models", "--config", str(config), "--profile", "far"]) == 0
     assert capsys.readouterr().out == "SmolLM2-135M-Instruct.Q4_1.gguf\n"
+    assert main(["prepare", "--config", str(config), "--profile", "far"]) == 0
+    assert "runs on the server at http://127.0.0.1" in capsys.readouterr().err  # nothing loaded
 
 
 def test_remote_ask_never_imports_torch(config: Path) -> None:

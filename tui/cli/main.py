@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer one prompt and exit")
     _common(ask)
     ask.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
+    prepare = sub.add_parser(
+        "prepare",
+        help="write the weights cache and build the compiled decode step now, so the next ask "
+        "or chat starts on them",
+    )
+    _common(prepare)
     chat = sub.add_parser("chat", help="chat; --plain for line mode (one stdin line per turn)")
     _common(chat)
     chat.add_argument("--plain", action="store_true", help="line mode for pipes and dumb terminals")
@@ -233,7 +239,7 @@ def app_from_args(args: argparse.Namespace) -> LlamaTuiApp:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    commands = ("ask", "chat", "history", "serve", "models", "bench", "-h", "--help")
+    commands = ("ask", "chat", "prepare", "history", "serve", "models", "bench", "-h", "--help")
     if not words or words[0] not in commands:  # no command: chat, with chat's flags
         words = ["chat", *([] if interactive else ["--plain"]), *words]
     args = build_parser().parse_args(words)
@@ -300,6 +306,10 @@ def dispatch(args: argparse.Namespace, interactive: bool) -> int:
         from tui.bench.speed import run_bench
 
         return run_bench(args, profile)
+    if args.command == "prepare":
+        from tui.cli.prepare import run_prepare
+
+        return run_prepare(profile)
     from tui.cli import plain
 
     if args.command == "ask":

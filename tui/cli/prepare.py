@@ -1,0 +1,61 @@
+"""`llama-tui prepare`: a profile's first-start work, done now and waited for.
+
+A first start writes the prepared-weights cache and builds the compiled decode step in a
+background process while replies decode eagerly; `ask` builds no step at all, as its process
+ends with the reply. `prepare` does both in the foreground, so the next `ask`, chat or app
+start loads them (milliseconds) and decodes on the compiled step from its first token. One line
+per step on stderr; exit 0 when everything is ready (nothing to do included).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+from engine import (
+    Profile,
+    UserError,
+    compile_decode_step,
+    compile_supported,
+    compile_wanted,
+    load_profile_model,
+)
+
+
+def say(text: str) -> None:
+    print(f"llama-tui: {text}", file=sys.stderr, flush=True)
+
+
+def run_prepare(profile: Profile) -> int:
+    if profile.backend == "openai":
+        where = f"the server at {profile.base_url}"
+        say(f"profile {profile.name!r} runs on {where}: nothing to prepare here")
+        return 0
+    t0 = time.perf_counter()
+    loaded = load_profile_model(profile, build_step=False)  # a step in the cache is loaded
+    model = loaded.model
+    say(
+        f"model {loaded.path.name} loaded in {time.perf_counter() - t0:.1f} s "
+        f"({loaded.weights}); weights cache: {loaded.weights_cache}"
+    )
+    if not compile_wanted(profile.compile):
+        say("compiled decode step: off (compile = false, or LLAMA_TUI_COMPILE=0)")
+    elif not compile_supported(model):
+        say("compiled decode step: not used by this placement (it is for 4-bit blocks on CPU)")
+    elif model.decode_step is not None:
+        say("compiled decode step: ready (already built)")
+    else:
+        say("compiled decode step: building, about 1-2 minutes on 2 cores ...")
+        try:
+            with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
+                warnings.simplefilter("ignore", FutureWarning)
+                built = compile_decode_step(model)
+        except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"the compiled decode step could not be built ({why}); replies decode on the "
+                "eager step: install a C++ compiler (g++), or set compile = false"
+            ) from None
+        say(f"compiled decode step: built in {built:.0f} s; later starts load it in milliseconds")
+    return 0
