@@ -191,6 +191,24 @@ def q4_profile(path: Path) -> Profile:
     return Profile(name="q4", model=str(path), dtype="bfloat16", device="cpu")
 
 
+def cli(
+    args: list[str], q4: Path, cache: Path, compile_on: str = "1", stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The console entry point (tui.cli.main:run) in a real process, on the q4 model with
+    ``cache`` as its cache folder and compile as ``compile_on`` says."""
+    env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache)}
+    flags = ["--model", str(q4), "--dtype", "bfloat16", "--device", "cpu"]
+    return subprocess.run(
+        [sys.executable, "-c", "from tui.cli.main import run; run()", *args, *flags],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cache.parent,
+        timeout=600,
+    )
+
+
 @pytest.mark.slow
 @needs_compiler
 def test_a_build_process_writes_the_package_and_the_next_start_loads_it(
@@ -339,20 +357,10 @@ def test_a_one_reply_load_takes_a_package_from_the_cache_and_builds_none(
 def test_ask_decodes_on_the_cached_package_and_says_so(
     q4_path: Path, cache_dir: Path, compiled: LoadedModel, tmp_path: Path
 ) -> None:
-    code = "from tui.cli.main import run; run()"
-    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
-    args = ["ask", "--json", "--max-new-tokens", "6", "--temperature", "0", *flags, "Hi"]
+    args = ["ask", "--json", "--max-new-tokens", "6", "--temperature", "0", "Hi"]
     replies = {}
     for name, cache in (("warm", cache_dir), ("cold", tmp_path / "cold")):
-        env = {**os.environ, ENV_COMPILE: "1", ENV_CACHE_DIR: str(cache)}
-        done = subprocess.run(
-            [sys.executable, "-c", code, *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-        )
+        done = cli(args, q4_path, cache)
         assert done.returncode == 0, done.stderr
         replies[name] = json.loads(done.stdout)
     assert replies["warm"]["decode_step"] == "compiled"
@@ -367,17 +375,7 @@ def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
     q4_path: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
-
-    def cli(*args: str, compile_on: str = "1") -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache)}
-        code = "from tui.cli.main import run; run()"
-        command = [sys.executable, "-c", code, *args, *flags]
-        return subprocess.run(
-            command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
-        )
-
-    first = cli("prepare")
+    first = cli(["prepare"], q4_path, cache)
     assert first.returncode == 0, first.stderr
     lines = first.stderr.splitlines()  # one line a step, no warnings or traces
     assert len(lines) == 3, first.stderr
@@ -385,13 +383,15 @@ def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
     assert "built in" in lines[2]
     packages = sorted((cache / "steps").iterdir())
     assert [p.suffix for p in packages] == [".pt2"]
-    again = cli("prepare")
+    again = cli(["prepare"], q4_path, cache)
     assert again.returncode == 0 and "weights cache: read" in again.stderr
     assert again.stderr.splitlines()[-1] == "llama-tui: compiled decode step: ready (already built)"
     assert sorted((cache / "steps").iterdir()) == packages  # nothing built twice
-    reply = cli("ask", "--json", "--max-new-tokens", "4", "--temperature", "0", "Hi")
+    reply = cli(
+        ["ask", "--json", "--max-new-tokens", "4", "--temperature", "0", "Hi"], q4_path, cache
+    )
     assert reply.returncode == 0 and json.loads(reply.stdout)["decode_step"] == "compiled"
-    off = cli("prepare", compile_on="0")
+    off = cli(["prepare"], q4_path, cache, compile_on="0")
     assert off.returncode == 0 and "compiled decode step: off" in off.stderr
 
 
@@ -402,26 +402,16 @@ def test_the_command_line_exits_cleanly_while_the_build_still_runs(
 ) -> None:
     # the console entry point (tui.cli.main:run) in a real process: the reply ends long before
     # the build, whose daemon thread inside inductor's native code used to abort the exit (134)
-    env = {**os.environ, ENV_COMPILE: "1", ENV_CACHE_DIR: str(tmp_path / "cold")}
-    code = "from tui.cli.main import run; run()"
-    flags = ["--model", str(q4_path), "--dtype", "bfloat16", "--device", "cpu"]
-    args = ["chat", "--plain", "--no-save", "--max-new-tokens", "3", *flags]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        input="hello\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    cold = tmp_path / "cold"
+    args = ["chat", "--plain", "--no-save", "--max-new-tokens", "3"]
+    done = cli(args, q4_path, cold, stdin="hello\n")
     assert done.returncode == 0, done.stderr
     assert "terminate called" not in done.stderr and done.stdout  # the reply was printed
     # the build process it started (engine/step_build.py) notices and stops within seconds
     deadline = time.monotonic() + 30
-    while builders(env[ENV_CACHE_DIR]) and time.monotonic() < deadline:
+    while builders(str(cold)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not builders(env[ENV_CACHE_DIR])
+    assert not builders(str(cold))
 
 
 def builders(cache: str) -> list[psutil.Process]:
