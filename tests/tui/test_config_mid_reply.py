@@ -34,11 +34,13 @@ async def test_a_broken_save_mid_reply_names_the_line_and_changes_nothing(
         # what the app's 1 s timer runs, called at once: a fast CPU ends 2,000 tiny-model
         # tokens before the timer's next tick
         app.chat.profiles.watch_file()
+        streaming = app.chat.busy  # the save was read mid-reply (read before the pause: a
+        # fast VM ended the 2,000 tokens within the 50 ms that follows)
         await pilot.pause(0.05)
         assert "not reloaded" in str(error.render())
         shown = str(error.render())
         assert f"llama-tui.toml:{line}" in shown and "top_p" in shown
-        assert app.chat.busy  # the reply is still streaming
+        assert streaming
         assert app.chat.controller.profile == before  # the last good profile is kept
         await wait_for(pilot, idle(app), timeout=120)
         await pilot.pause(0.1)
