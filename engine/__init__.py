@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         Tokens,
         TurnStarted,
     )
-    from engine.generate import decode_one_token, generate, prefill
+    from engine.generate import STEP_NOT_BUILT, decode_one_token, generate, prefill
     from engine.history import prompt_budget
     from engine.importing import read_import
     from engine.kv_cache import KVCache
@@ -160,6 +160,7 @@ _EXPORTS = {
     "assign_state": "engine.loaders.state",
     "data_dir": "engine.store",
     "decode_one_token": "engine.generate",
+    "STEP_NOT_BUILT": "engine.generate",
     "default_model_path": "engine.default_model",
     "encode_dialog": "engine.chat_format",
     "find_config_path": "engine.config",
@@ -197,6 +198,7 @@ __all__ = [
     "RemoteBackend",
     "RemoteClient",
     "ProfileBackend",
+    "STEP_NOT_BUILT",
     "BUSY_SHOWN",
     "PHASES",
     "EnergyReading",

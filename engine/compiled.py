@@ -294,6 +294,7 @@ def load_cached_step(model: Transformer) -> bool:
     step = cached_step(model, step_package(model))
     if step is not None:
         model.decode_step = step
+    model.decode_step_unbuilt = step is None  # its replies say so (generate.step_label)
     return step is not None
 
 

@@ -22,6 +22,7 @@ from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
 COMPILED_FROM = 2  # the compiled step (engine/compiled.py) is traced for positions from this on
+STEP_NOT_BUILT = "eager (no compiled step built yet: `llama-tui prepare` builds it)"
 TIE_MARGIN = 0.1  # greedy: a draft's row with its two best logits this close is recomputed
 
 
@@ -82,6 +83,8 @@ def step_label(model: Transformer, steps: int, compiled: int) -> str:
         return "eager, then compiled"
     if model.decode_step_error:
         return f"eager (compiled step failed: {model.decode_step_error})"
+    if model.decode_step_unbuilt:
+        return STEP_NOT_BUILT
     return "eager (compiled step building)" if background_busy() else ""
 
 

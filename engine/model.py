@@ -184,9 +184,11 @@ class Transformer(nn.Module):
         )
         self.rope = torch.empty(0)  # [S, Dh/2] complex: row p rotates position p (init_rope)
         # generate.token_logits compiled for one-token steps, once built (engine/compiled.py),
-        # or why its build failed (the reply's metrics say so)
+        # why its build failed, or that none was built and none is building (a one-reply
+        # process, `ask`, found no package): the reply's metrics say which
         self.decode_step: Callable[..., torch.Tensor] | None = None
         self.decode_step_error: str | None = None
+        self.decode_step_unbuilt = False
 
     def init_rope(
         self, max_len: int, device: torch.device | str, freq_factors: torch.Tensor | None = None

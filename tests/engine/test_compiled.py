@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -31,7 +33,14 @@ from engine.compiled import (
 from engine.config import Profile, SamplingSettings, load_config
 from engine.errors import ConfigError
 from engine.events import Done, TokenEvent
-from engine.generate import COMPILED_FROM, decode_one_token, generate, prefill, token_logits
+from engine.generate import (
+    COMPILED_FROM,
+    STEP_NOT_BUILT,
+    decode_one_token,
+    generate,
+    prefill,
+    token_logits,
+)
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
 from engine.model import attention_sums, one_token_attention
@@ -192,7 +201,12 @@ def q4_profile(path: Path) -> Profile:
 
 
 def cli(
-    args: list[str], q4: Path, cache: Path, compile_on: str = "1", stdin: str = ""
+    args: list[str],
+    q4: Path,
+    cache: Path,
+    compile_on: str = "1",
+    stdin: str = "",
+    stderr: int = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[str]:
     """The console entry point (tui.cli.main:run) in a real process, on the q4 model with
     ``cache`` as its cache folder and compile as ``compile_on`` says."""
@@ -201,7 +215,8 @@ def cli(
     return subprocess.run(
         [sys.executable, "-c", "from tui.cli.main import run; run()", *args, *flags],
         input=stdin,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
         cwd=cache.parent,
@@ -348,7 +363,7 @@ def test_a_one_reply_load_takes_a_package_from_the_cache_and_builds_none(
     finally:
         os.environ[ENV_CACHE_DIR] = str(cache_dir)
     assert cold.compiled is None and cold.model.decode_step is None
-    assert reply_step(cold) == ""  # eager, and nothing building
+    assert reply_step(cold) == STEP_NOT_BUILT  # eager, nothing building, and how to build
     assert not builders(str(tmp_path)) and not (tmp_path / "steps").exists()
 
 
@@ -364,9 +379,36 @@ def test_ask_decodes_on_the_cached_package_and_says_so(
         assert done.returncode == 0, done.stderr
         replies[name] = json.loads(done.stdout)
     assert replies["warm"]["decode_step"] == "compiled"
-    assert "decode_step" not in replies["cold"]  # eager, no build started for one reply
+    assert replies["cold"]["decode_step"] == STEP_NOT_BUILT  # no build for one reply
     assert replies["warm"]["token_ids"] == replies["cold"]["token_ids"]
     assert not builders(str(tmp_path / "cold")) and not (tmp_path / "cold" / "steps").exists()
+
+
+def on_a_terminal(args: list[str], q4: Path, cache: Path) -> str:
+    """What the CLI writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    leader, follower = pty.openpty()
+    try:
+        done = cli(args, q4, cache, stderr=follower)
+        assert done.returncode == 0
+    finally:
+        os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the follower side is closed and read out
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    return shown.decode(errors="replace")
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_ask_on_a_terminal_says_how_to_build_the_step_when_there_is_none(
+    q4_path: Path, cache_dir: Path, compiled: LoadedModel, tmp_path: Path
+) -> None:
+    ask = ["ask", "--max-new-tokens", "3", "Hi"]
+    cold = on_a_terminal(ask, q4_path, tmp_path / "cold")
+    assert "`llama-tui prepare` builds the compiled step once" in cold
+    assert "llama-tui prepare" not in on_a_terminal(ask, q4_path, cache_dir)  # warm: it ran on it
 
 
 @pytest.mark.slow

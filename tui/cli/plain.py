@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from engine import (
+    STEP_NOT_BUILT,
     Backend,
     Conversation,
     Done,
@@ -107,7 +108,12 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     queue = open_engine(profile, backend=ProfileBackend(max_loaded_models=1, build_steps=False))
     try:
         chat = Conversation(queue, profile=profile)  # one turn, not saved
-        stream(chat, chat.send(prompt), args.json, sys.stdout)
+        done = stream(chat, chat.send(prompt), args.json, sys.stdout)
+        if done.metrics.decode_step == STEP_NOT_BUILT and sys.stderr.isatty():
+            note(
+                "this reply decoded on the eager step: `llama-tui prepare` builds the compiled "
+                "step once (about a minute on 2 cores), and later replies decode about 2x faster"
+            )
     finally:
         queue.close()
     return 0
