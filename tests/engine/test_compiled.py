@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -417,12 +418,14 @@ def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
     q4_path: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    first = cli(["prepare"], q4_path, cache)
-    assert first.returncode == 0, first.stderr
-    lines = first.stderr.splitlines()  # one line a step, no warnings or traces
-    assert len(lines) == 3, first.stderr
-    assert "weights cache: written" in lines[0] and "building" in lines[1]
-    assert "built in" in lines[2]
+    shown = on_a_terminal(["prepare"], q4_path, cache).replace("\r\n", "\n")
+    lines = [line for line in shown.split("\n") if line]  # one a step, no warnings or traces
+    assert len(lines) == 3, shown
+    assert "weights cache: written" in lines[0] and "built in" in lines[2]
+    # the build's line: the seconds so far, redrawn each second over itself
+    ticks = [part for part in lines[1].split("\r") if part]
+    assert all(re.fullmatch(r"llama-tui: compiled decode step: building.* \d+ s", t) for t in ticks)
+    assert len(ticks) >= 2, lines[1]  # a build of even the tiny model takes seconds
     packages = sorted((cache / "steps").iterdir())
     assert [p.suffix for p in packages] == [".pt2"]
     again = cli(["prepare"], q4_path, cache)

@@ -9,9 +9,12 @@ per step on stderr; exit 0 when everything is ready (nothing to do included).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 
 from engine import (
     Profile,
@@ -25,6 +28,33 @@ from engine import (
 
 def say(text: str) -> None:
     print(f"llama-tui: {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def ticking(text: str) -> Iterator[None]:
+    """``text`` as one line while the block runs; on a terminal, with the seconds so far,
+    redrawn each second (the build takes a minute or two with nothing else to show)."""
+    if not sys.stderr.isatty():
+        say(text)
+        yield
+        return
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def tick() -> None:
+        while True:
+            shown = f"\rllama-tui: {text} {time.monotonic() - t0:.0f} s"
+            print(shown, end="", file=sys.stderr, flush=True)
+            if stop.wait(1.0):
+                return
+
+    thread = threading.Thread(target=tick, name="llama-tui-ticker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        print(file=sys.stderr, flush=True)  # the line stays, ended
 
 
 def run_prepare(profile: Profile) -> int:
@@ -46,11 +76,11 @@ def run_prepare(profile: Profile) -> int:
     elif model.decode_step is not None:
         say("compiled decode step: ready (already built)")
     else:
-        say("compiled decode step: building, about 1-2 minutes on 2 cores ...")
         try:
-            with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
-                warnings.simplefilter("ignore", FutureWarning)
-                built = compile_decode_step(model)
+            with ticking("compiled decode step: building, about 1-2 minutes on 2 cores ..."):
+                with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
+                    warnings.simplefilter("ignore", FutureWarning)
+                    built = compile_decode_step(model)
         except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
