@@ -25,9 +25,7 @@ if TYPE_CHECKING:
 class ProfileBackend:
     def __init__(self, max_loaded_models: int = 2, build_steps: bool = True) -> None:
         self.max_loaded_models = max_loaded_models
-        self.build_steps = (
-            build_steps  # LocalBackend's: False takes compiled steps from the cache only
-        )
+        self.build_steps = build_steps  # False: compiled steps from the cache only (`ask`)
         self._local: LocalBackend | None = None  # made by the first local load: it imports torch
         self.remote = RemoteBackend()
         self.active: Backend = self.remote  # nothing loaded yet: it holds no conversation

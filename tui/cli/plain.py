@@ -104,7 +104,7 @@ def stream(chat: Conversation, turn: Turn, as_json: bool, out: TextIO) -> Done:
 def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     # one reply: a compiled decode step already in the cache is used (5-10 ms to load); none is
-    # built, as the process would end before the build (a chat builds it)
+    # built, as the process would end before the build (a chat or `llama-tui prepare` does)
     queue = open_engine(profile, backend=ProfileBackend(max_loaded_models=1, build_steps=False))
     try:
         chat = Conversation(queue, profile=profile)  # one turn, not saved
