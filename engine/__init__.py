@@ -57,14 +57,14 @@ if TYPE_CHECKING:
         Tokens,
         TurnStarted,
     )
-    from engine.generate import STEP_NOT_BUILT, decode_one_token, generate, prefill
+    from engine.generate import decode_one_token, generate, prefill
     from engine.history import prompt_budget
     from engine.importing import read_import
     from engine.kv_cache import KVCache
     from engine.loaders import LoadedModel, load_model, load_profile_model
     from engine.loaders.state import assign_state
     from engine.local import LocalBackend
-    from engine.metrics import GenerationMetrics, peak_rss_bytes, rss_bytes
+    from engine.metrics import STEP_NOT_BUILT, GenerationMetrics, peak_rss_bytes, rss_bytes
     from engine.model import Transformer
     from engine.offload import streamer_of
     from engine.placement import resolve_device, resolve_placement
@@ -160,7 +160,7 @@ _EXPORTS = {
     "assign_state": "engine.loaders.state",
     "data_dir": "engine.store",
     "decode_one_token": "engine.generate",
-    "STEP_NOT_BUILT": "engine.generate",
+    "STEP_NOT_BUILT": "engine.metrics",
     "default_model_path": "engine.default_model",
     "encode_dialog": "engine.chat_format",
     "find_config_path": "engine.config",

@@ -13,7 +13,7 @@ from engine.config import SamplingSettings
 from engine.errors import ContextOverflowError
 from engine.events import Done, Event, PrefillDone, TokenEvent
 from engine.kv_cache import KVCache
-from engine.metrics import GenerationMetrics
+from engine.metrics import STEP_NOT_BUILT, GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
 from engine.speculative import PromptLookup
@@ -22,7 +22,6 @@ from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
 COMPILED_FROM = 2  # the compiled step (engine/compiled.py) is traced for positions from this on
-STEP_NOT_BUILT = "eager (no compiled step built yet: `llama-tui prepare` builds it)"
 TIE_MARGIN = 0.1  # greedy: a draft's row with its two best logits this close is recomputed
 
 

@@ -6,6 +6,10 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# GenerationMetrics.decode_step of a one-reply process (`ask`) that found no compiled step in the
+# cache and builds none (engine/compiled.py load_cached_step)
+STEP_NOT_BUILT = "eager (no compiled step built yet: `llama-tui prepare` builds it)"
+
 
 @dataclass(frozen=True)
 class GenerationMetrics:
@@ -23,8 +27,8 @@ class GenerationMetrics:
     draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
     accepted_tokens: int = 0  # of those, tokens the model agreed with
     # the one-token steps' code: "compiled", "eager, then compiled" (it became ready mid-reply),
-    # "eager (compiled step building)", "eager (compiled step failed: why)"; "" = eager with no
-    # compiled step in play, or remote
+    # "eager (compiled step building)", "eager (compiled step failed: why)", STEP_NOT_BUILT;
+    # "" = eager with no compiled step in play, or remote
     decode_step: str = ""
     # remote: who measured what, one line ("" = all measured here by the local engine)
     source: str = ""

@@ -36,7 +36,6 @@ from engine.errors import ConfigError
 from engine.events import Done, TokenEvent
 from engine.generate import (
     COMPILED_FROM,
-    STEP_NOT_BUILT,
     decode_one_token,
     generate,
     prefill,
@@ -44,6 +43,7 @@ from engine.generate import (
 )
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
+from engine.metrics import STEP_NOT_BUILT
 from engine.model import attention_sums, one_token_attention
 from engine.placement import Placement
 from engine.quantized import int4_cpu_supported
