@@ -283,7 +283,7 @@ def compile_decode_step(model: Transformer) -> float:
         build_package(model, package)
         built = time.perf_counter() - t0
         step = CompiledStep(model, package)
-    model.decode_step = step
+    model.decode_step, model.decode_step_unbuilt = step, False
     return built
 
 

@@ -366,6 +366,8 @@ def test_a_one_reply_load_takes_a_package_from_the_cache_and_builds_none(
     assert cold.compiled is None and cold.model.decode_step is None
     assert reply_step(cold) == STEP_NOT_BUILT  # eager, nothing building, and how to build
     assert not builders(str(tmp_path)) and not (tmp_path / "steps").exists()
+    compile_decode_step(cold.model)  # what `llama-tui prepare` runs
+    assert not cold.model.decode_step_unbuilt and reply_step(cold) == "compiled"
 
 
 @pytest.mark.slow
