@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         ModelLoadError,
         ServerError,
         UserError,
+        first_line,
     )
     from engine.events import (
         Done,
@@ -99,6 +100,7 @@ _EXPORTS = {
     "MARK": "engine.store",
     "REMOTE_UNSENT": "engine.remote.backend",
     "ServerError": "engine.errors",
+    "first_line": "engine.errors",
     "TokenizeRequest": "engine.backend",
     "Tokens": "engine.events",
     "prompt_budget": "engine.history",
@@ -192,6 +194,7 @@ __all__ = [
     "MARK",
     "REMOTE_UNSENT",
     "ServerError",
+    "first_line",
     "TokenizeRequest",
     "Tokens",
     "prompt_budget",

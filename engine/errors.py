@@ -27,3 +27,10 @@ class ServerError(UserError):
 
 class ContextOverflowError(UserError):
     """A prompt that does not fit the context window."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for
+    the one-line errors a user sees instead of a traceback."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

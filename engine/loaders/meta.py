@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.args import ModelArgs
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, first_line
 from engine.loaders.state import assign_state
 from engine.model import Transformer
 from engine.placement import Placement
@@ -59,9 +59,8 @@ def read_shard(path: Path) -> dict[str, torch.Tensor]:
             "(weights_only)"
         ) from None
     except (RuntimeError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"{path.name} is not a readable PyTorch checkpoint ({first})"
+            f"{path.name} is not a readable PyTorch checkpoint ({first_line(exc)})"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{path.name} is not a state dict of tensors")

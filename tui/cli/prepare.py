@@ -22,6 +22,7 @@ from engine import (
     compile_decode_step,
     compile_supported,
     compile_wanted,
+    first_line,
     load_profile_model,
 )
 
@@ -82,10 +83,9 @@ def run_prepare(profile: Profile) -> int:
                     warnings.simplefilter("ignore", FutureWarning)
                     built = compile_decode_step(model)
         except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
-                f"the compiled decode step could not be built ({why}); replies decode on the "
-                "eager step: install a C++ compiler (g++), or set compile = false"
+                f"the compiled decode step could not be built ({first_line(exc)}); replies "
+                "decode on the eager step: install a C++ compiler (g++), or set compile = false"
             ) from None
         say(f"compiled decode step: built in {built:.0f} s; later starts load it in milliseconds")
     return 0
