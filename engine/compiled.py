@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +44,10 @@ from engine.generate import COMPILED_FROM, token_logits
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.quantized import Int4Linear, cpu_flags
+from engine.speculative import VERIFY_TOKENS
 from engine.user_cache import cache_dir, write_atomically
+
+log = logging.getLogger(__name__)
 
 ENV_COMPILE = "LLAMA_TUI_COMPILE"  # "0" (or "false", "off") turns the compiled step off
 STEP_VERSION = 1  # bump when what a package takes or returns changes
@@ -58,8 +62,10 @@ STEP_MODULES = (
     "engine.sampling",
 )
 # example sizes for export: a position, a cache length and a rope length no model dimension has
-# (export would tie a size equal to a static one, say head_dim / 2, to it), primes and distinct
-EXAMPLE_POS, EXAMPLE_CACHE, EXAMPLE_ROPE = 11, 13, 17
+# (export would tie a size equal to a static one, say head_dim / 2, to it), primes and distinct,
+# with room in the cache for a verify step's tokens after the position (VERIFY_MAX at most)
+EXAMPLE_POS, EXAMPLE_CACHE, EXAMPLE_ROPE = 11, 19, 23
+VERIFY_MAX = EXAMPLE_CACHE - EXAMPLE_POS - 1
 BUILD_TIMEOUT_S = 1800  # a build process still running after this is stopped
 KEEP_STEPS = 8  # packages kept in the cache folder's steps/, the ones used last
 TEMP_MAX_AGE_S = 24 * 3600  # a build's temp file this old was left by a killed build
@@ -109,9 +115,11 @@ def step_key(model: Transformer) -> str:
     return digest.hexdigest()[:24]
 
 
-def step_package(model: Transformer) -> Path:
-    """Where this model's compiled step is kept: the llama-tui cache folder's ``steps``."""
-    return cache_dir() / "steps" / f"{step_key(model)}.pt2"
+def step_package(model: Transformer, tokens: int = 1) -> Path:
+    """Where this model's compiled step for ``tokens`` tokens is kept: the llama-tui cache
+    folder's ``steps`` (the one-token step, or the verify step: ``-verify4`` for 4 tokens)."""
+    suffix = "" if tokens == 1 else f"-verify{tokens}"
+    return cache_dir() / "steps" / f"{step_key(model)}{suffix}.pt2"
 
 
 class _Step(nn.Module):
@@ -140,7 +148,7 @@ class _Step(nn.Module):
 
     def forward(
         self,
-        token: torch.Tensor,  # [1, 1]
+        token: torch.Tensor,  # [1, T]: T tokens (1, or a verify step's fixed count)
         position: torch.Tensor,  # [pos, 0]
         rope: torch.Tensor,  # [R, Dh/2] complex
         keys: tuple[torch.Tensor, ...],  # per layer [1, KV, S, Dh], written at pos
@@ -154,16 +162,17 @@ class _Step(nn.Module):
             for table, name, i in self.slots:
                 table[name] = weights[i]
             cache = KVCache.over(keys, values)
-            return token_logits(model, token, position.shape[0], cache)  # [1, 1, V]
+            return token_logits(model, token, position.shape[0], cache)  # [1, T, V]
         finally:
             model.rope = rope_saved
             for table, name, original in saved:
                 table[name] = original
 
 
-def build_package(model: Transformer, target: Path) -> None:
-    """Export and compile the decode step of ``model`` into ``target`` (blocking; a minute or
-    two on 2 cores). Raises what torch raises; a failed build leaves no file behind."""
+def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
+    """Export and compile the decode step of ``model`` for ``tokens`` tokens into ``target``
+    (blocking; a minute or two on 2 cores). Raises what torch raises; a failed build leaves no
+    file behind."""
     from torch.export import Dim, export
 
     # inductor reads its working folder from the environment, and importing torch._dynamo (or
@@ -182,18 +191,20 @@ def build_package(model: Transformer, target: Path) -> None:
         buffer.zero_()
     weights = tuple(t for _, t in step_weights(model))
     example = (
-        torch.zeros(1, 1, dtype=torch.long),
+        torch.zeros(1, tokens, dtype=torch.long),
         torch.empty(EXAMPLE_POS, 0),
         model.rope[:EXAMPLE_ROPE].clone(),
         tuple(cache.k),
         tuple(cache.v),
         weights,
     )
-    length = Dim("cache", min=COMPILED_FROM + 2)
+    if not 1 <= tokens <= VERIFY_MAX:
+        raise ValueError(f"a compiled step takes 1 to {VERIFY_MAX} tokens, not {tokens}")
+    length = Dim("cache", min=COMPILED_FROM + tokens + 1)
     dims = (
         None,
         {0: Dim("position", min=COMPILED_FROM)},
-        {0: Dim("rope", min=COMPILED_FROM + 2)},
+        {0: Dim("rope", min=COMPILED_FROM + tokens + 1)},
         tuple({2: length} for _ in cache.k),
         tuple({2: length} for _ in cache.v),
         tuple(None for _ in weights),
@@ -271,29 +282,41 @@ def prune_steps(folder: Path, keep: int = KEEP_STEPS) -> list[Path]:
     return gone
 
 
-def compile_decode_step(model: Transformer) -> float:
-    """Hand ``model.decode_step`` its compiled step, building the package here first when
-    there is none (blocking: the benchmarks). Returns the seconds the build took (0 when the
-    package was there)."""
-    package = step_package(model)
+def _step_here(model: Transformer, tokens: int) -> tuple[CompiledStep, float]:
+    """The compiled step for ``tokens`` tokens, built here first when the cache has none;
+    with the seconds the build took (0 when the package was there)."""
+    package = step_package(model, tokens)
     step = cached_step(model, package)
-    built = 0.0
-    if step is None:
-        t0 = time.perf_counter()
-        build_package(model, package)
-        built = time.perf_counter() - t0
-        step = CompiledStep(model, package)
+    if step is not None:
+        return step, 0.0
+    t0 = time.perf_counter()
+    build_package(model, package, tokens)
+    return CompiledStep(model, package), time.perf_counter() - t0
+
+
+def compile_decode_step(model: Transformer, verify: bool = False) -> float:
+    """Hand ``model.decode_step`` its compiled step, and with ``verify`` ``model.verify_step``
+    the one for speculative drafts (VERIFY_TOKENS tokens), building each package here first
+    when there is none (blocking: the benchmarks, `llama-tui prepare`). Returns the seconds
+    the builds took (0 when the packages were there)."""
+    step, built = _step_here(model, 1)
     model.decode_step, model.decode_step_unbuilt = step, False
+    if verify:
+        model.verify_step, seconds = _step_here(model, VERIFY_TOKENS)
+        built += seconds
     return built
 
 
-def load_cached_step(model: Transformer) -> bool:
-    """Hand ``model.decode_step`` the package already in the cache, here and now (5-10 ms),
-    building nothing: for a process that ends with its one reply (`llama-tui ask`), where a
-    build would be stopped unfinished. Returns whether there was one."""
+def load_cached_step(model: Transformer, verify: bool = False) -> bool:
+    """Hand ``model.decode_step`` (and with ``verify`` ``model.verify_step``) the packages
+    already in the cache, here and now (5-10 ms each), building nothing: for a process that
+    ends with its one reply (`llama-tui ask`), where a build would be stopped unfinished.
+    Returns whether the one-token step was there."""
     step = cached_step(model, step_package(model))
     if step is not None:
         model.decode_step = step
+        if verify:
+            model.verify_step = cached_step(model, step_package(model, VERIFY_TOKENS))
     model.decode_step_unbuilt = step is None  # its replies say so (generate.step_label)
     return step is not None
 
@@ -308,13 +331,15 @@ class CompileStatus:
     error: str | None = None  # why the step stayed eager (no C++ compiler, ...)
 
 
-def _build_elsewhere(source: Mapping[str, Any], package: Path) -> None:
-    """Run engine/step_build.py on ``source`` (load_model's profile keys) to write ``package``;
-    raises RuntimeError with its last line of output when it fails."""
+def _build_elsewhere(source: Mapping[str, Any], package: Path, tokens: int, key: str) -> None:
+    """Run engine/step_build.py on ``source`` (load_model's profile keys) to write ``package``,
+    the step for ``tokens`` tokens of the model whose step_key is ``key``; raises RuntimeError
+    with its last line of output when it fails."""
     request = {
         "source": dict(source),
         "package": str(package),
-        "key": package.stem,
+        "key": key,
+        "tokens": tokens,
         "threads": torch.get_num_threads(),
     }
     command = [sys.executable, "-m", "engine.step_build"]
@@ -336,30 +361,80 @@ def _build_elsewhere(source: Mapping[str, Any], package: Path) -> None:
         raise RuntimeError(lines[-1] if lines else f"build process exited {child.returncode}")
 
 
-def compile_in_background(model: Transformer, source: Mapping[str, Any]) -> CompileStatus:
+@dataclass
+class _Wants:
+    """A model's background builds: one is running, and whether it is to build the verify step
+    after the one-token step (asked for at the start, or later by want_verify_step)."""
+
+    running: bool = False
+    verify: bool = False
+
+
+_WANTS: weakref.WeakKeyDictionary[Transformer, _Wants] = weakref.WeakKeyDictionary()
+_WANTS_LOCK = threading.Lock()
+
+
+def want_verify_step(model: Transformer, source: Mapping[str, Any]) -> None:
+    """Give ``model`` its verify step in the background: a profile with ``speculative`` on now
+    uses a model loaded for one with it off (a live switch). A build already running for the
+    model goes on to it once the one-token step is in; otherwise one starts now."""
+    with _WANTS_LOCK:
+        wants = _WANTS.setdefault(model, _Wants())
+        if model.verify_step is not None or wants.verify:
+            return
+        wants.verify = True
+        if wants.running:
+            return
+    compile_in_background(model, source, verify=True)
+
+
+def compile_in_background(
+    model: Transformer, source: Mapping[str, Any], verify: bool = False
+) -> CompileStatus:
     """Give ``model`` its compiled step without stopping the chat: a package in the cache is
     loaded in a daemon thread; otherwise a child process loads the same model (``source``:
     the profile keys load_profile_model reads) and builds it first. The model decodes
-    eagerly meanwhile."""
+    eagerly meanwhile. With ``verify`` (a profile with ``speculative`` on), the verify step
+    follows the same way once the one-token step is in use; ``status`` is about the latter."""
     status = CompileStatus(threading.Event())
+    key = step_key(model)
+    with _WANTS_LOCK:
+        wants = _WANTS.setdefault(model, _Wants())
+        wants.running, wants.verify = True, wants.verify or verify
+
+    def obtain(tokens: int) -> CompiledStep:
+        package = step_package(model, tokens)
+        step = cached_step(model, package)
+        if step is None:
+            status.built = status.built or tokens == 1
+            _build_elsewhere(source, package, tokens, key)
+            step = CompiledStep(model, package)
+        return step
 
     def build() -> None:
         t0 = time.perf_counter()
         try:
-            package = step_package(model)
-            step = cached_step(model, package)
-            if step is None:
-                status.built = True
-                _build_elsewhere(source, package)
-                step = CompiledStep(model, package)
-            model.decode_step = step
+            model.decode_step = obtain(1)
+            status.seconds = time.perf_counter() - t0
+            status.ready.set()
+            with _WANTS_LOCK:  # asked for now, or by a switch while the step above was built
+                verify_too = wants.verify
+                wants.running = verify_too
+            if verify_too:
+                model.verify_step = obtain(VERIFY_TOKENS)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the eager step in place
-            status.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            model.decode_step_error = status.error
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if model.decode_step is None:
+                status.error = model.decode_step_error = error
+            else:  # the one-token step is in use; drafts stay verified eagerly
+                log.warning("the compiled verify step was not built: %s", error)
         finally:
+            with _WANTS_LOCK:
+                wants.running = False
             background.done()
-        status.seconds = time.perf_counter() - t0
-        status.ready.set()
+        if not status.ready.is_set():
+            status.seconds = time.perf_counter() - t0
+            status.ready.set()
 
     background.start(threading.Thread(target=build, name="llama-tui-compile", daemon=True))
     return status

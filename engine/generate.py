@@ -16,13 +16,12 @@ from engine.kv_cache import KVCache
 from engine.metrics import STEP_NOT_BUILT, GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
-from engine.speculative import PromptLookup
+from engine.speculative import VERIFY_TOKENS, PromptLookup
 from engine.timings import ReplyTimings
 from engine.tokenizers import StreamDecoder, Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, allows cancel
 COMPILED_FROM = 2  # the compiled step (engine/compiled.py) is traced for positions from this on
-TIE_MARGIN = 0.1  # greedy: a draft's row with its two best logits this close is recomputed
 
 
 def token_logits(
@@ -73,13 +72,15 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     return logits
 
 
-def step_label(model: Transformer, steps: int, compiled: int) -> str:
+def step_label(model: Transformer, steps: int, compiled: int, held_back: int = 0) -> str:
     """GenerationMetrics.decode_step for a reply of ``steps`` one-token steps, ``compiled`` of
-    them through the compiled step (engine/compiled.py)."""
+    them through the compiled step (engine/compiled.py), ``held_back`` of them without a draft
+    because the compiled verify step was not there (drafts_verified_alike)."""
+    drafts = "; no drafts until the verify step is built" if held_back else ""
     if compiled and compiled == steps:
-        return "compiled"
+        return "compiled" + drafts
     if compiled:
-        return "eager, then compiled"
+        return "eager, then compiled" + drafts
     if model.decode_step_error:
         return f"eager (compiled step failed: {model.decode_step_error})"
     if model.decode_step_unbuilt:
@@ -87,21 +88,43 @@ def step_label(model: Transformer, steps: int, compiled: int) -> str:
     return "eager (compiled step building)" if background_busy() else ""
 
 
-def near_tie(logits: torch.Tensor) -> bool:
-    """The two best logits [V] closer than TIE_MARGIN."""
-    best = logits.topk(2).values
-    return bool(best[0] - best[1] < TIE_MARGIN)
+def drafts_verified_alike(model: Transformer, cache: KVCache) -> bool:
+    """Whether a draft at the cache's end would be verified by the same kind of forward as the
+    one-token step: both compiled, or both eager. Rows of the two kinds round a little apart,
+    so a draft verified eagerly could part from what the compiled steps decode; and an eager
+    forward over a draft costs about four compiled steps, so it would be slower too."""
+    return uses_compiled_step(model, cache.length) == uses_compiled_verify(
+        model, cache, VERIFY_TOKENS
+    )
+
+
+def uses_compiled_verify(model: Transformer, cache: KVCache, tokens: int) -> bool:
+    """Whether a verify forward of ``tokens`` tokens at the cache's end runs the compiled verify
+    step (engine/compiled.py): it takes VERIFY_TOKENS tokens, padded, so they must fit."""
+    pos, room = cache.length, min(cache.max_len, model.rope.shape[0])
+    return (
+        model.verify_step is not None
+        and tokens <= VERIFY_TOKENS
+        and pos >= COMPILED_FROM
+        and pos + VERIFY_TOKENS <= room
+    )
 
 
 @torch.inference_mode()
 def verify(model: Transformer, cache: KVCache, ids: Sequence[int]) -> list[torch.Tensor]:
     """Feed ``ids`` (the last token, then a draft: engine/speculative.py) at the cache's end in
-    one forward; returns the next-token logits [V] after each of them, in order."""
+    one forward; returns the next-token logits [V] after each of them, in order. The compiled
+    verify step takes a shorter draft padded with its last token: the padding's rows are
+    dropped, and its keys and values lie past the cache's length, unread."""
     device = model.norm.weight.device
-    tokens = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    logits = token_logits(model, tokens, cache.length, cache)[0]  # [T, V]
+    fed = list(ids)
+    step = model.verify_step if uses_compiled_verify(model, cache, len(fed)) else None
+    if step is not None:
+        fed += fed[-1:] * (VERIFY_TOKENS - len(fed))
+    tokens = torch.tensor([fed], dtype=torch.long, device=device)
+    logits = (step or token_logits)(model, tokens, cache.length, cache)[0]  # [T, V]
     cache.append(ids)
-    return list(logits.unbind(0))
+    return list(logits[: len(ids)].unbind(0))
 
 
 def generate(
@@ -147,20 +170,10 @@ def generate(
     stop_reason = "length"
     t_first = t_prefill
     steps = 0  # rows sampled after the prefill's (one a forward without a draft)
-    verified = False  # rows came from a forward over a draft
     sample_s = forward_s = detok_s = 0.0  # accumulated perf_counter deltas: no device syncs
     one_token = compiled = 0  # one-token steps, and those through the compiled step
+    held_back = 0  # steps without a draft because no compiled verify step was there
     while True:
-        if verified and settings.temperature == 0 and near_tie(rows[0]):
-            # the compiled one-token step (engine/compiled.py) rounds a little differently
-            # from the eager forward over a draft: a near-tie is decided by the one-token
-            # step, as without drafts, and the rest of the draft is dropped
-            t = time.perf_counter()
-            cache.truncate(cache.length - len(draft) - 1)
-            one_token += 1
-            compiled += uses_compiled_step(model, cache.length)
-            rows, draft, verified = [decode_one_token(model, cache, out_ids[-1])], [], False
-            forward_s += time.perf_counter() - t
         t = time.perf_counter()
         token = sample(rows.pop(0), settings, recent, generator, sampler_state)
         now = time.perf_counter()
@@ -203,9 +216,11 @@ def generate(
             break
         t = time.perf_counter()
         if lookup is not None:
-            draft = lookup.draft(cache.max_len - cache.length - 1)
-            proposed = len(draft)
-        verified = bool(draft)
+            if drafts_verified_alike(model, cache):
+                draft = lookup.draft(cache.max_len - cache.length - 1)
+                proposed = len(draft)
+            else:  # compiled steps, and no compiled verify step (or no room for one)
+                held_back += model.verify_step is None
         if draft:
             rows = verify(model, cache, [token, *draft])
         else:
@@ -233,7 +248,7 @@ def generate(
         context_limit=cache.max_len,
         draft_tokens=lookup.drafted if lookup else 0,
         accepted_tokens=lookup.accepted if lookup else 0,
-        decode_step=step_label(model, one_token, compiled),
+        decode_step=step_label(model, one_token, compiled, held_back),
     )
     timings = ReplyTimings(
         prefill_s=t_prefill - t0,

@@ -15,7 +15,7 @@ from engine.chat_format import Message, encode_raw
 from engine.config import WEIGHT_KEYS, Profile, weights_key
 from engine.errors import UserError
 from engine.events import Done, Event, Failed, Pinned, Tokens, TurnStarted
-from engine.loaders import LoadedModel, load_profile_model
+from engine.loaders import LoadedModel, load_profile_model, switched_to
 from engine.placement import resolve_device, resolve_dtype
 from engine.session import ChatSession
 
@@ -85,6 +85,8 @@ class LocalBackend:
             wanted = min(profile.context_length, loaded.args.max_seq_len)
             if wanted <= loaded.context_length:  # its rope tables cover the context asked for
                 self.models.move_to_end(key)
+                if self.build_steps:
+                    switched_to(loaded, profile)  # drafts on now: their verify step
                 return replace(loaded, context_length=wanted), True
             del self.models[key]
         self._evict(self.max_loaded_models - 1)

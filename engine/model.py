@@ -187,6 +187,8 @@ class Transformer(nn.Module):
         # why its build failed, or that none was built and none is building (a one-reply
         # process, `ask`, found no package): the reply's metrics say which
         self.decode_step: Callable[..., torch.Tensor] | None = None
+        # the same for a speculative draft's VERIFY_TOKENS tokens (engine/speculative.py)
+        self.verify_step: Callable[..., torch.Tensor] | None = None
         self.decode_step_error: str | None = None
         self.decode_step_unbuilt = False
 

@@ -50,6 +50,9 @@ def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
     }
     if m.decode_step:  # which decode step ran: "compiled", "eager (compiled step building)", ...
         record["decode_step"] = m.decode_step
+    if m.draft_tokens:  # speculative = "prompt-lookup": tokens drafted, and of those accepted
+        record["draft_tokens"] = m.draft_tokens
+        record["accepted_tokens"] = m.accepted_tokens
     if m.offload_bytes_per_token:  # weights streamed from CPU memory this reply
         record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
         record["offload_gb_s"] = round(m.offload_gb_s, 2)

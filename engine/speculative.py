@@ -11,11 +11,16 @@ dropped from the KV cache. So each emitted token is drawn from the same distribu
 same random draws, as one-token-at-a-time decoding, whatever the sampler settings. The
 arithmetic is the same too: a short chunk attends one query row at a time (engine/model.py,
 ROW_BY_ROW) and the int4 kernel's rows do not depend on their neighbours, so greedy output is
-identical to eager decoding (tests/engine/test_speculative.py); against the compiled step, a
-greedy near-tie in a draft's row is decided by a one-token step (generate.TIE_MARGIN).
+identical to eager decoding (tests/engine/test_speculative.py). Once the one-token step is
+compiled, drafts are verified by a compiled verify step, whose rows are the compiled step's bit
+for bit; until there is one, no drafts are made (generate.drafts_verified_alike).
 
-A forward over 1 + k tokens costs more than a one-token step (and the compiled step is for one
-token), so drafting backs off after a draft rejected outright (``judged``): that keeps open
+A forward over 1 + k tokens costs more than a one-token step: on torch's CPU int4 kernel, 4
+rows cost about 1.7 one-row calls and 9 rows 4.7 (it works through rows in fours), so a draft
+is 3 tokens at most and a compiled verify step takes exactly ``VERIFY_TOKENS`` (a shorter draft
+is padded; engine/compiled.py builds it for profiles with ``speculative`` on, and
+tests/engine/test_compiled.py checks its rows). Drafting backs off
+after a draft rejected outright (``judged``), longer after each one in a row: that keeps open
 chat, where little repeats, near plain decoding's speed.
 """
 
@@ -24,10 +29,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 MODES = ("off", "prompt-lookup")
-DRAFT_TOKENS = 8  # tokens proposed per draft at most
-NGRAM_MAX = 3  # the longest suffix looked up
-NGRAM_MIN = 2  # the shortest (a single token repeats too often to predict what follows it)
-BACKOFF = 4  # after a draft with nothing accepted, this many tokens decode without drafting
+DRAFT_TOKENS = 3  # tokens proposed per draft at most
+VERIFY_TOKENS = DRAFT_TOKENS + 1  # a verify forward's tokens: the last one, then the draft
+NGRAM_MAX = 4  # the longest suffix looked up
+# the shortest: two tokens (", and", "of the") repeat too often to predict what follows them,
+# and a verify forward costs 1.75 one-token steps; with 3, open chat drafted 3 times in 127
+# tokens instead of 8 (6 rejected outright), and a rewrite took 84 drafted tokens, not 66
+NGRAM_MIN = 3
+BACKOFF = 4  # after a draft with nothing accepted, this many tokens decode without drafting,
+BACKOFF_MAX = 64  # twice as many after each further one in a row, up to this
 
 
 class PromptLookup:
@@ -39,6 +49,7 @@ class PromptLookup:
         self._index: dict[tuple[int, ...], int] = {}  # n-gram -> where its latest follower is
         self._indexed = 0  # n-grams ending before this position are in the index
         self._quiet = 0  # tokens left to decode without drafting (backoff)
+        self._backoff = BACKOFF  # the quiet spell after the next draft rejected outright
         self.drafted = 0  # tokens proposed, in all
         self.accepted = 0  # of those, tokens the model agreed with
 
@@ -75,7 +86,13 @@ class PromptLookup:
         return []
 
     def judged(self, proposed: int, accepted: int) -> None:
-        """How a draft of ``proposed`` tokens fared; nothing accepted starts a backoff."""
+        """How a draft of ``proposed`` tokens fared: nothing accepted starts a backoff, twice as
+        long as the last one if that draft failed too; a token accepted ends the doubling."""
         self.accepted += accepted
-        if proposed and not accepted:
-            self._quiet = BACKOFF
+        if not proposed:
+            return
+        if accepted:
+            self._backoff = BACKOFF
+        else:
+            self._quiet = self._backoff
+            self._backoff = min(2 * self._backoff, BACKOFF_MAX)

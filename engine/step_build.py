@@ -2,11 +2,11 @@
 
 engine/compiled.py starts it when the step's package is not in the cache. It reads one JSON
 object on standard input: ``source`` (the profile keys that load_profile_model reads),
-``package`` (where to write), ``key`` (the package's name, which the model it loads must give
-too) and ``threads`` (the chat's intra-op threads). It loads the model as the chat did (the
-prepared-weights cache maps the same file, so the pages are shared), builds the package at low
-CPU priority, and ends when the process that started it goes away. Exit 0 once the package is
-written; otherwise one line on standard error says why.
+``package`` (where to write), ``key`` (the step_key the model it loads must give too),
+``tokens`` (1, or a verify step's count) and ``threads`` (the chat's intra-op threads). It loads
+the model as the chat did (the prepared-weights cache maps the same file, so the pages are
+shared), builds the package at low CPU priority, and ends when the process that started it goes
+away. Exit 0 once the package is written; otherwise one line on standard error says why.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def build(request: dict[str, Any]) -> None:
     model = load_profile_model(profile).model
     if step_key(model) != request["key"]:
         raise RuntimeError("the build process loaded a model other than the chat's")
-    build_package(model, Path(request["package"]))
+    build_package(model, Path(request["package"]), int(request.get("tokens", 1)))
 
 
 def main() -> int:

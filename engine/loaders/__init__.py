@@ -286,11 +286,33 @@ def load_profile_model(
     )
 
     if compile_wanted(profile.compile) and compile_supported(loaded.model):
+        verify = profile.speculative != "off"  # drafts get a compiled verify step too
         if not build_step:
-            load_cached_step(loaded.model)
+            load_cached_step(loaded.model, verify)
             return loaded
-        # what a build process needs to load the same model (engine/step_build.py), as JSON
-        source = {k: getattr(profile, k) for k in (*WEIGHT_KEYS, "context_length")}
-        source["offload_exclusion"] = list(profile.offload_exclusion)
-        loaded.compiled = compile_in_background(loaded.model, source)  # eager until ready
+        source = build_source(profile)
+        loaded.compiled = compile_in_background(loaded.model, source, verify)  # eager till then
     return loaded
+
+
+def build_source(profile: Profile) -> dict[str, Any]:
+    """What a build process needs to load the profile's model (engine/step_build.py), as JSON."""
+    source = {k: getattr(profile, k) for k in (*WEIGHT_KEYS, "context_length")}
+    source["offload_exclusion"] = list(profile.offload_exclusion)
+    return source
+
+
+def switched_to(loaded: LoadedModel, profile: Profile) -> None:
+    """``loaded``, kept from an earlier load, now serves ``profile`` (a live switch): with
+    ``speculative`` on, its drafts need the compiled verify step, built in the background
+    (engine/compiled.py) if the model has none; until then it decodes without drafts."""
+    from engine.compiled import compile_supported, compile_wanted, want_verify_step
+
+    model = loaded.model
+    if (
+        profile.speculative != "off"
+        and model.verify_step is None
+        and compile_wanted(profile.compile)
+        and compile_supported(model)
+    ):
+        want_verify_step(model, build_source(profile))

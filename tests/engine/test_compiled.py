@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from engine.backend import GenerationRequest
 from engine.compiled import (
     ENV_COMPILE,
     KEEP_STEPS,
@@ -40,9 +42,12 @@ from engine.generate import (
     generate,
     prefill,
     token_logits,
+    uses_compiled_verify,
+    verify,
 )
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model, load_profile_model
+from engine.local import LocalBackend
 from engine.metrics import STEP_NOT_BUILT
 from engine.model import attention_sums, one_token_attention
 from engine.placement import Placement
@@ -147,6 +152,79 @@ def test_each_model_gets_a_graph_of_its_own(
         switched, switched_logits = greedy(m, 16, switch_at=4)
         assert switched == eager
         torch.testing.assert_close(switched_logits, eager_logits, rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def verifying(compiled: LoadedModel) -> LoadedModel:
+    """``compiled`` with its verify step for drafts too (a profile with ``speculative`` on)."""
+    compile_decode_step(compiled.model, verify=True)
+    assert compiled.model.verify_step is not None
+    return compiled
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_verify_steps_rows_are_the_one_token_steps_bit_for_bit(verifying: LoadedModel) -> None:
+    # so a draft the model accepts leaves the very logits and cache entries plain decoding
+    # would have: the tokens after it cannot drift either
+    model, a = verifying.model, verifying.args
+    prompt = [3, 9, 4, 1, 5, 9, 2, 6]
+    for draft in ([11], [11, 12], [11, 12, 13]):  # a draft shorter than 3 is padded
+        fed = [7, *draft]
+        one = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, 32)
+        prefill(model, one, prompt, 0)
+        steps = [decode_one_token(model, one, t) for t in fed]
+        batched = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, 32)
+        prefill(model, batched, prompt, 0)
+        assert uses_compiled_verify(model, batched, len(fed))
+        rows = verify(model, batched, fed)
+        assert batched.tokens == one.tokens
+        assert all(torch.equal(r, s) for r, s in zip(rows, steps, strict=True)), draft
+        # and the next step reads what the verify step wrote into the cache
+        assert torch.equal(decode_one_token(model, batched, 5), decode_one_token(model, one, 5))
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_draft_with_no_room_for_the_padding_is_verified_eagerly(verifying: LoadedModel) -> None:
+    model, a = verifying.model, verifying.args
+    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, 12)
+    prefill(model, cache, [3, 9, 4, 1, 5, 9, 2, 6, 5], 0)  # 9 cached: 3 slots left, 4 needed
+    assert not uses_compiled_verify(model, cache, 2)
+    rows = verify(model, cache, [7, 11])
+    assert len(rows) == 2 and cache.length == 11
+
+
+def drafted_reply(m: LoadedModel, mode: str) -> Done:
+    """48 greedy tokens after a prompt that repeats itself, so drafts come at once."""
+    a = m.args
+    cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, m.context_length)
+    settings = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+    ids = [3, 4, 5, 6, 7, 3, 4, 5, 6, 7, 3, 4, 5]
+    events = generate(
+        m.model, m.tokenizer, cache, ids, settings, 48, stop_ids=frozenset(), speculative=mode
+    )
+    done = list(events)[-1]
+    assert isinstance(done, Done)
+    return done
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_drafts_on_the_compiled_steps_give_plain_decodings_tokens(verifying: LoadedModel) -> None:
+    plain = drafted_reply(verifying, "off")
+    drafted = drafted_reply(verifying, "prompt-lookup")
+    assert drafted.token_ids == plain.token_ids
+    assert drafted.metrics.accepted_tokens > 0
+    assert drafted.metrics.decode_step == "compiled"
+    step = verifying.model.verify_step
+    verifying.model.verify_step = None  # still building: no eager forwards among compiled ones
+    try:
+        waiting = drafted_reply(verifying, "prompt-lookup")
+    finally:
+        verifying.model.verify_step = step
+    assert waiting.token_ids == plain.token_ids and waiting.metrics.draft_tokens == 0
+    assert waiting.metrics.decode_step == "compiled; no drafts until the verify step is built"
 
 
 def reply_step(m: LoadedModel, switch_after: int | None = None) -> str:
@@ -346,6 +424,32 @@ def test_a_profile_starts_the_build_unless_compile_is_off(
 
 @pytest.mark.slow
 @needs_compiler
+def test_a_live_switch_to_drafts_builds_the_verify_step_after_the_running_build(
+    q4_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_COMPILE, "1")
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))  # cold: the one-token step builds first
+    backend = LocalBackend()
+    plain = q4_profile(q4_path)
+    backend.load(plain, lambda done, total: None)
+    backend.load(replace(plain, speculative="prompt-lookup"), lambda done, total: None)
+    assert backend.loads == 1  # the same model, switched live
+    assert backend.session is not None
+    model = backend.session.loaded.model
+    deadline = time.monotonic() + 600
+    while model.verify_step is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert model.verify_step is not None and model.decode_step is not None
+    steps = sorted(p.name for p in (tmp_path / "steps").glob("*.pt2"))
+    key = step_key(model)
+    assert steps == [f"{key}-verify4.pt2", f"{key}.pt2"]  # each built once
+    request = GenerationRequest("complete", text="a b c d a b c d a b c d a b", max_new_tokens=16)
+    done = list(backend.generate(request, threading.Event()))[-1]
+    assert isinstance(done, Done) and done.metrics.decode_step == "compiled"
+
+
+@pytest.mark.slow
+@needs_compiler
 def test_a_one_reply_load_takes_a_package_from_the_cache_and_builds_none(
     q4_path: Path,
     cache_dir: Path,
@@ -440,6 +544,35 @@ def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
     assert reply.returncode == 0 and json.loads(reply.stdout)["decode_step"] == "compiled"
     off = cli(["prepare"], q4_path, cache, compile_on="0")
     assert off.returncode == 0 and "compiled decode step: off" in off.stderr
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_prepare_builds_the_verify_step_for_a_profile_with_drafts_on(
+    q4_path: Path, tmp_path: Path
+) -> None:
+    cache, config = tmp_path / "cache", tmp_path / "llama-tui.toml"
+    config.write_text('[profiles.drafts]\nspeculative = "prompt-lookup"\n')
+    drafts = ["--config", str(config), "--profile", "drafts"]
+    first = cli(["prepare", *drafts], q4_path, cache)
+    assert first.returncode == 0, first.stderr
+    assert "compiled decode step: built in" in first.stderr
+    assert "compiled verify step (speculative drafts): built in" in first.stderr.splitlines()[-1]
+    assert len(list((cache / "steps").glob("*-verify4.pt2"))) == 1
+    again = cli(["prepare", *drafts], q4_path, cache)
+    assert again.stderr.splitlines()[-1] == (
+        "llama-tui: compiled verify step (speculative drafts): ready (already built)"
+    )
+    plain = cli(["prepare"], q4_path, cache)  # drafts off: no verify step is asked for
+    assert "verify" not in plain.stderr
+    reply = cli(
+        ["ask", "--json", "--max-new-tokens", "24", "--temperature", "0", *drafts, "a b a b a b"],
+        q4_path,
+        cache,
+    )
+    assert reply.returncode == 0, reply.stderr
+    record = json.loads(reply.stdout)
+    assert record["decode_step"] == "compiled"  # drafts verified on the compiled step too
 
 
 @pytest.mark.slow

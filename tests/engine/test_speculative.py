@@ -17,7 +17,7 @@ from engine.generate import decode_one_token, generate, prefill, verify
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel
 from engine.local import LocalBackend
-from engine.speculative import BACKOFF, PromptLookup
+from engine.speculative import BACKOFF, BACKOFF_MAX, PromptLookup
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
 PARAGRAPH = (
@@ -29,35 +29,51 @@ PARAGRAPH = (
 
 
 def test_draft_copies_what_followed_the_longest_earlier_match() -> None:
-    lookup = PromptLookup([5, 6, 7, 8, 9, 1, 7, 8, 2, 3, 6, 7], draft_tokens=3)
-    # suffix (6, 7) last occurred at 1..2, followed by 8, 9, 1; (7,) alone is never looked up
+    lookup = PromptLookup([4, 5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 5, 6, 7], draft_tokens=3)
+    # suffix (5, 6, 7) last occurred at 1..3, followed by 8, 9, 1; (6, 7) alone is not looked
+    # up (it last preceded 2)
     assert lookup.draft(room=10) == [8, 9, 1]
     assert lookup.draft(room=2) == [8, 9]  # no more than the cache has room for
-    lookup.push(4)  # suffix (7, 4): seen nowhere
+    lookup.push(4)  # suffix (6, 7, 4): seen nowhere
     assert lookup.draft(room=10) == []
     assert lookup.drafted == 5
 
 
+def test_a_four_token_match_beats_a_later_three_token_one() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 4, 8, 1, 2, 3, 4], draft_tokens=1)
+    assert lookup.draft(room=10) == [5]  # (1, 2, 3, 4) -> 5, not (2, 3, 4) -> 8
+
+
 def test_the_latest_occurrence_wins_and_new_tokens_are_indexed() -> None:
-    lookup = PromptLookup([1, 2, 3, 1, 2, 4, 9], draft_tokens=2)
-    for token in (1, 2):
+    lookup = PromptLookup([1, 2, 3, 5, 1, 2, 3, 4, 9], draft_tokens=2)
+    for token in (1, 2, 3):
         lookup.push(token)
-    assert lookup.draft(room=10) == [4, 9]  # (1, 2) -> 4 at position 5, not 3 at position 2
-    lookup.push(4)
-    lookup.push(9)
-    lookup.push(1)
-    lookup.push(2)
+    assert lookup.draft(room=10) == [4, 9]  # (1, 2, 3) -> 4 at position 7, not 5 at position 3
+    for token in (4, 9, 1, 2, 3):
+        lookup.push(token)
     assert lookup.draft(room=10) == [4, 9]  # the tokens pushed since are in the index too
 
 
-def test_a_rejected_draft_backs_off() -> None:
-    lookup = PromptLookup([1, 2, 3, 1, 2])
-    assert lookup.draft(room=10) == [3, 1, 2]
+def quiet_spell(lookup: PromptLookup) -> int:
+    """How many drafts in a row ``lookup`` withholds before it drafts again."""
+    n = 0
+    while not lookup.draft(room=10):
+        n += 1
+    return n
+
+
+def test_a_rejected_draft_backs_off_longer_each_time_in_a_row() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 1, 2, 3])
+    assert lookup.draft(room=10) == [4, 1, 2]
+    spells = []
+    for _ in range(6):  # rejected outright, again and again: open chat
+        lookup.judged(proposed=3, accepted=0)
+        spells.append(quiet_spell(lookup))
+    assert spells == [BACKOFF, 2 * BACKOFF, 4 * BACKOFF, 8 * BACKOFF, BACKOFF_MAX, BACKOFF_MAX]
+    lookup.judged(proposed=3, accepted=1)  # one token taken: drafting pays again
+    assert lookup.draft(room=10) == [4, 1, 2] and lookup.accepted == 1
     lookup.judged(proposed=3, accepted=0)
-    assert all(lookup.draft(room=10) == [] for _ in range(BACKOFF))
-    assert lookup.draft(room=10) == [3, 1, 2]
-    lookup.judged(proposed=3, accepted=2)
-    assert lookup.draft(room=10) == [3, 1, 2] and lookup.accepted == 2
+    assert quiet_spell(lookup) == BACKOFF  # the doubling starts over
 
 
 def _reply(m: LoadedModel, ids: list[int], settings: SamplingSettings, mode: str, n: int) -> Done:

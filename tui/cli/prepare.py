@@ -3,7 +3,8 @@
 A first start writes the prepared-weights cache and builds the compiled decode step in a
 background process while replies decode eagerly; `ask` builds no step at all, as its process
 ends with the reply. `prepare` does both in the foreground, so the next `ask`, chat or app
-start loads them (milliseconds) and decodes on the compiled step from its first token. One line
+start loads them (milliseconds) and decodes on the compiled step from its first token. With
+``speculative`` on, the verify step for drafts (engine/speculative.py) is built too. One line
 per step on stderr; exit 0 when everything is ready (nothing to do included).
 """
 
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engine import (
     Profile,
@@ -74,18 +75,31 @@ def run_prepare(profile: Profile) -> int:
         say("compiled decode step: off (compile = false, or LLAMA_TUI_COMPILE=0)")
     elif not compile_supported(model):
         say("compiled decode step: not used by this placement (it is for 4-bit blocks on CPU)")
-    elif model.decode_step is not None:
-        say("compiled decode step: ready (already built)")
     else:
-        try:
-            with ticking("compiled decode step: building, about 1-2 minutes on 2 cores ..."):
-                with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
-                    warnings.simplefilter("ignore", FutureWarning)
-                    built = compile_decode_step(model)
-        except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
-            raise UserError(
-                f"the compiled decode step could not be built ({first_line(exc)}); replies "
-                "decode on the eager step: install a C++ compiler (g++), or set compile = false"
-            ) from None
-        say(f"compiled decode step: built in {built:.0f} s; later starts load it in milliseconds")
+        if model.decode_step is not None:
+            say("compiled decode step: ready (already built)")
+        else:
+            built = build_step("compiled decode step", "1-2", lambda: compile_decode_step(model))
+            say(f"compiled decode step: built in {built:.0f} s; later starts load it at once")
+        if profile.speculative != "off":  # drafts are checked by a step of their own
+            what = "compiled verify step (speculative drafts)"
+            if model.verify_step is not None:
+                say(f"{what}: ready (already built)")
+            else:
+                built = build_step(what, "2-3", lambda: compile_decode_step(model, verify=True))
+                say(f"{what}: built in {built:.0f} s")
     return 0
+
+
+def build_step(what: str, minutes: str, build: Callable[[], float]) -> float:
+    """Run ``build`` (compile_decode_step) under a ticking line; its failure is one line."""
+    try:
+        with ticking(f"{what}: building, about {minutes} minutes on 2 cores ..."):
+            with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
+                warnings.simplefilter("ignore", FutureWarning)
+                return build()
+    except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
+        raise UserError(
+            f"the {what} could not be built ({first_line(exc)}); replies decode on the eager "
+            "step: install a C++ compiler (g++), or set compile = false"
+        ) from None
