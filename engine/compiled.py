@@ -397,7 +397,6 @@ def compile_in_background(
     eagerly meanwhile. With ``verify`` (a profile with ``speculative`` on), the verify step
     follows the same way once the one-token step is in use; ``status`` is about the latter."""
     status = CompileStatus(threading.Event())
-    key = step_key(model)
     with _WANTS_LOCK:
         wants = _WANTS.setdefault(model, _Wants())
         wants.running, wants.verify = True, wants.verify or verify
@@ -407,7 +406,7 @@ def compile_in_background(
         step = cached_step(model, package)
         if step is None:
             status.built = status.built or tokens == 1
-            _build_elsewhere(source, package, tokens, key)
+            _build_elsewhere(source, package, tokens, step_key(model))
             step = CompiledStep(model, package)
         return step
 
