@@ -13,7 +13,7 @@ from engine.config import SamplingSettings
 from engine.errors import ContextOverflowError
 from engine.events import Done, Event, PrefillDone, TokenEvent
 from engine.kv_cache import KVCache
-from engine.metrics import STEP_NOT_BUILT, GenerationMetrics
+from engine.metrics import DRAFTS_WAITED, STEP_NOT_BUILT, GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
 from engine.speculative import VERIFY_TOKENS, PromptLookup
@@ -76,7 +76,7 @@ def step_label(model: Transformer, steps: int, compiled: int, held_back: int = 0
     """GenerationMetrics.decode_step for a reply of ``steps`` one-token steps, ``compiled`` of
     them through the compiled step (engine/compiled.py), ``held_back`` of them without a draft
     because the compiled verify step was not there (drafts_verified_alike)."""
-    drafts = "; no drafts until the verify step is built" if held_back else ""
+    drafts = DRAFTS_WAITED if held_back else ""
     if compiled and compiled == steps:
         return "compiled" + drafts
     if compiled:

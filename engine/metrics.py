@@ -9,6 +9,9 @@ from typing import Any
 # GenerationMetrics.decode_step of a one-reply process (`ask`) that found no compiled step in the
 # cache and builds none (engine/compiled.py load_cached_step)
 STEP_NOT_BUILT = "eager (no compiled step built yet: `llama-tui prepare` builds it)"
+# what GenerationMetrics.decode_step ends with when a profile's drafts (speculative) waited for
+# the compiled verify step: a background build, or `llama-tui prepare` for `ask`
+DRAFTS_WAITED = "; no drafts until the verify step is built"
 
 
 @dataclass(frozen=True)

@@ -520,6 +520,24 @@ def test_ask_on_a_terminal_says_how_to_build_the_step_when_there_is_none(
 
 @pytest.mark.slow
 @needs_compiler
+def test_ask_on_a_terminal_says_how_to_build_the_verify_step_drafts_wait_for(
+    q4_path: Path, cache_dir: Path, verifying: LoadedModel, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"  # the one-token step built, the verify step not
+    (cache / "steps").mkdir(parents=True)
+    for package in (cache_dir / "steps").glob("*.pt2"):
+        if "-verify" not in package.name:
+            shutil.copy(package, cache / "steps")
+    config = tmp_path / "llama-tui.toml"
+    config.write_text('[profiles.drafts]\nspeculative = "prompt-lookup"\n')
+    ask = ["ask", "--max-new-tokens", "6", "--config", str(config), "--profile", "drafts", "Hi"]
+    shown = on_a_terminal(ask, q4_path, cache)
+    assert "made no speculative drafts: `llama-tui prepare` builds the compiled verify" in shown
+    assert "speculative" not in on_a_terminal(ask, q4_path, cache_dir)  # both steps there
+
+
+@pytest.mark.slow
+@needs_compiler
 def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
     q4_path: Path, tmp_path: Path
 ) -> None:
