@@ -65,13 +65,7 @@ if TYPE_CHECKING:
     from engine.loaders import LoadedModel, load_model, load_profile_model
     from engine.loaders.state import assign_state
     from engine.local import LocalBackend
-    from engine.metrics import (
-        DRAFTS_WAITED,
-        STEP_NOT_BUILT,
-        GenerationMetrics,
-        peak_rss_bytes,
-        rss_bytes,
-    )
+    from engine.metrics import STEP_NOT_BUILT, GenerationMetrics, peak_rss_bytes, rss_bytes
     from engine.model import Transformer
     from engine.offload import streamer_of
     from engine.placement import resolve_device, resolve_placement
@@ -169,7 +163,6 @@ _EXPORTS = {
     "data_dir": "engine.store",
     "decode_one_token": "engine.generate",
     "STEP_NOT_BUILT": "engine.metrics",
-    "DRAFTS_WAITED": "engine.metrics",
     "default_model_path": "engine.default_model",
     "encode_dialog": "engine.chat_format",
     "find_config_path": "engine.config",
@@ -209,7 +202,6 @@ __all__ = [
     "RemoteClient",
     "ProfileBackend",
     "STEP_NOT_BUILT",
-    "DRAFTS_WAITED",
     "BUSY_SHOWN",
     "PHASES",
     "EnergyReading",

@@ -13,7 +13,7 @@ from engine.config import SamplingSettings
 from engine.errors import ContextOverflowError
 from engine.events import Done, Event, PrefillDone, TokenEvent
 from engine.kv_cache import KVCache
-from engine.metrics import DRAFTS_WAITED, STEP_NOT_BUILT, GenerationMetrics
+from engine.metrics import STEP_NOT_BUILT, GenerationMetrics
 from engine.model import Transformer
 from engine.sampling import MirostatState, make_generator, refine_top_logits, sample
 from engine.speculative import VERIFY_TOKENS, PromptLookup
@@ -72,15 +72,14 @@ def decode_one_token(model: Transformer, cache: KVCache, token_id: int) -> torch
     return logits
 
 
-def step_label(model: Transformer, steps: int, compiled: int, held_back: int = 0) -> str:
-    """GenerationMetrics.decode_step for a reply of ``steps`` one-token steps, ``compiled`` of
-    them through the compiled step (engine/compiled.py), ``held_back`` of them without a draft
-    because the compiled verify step was not there (drafts_verified_alike)."""
-    drafts = DRAFTS_WAITED if held_back else ""
+def step_label(model: Transformer, steps: int, compiled: int) -> str:
+    """GenerationMetrics.decode_step for a reply of ``steps`` decode forwards (one-token steps
+    and drafts' verify forwards), ``compiled`` of them through a compiled step
+    (engine/compiled.py)."""
     if compiled and compiled == steps:
-        return "compiled" + drafts
+        return "compiled"
     if compiled:
-        return "eager, then compiled" + drafts
+        return "eager, then compiled"
     if model.decode_step_error:
         return f"eager (compiled step failed: {model.decode_step_error})"
     if model.decode_step_unbuilt:
@@ -171,8 +170,8 @@ def generate(
     t_first = t_prefill
     steps = 0  # rows sampled after the prefill's (one a forward without a draft)
     sample_s = forward_s = detok_s = 0.0  # accumulated perf_counter deltas: no device syncs
-    one_token = compiled = 0  # one-token steps, and those through the compiled step
-    held_back = 0  # steps without a draft because no compiled verify step was there
+    forwards = compiled = 0  # decode forwards (one-token or a draft's), and compiled ones
+    waited = 0  # steps without a draft because no compiled verify step was there
     while True:
         t = time.perf_counter()
         token = sample(rows.pop(0), settings, recent, generator, sampler_state)
@@ -220,11 +219,12 @@ def generate(
                 draft = lookup.draft(cache.max_len - cache.length - 1)
                 proposed = len(draft)
             else:  # compiled steps, and no compiled verify step (or no room for one)
-                held_back += model.verify_step is None
+                waited += model.verify_step is None
+        forwards += 1
         if draft:
+            compiled += uses_compiled_verify(model, cache, 1 + len(draft))
             rows = verify(model, cache, [token, *draft])
         else:
-            one_token += 1
             compiled += uses_compiled_step(model, cache.length)
             rows = [decode_one_token(model, cache, token)]
         forward_s += time.perf_counter() - t
@@ -248,7 +248,8 @@ def generate(
         context_limit=cache.max_len,
         draft_tokens=lookup.drafted if lookup else 0,
         accepted_tokens=lookup.accepted if lookup else 0,
-        decode_step=step_label(model, one_token, compiled, held_back),
+        decode_step=step_label(model, forwards, compiled),
+        drafts_waited=waited,
     )
     timings = ReplyTimings(
         prefill_s=t_prefill - t0,

@@ -9,9 +9,6 @@ from typing import Any
 # GenerationMetrics.decode_step of a one-reply process (`ask`) that found no compiled step in the
 # cache and builds none (engine/compiled.py load_cached_step)
 STEP_NOT_BUILT = "eager (no compiled step built yet: `llama-tui prepare` builds it)"
-# what GenerationMetrics.decode_step ends with when a profile's drafts (speculative) waited for
-# the compiled verify step: a background build, or `llama-tui prepare` for `ask`
-DRAFTS_WAITED = "; no drafts until the verify step is built"
 
 
 @dataclass(frozen=True)
@@ -29,6 +26,9 @@ class GenerationMetrics:
     offload_wait_s: float = 0.0  # offload: decode time spent waiting for those copies
     draft_tokens: int = 0  # speculative decoding: tokens proposed (engine/speculative.py)
     accepted_tokens: int = 0  # of those, tokens the model agreed with
+    # steps that made no draft because the compiled verify step was not there yet (a background
+    # build, or `llama-tui prepare` for `ask`): drafts are verified only like the step itself
+    drafts_waited: int = 0
     # the one-token steps' code: "compiled", "eager, then compiled" (it became ready mid-reply),
     # "eager (compiled step building)", "eager (compiled step failed: why)", STEP_NOT_BUILT;
     # "" = eager with no compiled step in play, or remote

@@ -53,6 +53,8 @@ def reply_record(done: Done, conversation: bool = False) -> dict[str, Any]:
     if m.draft_tokens:  # speculative = "prompt-lookup": tokens drafted, and of those accepted
         record["draft_tokens"] = m.draft_tokens
         record["accepted_tokens"] = m.accepted_tokens
+    if m.drafts_waited:  # steps that made no draft: the compiled verify step was not built yet
+        record["drafts_waited"] = m.drafts_waited
     if m.offload_bytes_per_token:  # weights streamed from CPU memory this reply
         record["offload_bytes_per_token"] = int(m.offload_bytes_per_token)
         record["offload_gb_s"] = round(m.offload_gb_s, 2)

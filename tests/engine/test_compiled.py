@@ -224,7 +224,8 @@ def test_drafts_on_the_compiled_steps_give_plain_decodings_tokens(verifying: Loa
     finally:
         verifying.model.verify_step = step
     assert waiting.token_ids == plain.token_ids and waiting.metrics.draft_tokens == 0
-    assert waiting.metrics.decode_step == "compiled; no drafts until the verify step is built"
+    assert waiting.metrics.decode_step == "compiled" and waiting.metrics.drafts_waited > 0
+    assert drafted.metrics.drafts_waited == plain.metrics.drafts_waited == 0
 
 
 def reply_step(m: LoadedModel, switch_after: int | None = None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -528,3 +529,17 @@ def test_metrics_pane_names_the_decode_step_only_when_a_compiled_one_is_in_play(
         )
         stats.on_done(done)
         assert dict(metric_lines(stats))["step"] == label
+
+
+def test_metrics_pane_says_how_drafts_went_or_that_they_wait_for_the_verify_step() -> None:
+    from engine.metrics import GenerationMetrics
+    from tui.app.stats import LiveStats
+
+    stats = LiveStats()
+    base = GenerationMetrics(generated_tokens=9, decode_steps=8, decode_s=2.0)
+    stats.on_done(base)
+    assert "drafts" not in dict(metric_lines(stats))  # speculative off
+    stats.on_done(replace(base, draft_tokens=12, accepted_tokens=7))
+    assert dict(metric_lines(stats))["drafts"] == "7 of 12 tokens accepted"
+    stats.on_done(replace(base, drafts_waited=8))
+    assert dict(metric_lines(stats))["drafts"] == "none yet: verify step not built"

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from engine import (
-    DRAFTS_WAITED,
     STEP_NOT_BUILT,
     Backend,
     Conversation,
@@ -115,7 +114,7 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
                 "this reply decoded on the eager step: `llama-tui prepare` builds the compiled "
                 "step once (about a minute on 2 cores), and later replies decode about 2x faster"
             )
-        elif done.metrics.decode_step.endswith(DRAFTS_WAITED) and sys.stderr.isatty():
+        elif done.metrics.drafts_waited and sys.stderr.isatty():
             note(
                 "this reply made no speculative drafts: `llama-tui prepare` builds the compiled "
                 "verify step they need once (about 2 minutes on 2 cores)"

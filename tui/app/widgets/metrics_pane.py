@@ -150,6 +150,8 @@ def metric_lines(stats: LiveStats) -> list[tuple[str, str]]:
         rows.append(("step", m.decode_step))
     if m is not None and m.draft_tokens:  # speculative = "prompt-lookup"
         rows.append(("drafts", f"{m.accepted_tokens} of {m.draft_tokens} tokens accepted"))
+    elif m is not None and m.drafts_waited:  # on, but the compiled verify step is not built yet
+        rows.append(("drafts", "none yet: verify step not built"))
     n, turns = stats.dropped_messages, stats.dropped_turns
     rows.append(("dropped", f"{n} msgs ({turns} turns)" if n else "none"))
     if stats.last_done is not None and not stats.streaming:
