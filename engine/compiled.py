@@ -209,8 +209,6 @@ def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
         tuple({2: length} for _ in cache.v),
         tuple(None for _ in weights),
     )
-    program = export(_Step(model), example, dynamic_shapes=dims, strict=False)
-
     def write(temp: Path) -> None:
         named = temp.with_name(temp.name + ".pt2")  # the packager takes only names in .pt2
         try:
@@ -221,7 +219,10 @@ def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
         finally:
             named.unlink(missing_ok=True)
 
-    error = write_atomically(target, write)
+    with warnings.catch_warnings():  # torch's own deprecation notes (pytree specs), not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        program = export(_Step(model), example, dynamic_shapes=dims, strict=False)
+        error = write_atomically(target, write)
     if error:
         raise OSError(f"could not write the compiled step: {error}")
     prune_steps(target.parent)

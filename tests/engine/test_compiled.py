@@ -492,6 +492,13 @@ def test_ask_decodes_on_the_cached_package_and_says_so(
     assert not builders(str(tmp_path / "cold")) and not (tmp_path / "cold" / "steps").exists()
 
 
+def drafts_profile(folder: Path) -> list[str]:
+    """Command-line flags for a profile with drafts on, from a config file in ``folder``."""
+    config = folder / "llama-tui.toml"
+    config.write_text('[profiles.drafts]\nspeculative = "prompt-lookup"\n')
+    return ["--config", str(config), "--profile", "drafts"]
+
+
 def on_a_terminal(args: list[str], q4: Path, cache: Path) -> str:
     """What the CLI writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
     leader, follower = pty.openpty()
@@ -529,9 +536,7 @@ def test_ask_on_a_terminal_says_how_to_build_the_verify_step_drafts_wait_for(
     for package in (cache_dir / "steps").glob("*.pt2"):
         if "-verify" not in package.name:
             shutil.copy(package, cache / "steps")
-    config = tmp_path / "llama-tui.toml"
-    config.write_text('[profiles.drafts]\nspeculative = "prompt-lookup"\n')
-    ask = ["ask", "--max-new-tokens", "6", "--config", str(config), "--profile", "drafts", "Hi"]
+    ask = ["ask", "--max-new-tokens", "6", *drafts_profile(tmp_path), "Hi"]
     shown = on_a_terminal(ask, q4_path, cache)
     assert "made no speculative drafts: `llama-tui prepare` builds the compiled verify" in shown
     assert "speculative" not in on_a_terminal(ask, q4_path, cache_dir)  # both steps there
@@ -570,9 +575,7 @@ def test_prepare_builds_the_step_once_and_ask_then_decodes_on_it(
 def test_prepare_builds_the_verify_step_for_a_profile_with_drafts_on(
     q4_path: Path, tmp_path: Path
 ) -> None:
-    cache, config = tmp_path / "cache", tmp_path / "llama-tui.toml"
-    config.write_text('[profiles.drafts]\nspeculative = "prompt-lookup"\n')
-    drafts = ["--config", str(config), "--profile", "drafts"]
+    cache, drafts = tmp_path / "cache", drafts_profile(tmp_path)
     first = cli(["prepare", *drafts], q4_path, cache)
     assert first.returncode == 0, first.stderr
     assert "compiled decode step: built in" in first.stderr

@@ -69,7 +69,6 @@ def _reply(loaded: LoadedModel, ids: list[int], mode: str, tokens: int) -> tuple
 
 def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
     import time
-    import warnings
 
     import torch
 
@@ -88,9 +87,7 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
     compile_s = None
     if compile_wanted(profile.compile) and compile_supported(loaded.model):
         t0 = time.perf_counter()
-        with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
-            warnings.simplefilter("ignore", FutureWarning)
-            compile_decode_step(loaded.model, verify=True)  # the verify step for drafts too
+        compile_decode_step(loaded.model, verify=True)  # the verify step for drafts too
         compile_s = time.perf_counter() - t0
     tasks: dict[str, Any] = {}
     for name, text in TASKS.items():

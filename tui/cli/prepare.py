@@ -14,7 +14,6 @@ import contextlib
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 
 from engine import (
@@ -95,9 +94,7 @@ def build_step(what: str, minutes: str, build: Callable[[], float]) -> float:
     """Run ``build`` (compile_decode_step) under a ticking line; its failure is one line."""
     try:
         with ticking(f"{what}: building, about {minutes} minutes on 2 cores ..."):
-            with warnings.catch_warnings():  # torch.export's deprecation notes are not ours
-                warnings.simplefilter("ignore", FutureWarning)
-                return build()
+            return build()
     except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
         raise UserError(
             f"the {what} could not be built ({first_line(exc)}); replies decode on the eager "
