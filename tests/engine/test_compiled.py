@@ -287,10 +287,11 @@ def cli(
     compile_on: str = "1",
     stdin: str = "",
     stderr: int = subprocess.PIPE,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The console entry point (tui.cli.main:run) in a real process, on the q4 model with
     ``cache`` as its cache folder and compile as ``compile_on`` says."""
-    env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache)}
+    env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache), **(env_extra or {})}
     flags = ["--model", str(q4), "--dtype", "bfloat16", "--device", "cpu"]
     return subprocess.run(
         [sys.executable, "-c", "from tui.cli.main import run; run()", *args, *flags],
@@ -587,6 +588,15 @@ def test_prepare_builds_the_verify_step_for_a_profile_with_drafts_on(
     )
     plain = cli(["prepare"], q4_path, cache)  # drafts off: no verify step is asked for
     assert "verify" not in plain.stderr
+    for package in (cache / "steps").glob("*-verify4.pt2"):
+        package.unlink()
+    broken = cli(["prepare", *drafts], q4_path, cache, env_extra={"CXX": "/bin/false"})
+    assert broken.returncode == 2  # one line, saying what replies do meanwhile
+    assert broken.stderr.splitlines()[-1].startswith(
+        "llama-tui: error: the compiled verify step (speculative drafts) could not be built ("
+    )
+    assert "replies decode on the compiled step without drafts: install a C++" in broken.stderr
+    assert cli(["prepare", *drafts], q4_path, cache).returncode == 0  # built after all
     reply = cli(
         ["ask", "--json", "--max-new-tokens", "24", "--temperature", "0", *drafts, "a b a b a b"],
         q4_path,

@@ -78,25 +78,36 @@ def run_prepare(profile: Profile) -> int:
         if model.decode_step is not None:
             say("compiled decode step: ready (already built)")
         else:
-            built = build_step("compiled decode step", "1-2", lambda: compile_decode_step(model))
+            built = build_step(
+                "compiled decode step",
+                "1-2",
+                "decode on the eager step",
+                lambda: compile_decode_step(model),
+            )
             say(f"compiled decode step: built in {built:.0f} s; later starts load it at once")
         if profile.speculative != "off":  # drafts are checked by a step of their own
             what = "compiled verify step (speculative drafts)"
             if model.verify_step is not None:
                 say(f"{what}: ready (already built)")
             else:
-                built = build_step(what, "2-3", lambda: compile_decode_step(model, verify=True))
+                built = build_step(
+                    what,
+                    "2-3",
+                    "decode on the compiled step without drafts",
+                    lambda: compile_decode_step(model, verify=True),
+                )
                 say(f"{what}: built in {built:.0f} s")
     return 0
 
 
-def build_step(what: str, minutes: str, build: Callable[[], float]) -> float:
-    """Run ``build`` (compile_decode_step) under a ticking line; its failure is one line."""
+def build_step(what: str, minutes: str, meanwhile: str, build: Callable[[], float]) -> float:
+    """Run ``build`` (compile_decode_step) under a ticking line; its failure is one line that
+    says how replies ``meanwhile`` decode."""
     try:
         with ticking(f"{what}: building, about {minutes} minutes on 2 cores ..."):
             return build()
     except Exception as exc:  # noqa: BLE001 - the compiler's fault is one line, not a trace
         raise UserError(
-            f"the {what} could not be built ({first_line(exc)}); replies decode on the eager "
-            "step: install a C++ compiler (g++), or set compile = false"
+            f"the {what} could not be built ({first_line(exc)}); replies {meanwhile}: "
+            "install a C++ compiler (g++), or set compile = false"
         ) from None
