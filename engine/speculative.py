@@ -19,9 +19,9 @@ A forward over 1 + k tokens costs more than a one-token step: on torch's CPU int
 rows cost about 1.7 one-row calls and 9 rows 4.7 (it works through rows in fours), so a draft
 is 3 tokens at most and a compiled verify step takes exactly ``VERIFY_TOKENS`` (a shorter draft
 is padded; engine/compiled.py builds it for profiles with ``speculative`` on, and
-tests/engine/test_compiled.py checks its rows). Drafting backs off
-after a draft rejected outright (``judged``), longer after each one in a row: that keeps open
-chat, where little repeats, near plain decoding's speed.
+tests/engine/test_compiled.py checks its rows). Drafting backs off after a draft rejected
+outright (``judged``), longer after each one in a row: that keeps open chat, where little
+repeats, near plain decoding's speed.
 """
 
 from __future__ import annotations
