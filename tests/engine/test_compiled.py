@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -285,17 +286,19 @@ def cli(
     q4: Path,
     cache: Path,
     compile_on: str = "1",
-    stdin: str = "",
+    stdin: str | int = "",
     stderr: int = subprocess.PIPE,
     env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The console entry point (tui.cli.main:run) in a real process, on the q4 model with
-    ``cache`` as its cache folder and compile as ``compile_on`` says."""
+    ``cache`` as its cache folder and compile as ``compile_on`` says; ``stdin`` is its input
+    through a pipe, or a file descriptor to read (a pseudo-terminal's)."""
     env = {**os.environ, ENV_COMPILE: compile_on, ENV_CACHE_DIR: str(cache), **(env_extra or {})}
     flags = ["--model", str(q4), "--dtype", "bfloat16", "--device", "cpu"]
+    feed: dict[str, Any] = {"input": stdin} if isinstance(stdin, str) else {"stdin": stdin}
     return subprocess.run(
         [sys.executable, "-c", "from tui.cli.main import run; run()", *args, *flags],
-        input=stdin,
+        **feed,
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -500,11 +503,11 @@ def drafts_profile(folder: Path) -> list[str]:
     return ["--config", str(config), "--profile", "drafts"]
 
 
-def on_a_terminal(args: list[str], q4: Path, cache: Path) -> str:
+def on_a_terminal(args: list[str], q4: Path, cache: Path, stdin: str = "") -> str:
     """What the CLI writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
     leader, follower = pty.openpty()
     try:
-        done = cli(args, q4, cache, stderr=follower)
+        done = cli(args, q4, cache, stdin=stdin, stderr=follower)
         assert done.returncode == 0
     finally:
         os.close(follower)
@@ -525,6 +528,27 @@ def test_ask_on_a_terminal_says_how_to_build_the_step_when_there_is_none(
     cold = on_a_terminal(ask, q4_path, tmp_path / "cold")
     assert "`llama-tui prepare` builds the compiled step once" in cold
     assert "llama-tui prepare" not in on_a_terminal(ask, q4_path, cache_dir)  # warm: it ran on it
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_chat_reading_a_pipe_builds_no_step_and_says_once_how_to(
+    q4_path: Path, cache_dir: Path, compiled: LoadedModel, tmp_path: Path
+) -> None:
+    # like `ask`, its process ends with its input, before a build would: the cache's step or none
+    chat = ["chat", "--plain", "--no-save", "--max-new-tokens", "4", "--temperature", "0"]
+    replies = {}
+    for name, cache in (("warm", cache_dir), ("cold", tmp_path / "cold")):
+        done = cli([*chat, "--json"], q4_path, cache, stdin="hello\nagain\n")
+        assert done.returncode == 0, done.stderr
+        replies[name] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["decode_step"] for r in replies["warm"]] == ["compiled", "compiled"]
+    assert [r["decode_step"] for r in replies["cold"]] == [STEP_NOT_BUILT, STEP_NOT_BUILT]
+    assert [r["token_ids"] for r in replies["warm"]] == [r["token_ids"] for r in replies["cold"]]
+    shown = on_a_terminal(chat, q4_path, tmp_path / "cold", stdin="hello\nagain\n")
+    assert shown.count("`llama-tui prepare` builds the compiled step once") == 1  # not a reply
+    assert "llama-tui prepare" not in on_a_terminal(chat, q4_path, cache_dir, stdin="hello\n")
+    assert not builders(str(tmp_path / "cold")) and not (tmp_path / "cold" / "steps").exists()
 
 
 @pytest.mark.slow
@@ -616,7 +640,13 @@ def test_the_command_line_exits_cleanly_while_the_build_still_runs(
     # the build, whose daemon thread inside inductor's native code used to abort the exit (134)
     cold = tmp_path / "cold"
     args = ["chat", "--plain", "--no-save", "--max-new-tokens", "3"]
-    done = cli(args, q4_path, cold, stdin="hello\n")
+    leader, follower = pty.openpty()  # typed at a terminal (a chat reading a pipe builds none)
+    try:
+        os.write(leader, b"hello\n\x04")  # a line, then Ctrl-D
+        done = cli(args, q4_path, cold, stdin=follower)
+    finally:
+        os.close(follower)
+        os.close(leader)
     assert done.returncode == 0, done.stderr
     assert "terminate called" not in done.stderr and done.stdout  # the reply was printed
     # the build process it started (engine/step_build.py) notices and stops within seconds

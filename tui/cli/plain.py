@@ -108,20 +108,30 @@ def run_ask(args: argparse.Namespace, profile: Profile) -> int:
     queue = open_engine(profile, backend=ProfileBackend(max_loaded_models=1, build_steps=False))
     try:
         chat = Conversation(queue, profile=profile)  # one turn, not saved
-        done = stream(chat, chat.send(prompt), args.json, sys.stdout)
-        if done.metrics.decode_step == STEP_NOT_BUILT and sys.stderr.isatty():
-            note(
-                "this reply decoded on the eager step: `llama-tui prepare` builds the compiled "
-                "step once (about a minute on 2 cores), and later replies decode about 2x faster"
-            )
-        elif done.metrics.drafts_waited and sys.stderr.isatty():
-            note(
-                "this reply made no speculative drafts: `llama-tui prepare` builds the compiled "
-                "verify step they need once (about 2 minutes on 2 cores)"
-            )
+        step_note(stream(chat, chat.send(prompt), args.json, sys.stdout))
     finally:
         queue.close()
     return 0
+
+
+def step_note(done: Done) -> bool:
+    """On a terminal, after a reply of a process that builds no compiled step (`ask`, a chat
+    reading a pipe): how `llama-tui prepare` would have made it faster, when it would have.
+    Returns whether it said so."""
+    if not sys.stderr.isatty():
+        return False
+    what = "decoded on the eager step" if done.metrics.decode_step == STEP_NOT_BUILT else ""
+    if what:
+        note(
+            f"this reply {what}: `llama-tui prepare` builds the compiled step once (about a "
+            "minute on 2 cores), and later replies decode about 2x faster"
+        )
+    elif done.metrics.drafts_waited:
+        note(
+            "this reply made no speculative drafts: `llama-tui prepare` builds the compiled "
+            "verify step they need once (about 2 minutes on 2 cores)"
+        )
+    return bool(what) or done.metrics.drafts_waited
 
 
 def run_chat(
@@ -130,6 +140,10 @@ def run_chat(
     backend: Backend | None = None,
     personas: Mapping[str, Persona] | None = None,
 ) -> int:
+    # reading a pipe, the chat ends with its input: like `ask`, it takes compiled steps from the
+    # cache and builds none (a build is stopped, unfinished, when the process that wants it ends)
+    piped = not sys.stdin.isatty()
+    backend = backend or ProfileBackend(max_loaded_models=1, build_steps=not piped)
     queue = open_engine(profile, backend=backend)
     chat: Conversation | None = None
     try:
@@ -166,13 +180,15 @@ def chat_lines(
     personas: Mapping[str, Persona] | None = None,
 ) -> int:
     """One stdin line per turn, or a slash command (tui/cli/slash.py), until end of input."""
-    mode = LineMode(
-        chat,
-        lambda turn: stream(chat, turn, as_json, sys.stdout),
-        note,
-        personas or {},
-        chat.profile,
-    )
+    noted = sys.stdin.isatty()  # a chat on a terminal builds its steps: nothing to say
+
+    def reply(turn: Turn) -> Done:
+        nonlocal noted
+        done = stream(chat, turn, as_json, sys.stdout)
+        noted = noted or step_note(done)  # once a chat
+        return done
+
+    mode = LineMode(chat, reply, note, personas or {}, chat.profile)
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
         banner = (
