@@ -27,3 +27,16 @@ def test_bench_speculative_reports_both_modes_per_task(
     assert main(["bench", "--speculative", *flags, "--tokens", "6", "--runs", "1"]) == 0
     text = capsys.readouterr().out
     assert "prompt-lookup (tok/s)" in text and "rewrite (input-grounded)" in text
+
+
+def test_bench_speculative_samples_with_the_profiles_chain_from_one_seed(
+    tiny_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--model", str(tiny_gguf), "--dtype", "float32", "--device", "cpu", "--json"]
+    bench = ["bench", "--speculative", "--sampling", "default", "--tokens", "16", "--runs", "1"]
+    assert main([*bench, *flags]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["sampling"] == "default"
+    for task in record["tasks"].values():
+        assert task["acceptance"] > 0  # drafts were made and kept, sampled
+        assert task["identical"] is True  # one seed: drafts change the speed, not the tokens

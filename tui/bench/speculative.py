@@ -1,12 +1,13 @@
 """`llama-tui bench --speculative`: prompt-lookup decoding against plain decoding.
 
-Two tasks, in one process, on the profile's placement with the decode steps it would reach in a
-chat (the compiled one-token and verify steps where the profile's ``compile`` builds them; built
-before timing): an input-grounded one (rewrite a given paragraph, so the reply repeats its
-prompt's spans) and an open question (little repeats). Each timed run decodes the same greedy
-reply with ``speculative = "off"`` and with ``"prompt-lookup"``, alternately; the report gives
-decode tok/s (median and range of the runs that the noise rule keeps), the ratio, the share of
-drafted tokens the model accepted, and whether the two replies were the same tokens.
+Three tasks, in one process, on the profile's placement with the decode steps it would reach in
+a chat (the compiled one-token and verify steps where the profile's ``compile`` builds them;
+built before timing): two input-grounded ones (rewrite a given paragraph, edit a given function,
+so the reply repeats its prompt's spans) and an open question (little repeats). Each timed run
+decodes the same reply with ``speculative = "off"`` and with ``"prompt-lookup"``, alternately:
+greedy, or with ``--sampling default`` the profile's sampler chain from one seed. The report
+gives decode tok/s (median and range of the runs that the noise rule keeps), the ratio, the
+share of drafted tokens the model accepted, and whether the two replies were the same tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tui.bench.common import text_table
 from tui.bench.vs import Sample, summarize
 
 if TYPE_CHECKING:
-    from engine import LoadedModel, Profile
+    from engine import LoadedModel, Profile, SamplingSettings
 
 MODES = ("off", "prompt-lookup")
 PARAGRAPH = (
@@ -34,17 +35,28 @@ PARAGRAPH = (
     "warehouses by the river became houses, a school and, in 1960, a small museum of the wool "
     "trade that still opens on summer weekends."
 )
+FUNCTION = """def total_price(items, tax_rate):
+    subtotal = 0
+    for item in items:
+        subtotal += item["price"] * item["quantity"]
+    tax = subtotal * tax_rate
+    return round(subtotal + tax, 2)
+"""
 TASKS = {
     "rewrite (input-grounded)": "Rewrite the following paragraph in plain words, keeping every "
     "fact, date and name:\n\n" + PARAGRAPH,
+    "code edit (input-grounded)": "Rename the variable subtotal to net in this Python function "
+    "and give the whole function back:\n\n" + FUNCTION,
     "open chat": "What are three good habits for learning a new language? Explain each briefly.",
 }
 
 
-def _reply(loaded: LoadedModel, ids: list[int], mode: str, tokens: int) -> tuple[Any, float]:
-    """One greedy reply from an empty cache; (its Done, other processes' CPU share)."""
+def _reply(
+    loaded: LoadedModel, ids: list[int], mode: str, tokens: int, settings: SamplingSettings
+) -> tuple[Any, float]:
+    """One reply from an empty cache; (its Done, other processes' CPU share)."""
     import engine
-    from engine import Done, KVCache, SamplingSettings
+    from engine import Done, KVCache
 
     a = loaded.args
     cache = KVCache(
@@ -55,11 +67,10 @@ def _reply(loaded: LoadedModel, ids: list[int], mode: str, tokens: int) -> tuple
         dtype=loaded.dtype,
         device=loaded.device,
     )
-    greedy = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
     window = Stamp.now()
     done = None
     for event in engine.generate(
-        loaded.model, loaded.tokenizer, cache, ids, greedy, tokens, speculative=mode
+        loaded.model, loaded.tokenizer, cache, ids, settings, tokens, speculative=mode
     ):
         if isinstance(event, Done):
             done = event
@@ -74,6 +85,7 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
 
     from engine import (
         Message,
+        SamplingSettings,
         compile_decode_step,
         compile_supported,
         compile_wanted,
@@ -89,6 +101,10 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
         t0 = time.perf_counter()
         compile_decode_step(loaded.model, verify=True)  # the verify step for drafts too
         compile_s = time.perf_counter() - t0
+    if args.sampling == "greedy":
+        settings = SamplingSettings(temperature=0.0, repeat_penalty=1.0, seed=0)
+    else:  # the profile's chain, from one seed for every reply: the same tokens in both modes
+        settings = replace(profile.sampling, seed=profile.sampling.seed or 0)
     tasks: dict[str, Any] = {}
     for name, text in TASKS.items():
         if loaded.chat_template is None:  # a model without a template: the plain text
@@ -96,13 +112,13 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
         else:
             template = loaded.chat_template
             ids = list(encode_dialog(loaded.tokenizer, template, [Message("user", text)]))
-        _reply(loaded, ids, "prompt-lookup", 8)  # warm-up: a forward over a draft, once
+        _reply(loaded, ids, "prompt-lookup", 8, settings)  # warm-up: a forward over a draft, once
         runs: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
         replies: dict[str, list[int]] = {}
         accepted = drafted = 0
         for _ in range(args.runs):
             for mode in MODES:
-                done, load = _reply(loaded, ids, mode, args.tokens)
+                done, load = _reply(loaded, ids, mode, args.tokens, settings)
                 runs[mode].append((done.metrics.decode_tok_s, load))
                 replies.setdefault(mode, done.token_ids)
                 accepted += done.metrics.accepted_tokens
@@ -123,6 +139,7 @@ def measure(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
         "compile_s": compile_s,
         "tokens": args.tokens,
         "runs": args.runs,
+        "sampling": args.sampling,
         "tasks": tasks,
     }
 
@@ -140,10 +157,11 @@ def run_speculative_bench(args: argparse.Namespace, profile: Profile) -> int:
         print(json.dumps(record))
         return 0
     step = record["decode_step"]
+    sampled = "greedy" if record["sampling"] == "greedy" else "sampled (the profile's chain)"
     if record["compile_s"] is not None:
         step += f", built in {record['compile_s']:.0f} s before timing"
     print(
-        f"{record['model']}: greedy replies of up to {record['tokens']} tokens, "
+        f"{record['model']}: {sampled} replies of up to {record['tokens']} tokens, "
         f"{record['runs']} runs per mode, alternating; {record['threads']} threads; "
         f"decode step {step}; median (range)"
     )

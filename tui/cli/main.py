@@ -179,13 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--speculative",
         action="store_true",
-        help="prompt-lookup decoding vs plain decoding on a rewrite task and an open question",
+        help="prompt-lookup decoding vs plain decoding on a rewrite, a code edit and an open "
+        "question",
     )
     bench.add_argument(
         "--sampling",
         choices=("greedy", "default"),
         default="greedy",
-        help="--vs: greedy, or the profile's sampler chain (top-k, top-p, min-p, ...) everywhere",
+        help="--vs, --speculative: greedy, or the profile's sampler chain (top-k, top-p, "
+        "min-p, ...) everywhere",
     )
     bench.add_argument(
         "--processes", type=int, default=3, help="--vs: processes per engine, interleaved"
