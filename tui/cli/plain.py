@@ -120,18 +120,19 @@ def step_note(done: Done) -> bool:
     Returns whether it said so."""
     if not sys.stderr.isatty():
         return False
-    what = "decoded on the eager step" if done.metrics.decode_step == STEP_NOT_BUILT else ""
-    if what:
+    if done.metrics.decode_step == STEP_NOT_BUILT:
         note(
-            f"this reply {what}: `llama-tui prepare` builds the compiled step once (about a "
-            "minute on 2 cores), and later replies decode about 2x faster"
+            "this reply decoded on the eager step: `llama-tui prepare` builds the compiled "
+            "step once (about a minute on 2 cores), and later replies decode about 2x faster"
         )
     elif done.metrics.drafts_waited:
         note(
             "this reply made no speculative drafts: `llama-tui prepare` builds the compiled "
             "verify step they need once (about 2 minutes on 2 cores)"
         )
-    return bool(what) or done.metrics.drafts_waited
+    else:
+        return False
+    return True
 
 
 def run_chat(
