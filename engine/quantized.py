@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from engine.ggml import GGMLType as Q
+from engine.heap import trim_heap
 from engine.rebuild import Args, rebuild, rebuildable, spec_of
 
 GROUP = 32  # weights per GGUF block = the kernel's group size
@@ -343,6 +344,8 @@ def int4_linear_from_rows(
         part = fused_int4_linear([(q.reshape(end - start, in_f), d, lo + 8.0 * d)])
         packed.append(part.packed)
         scales_zeros.append(part.scales_zeros)
+        del w, lo, hi, d, inv, q, part
+        trim_heap()  # the chunk's temporaries (engine/heap.py): ~15 MiB a chunk kept otherwise
     return Int4Linear(torch.cat(packed), torch.cat(scales_zeros, dim=1), in_f)
 
 

@@ -15,6 +15,7 @@ import torch
 from engine.args import ModelArgs
 from engine.errors import ModelLoadError
 from engine.ggml import GGMLType as Q
+from engine.heap import trim_heap
 from engine.loaders.dequant import SUPPORTED, dequantize
 from engine.loaders.gguf_file import GGUFFile
 from engine.loaders.state import check_complete, install, map_name
@@ -137,6 +138,7 @@ def load_gguf_weights(
                 target, dequantize(gguf.raw(name), info.ggml_type, info.shape)
             )
         gguf.release(name)
+        trim_heap()  # the tensor's temporaries: freed, now given back (engine/heap.py)
         if progress is not None:
             progress(done, total)
     check_complete(expected, [*placed, *fusions], src)

@@ -318,3 +318,46 @@ def test_ask_with_an_unwritable_cache_says_so_in_one_line(tiny_gguf: Path, tmp_p
     notes = [line for line in proc.stderr.splitlines() if "weights cache" in line]
     assert len(notes) == 1 and notes[0].startswith("llama-tui: note: weights cache not written")
     assert "Traceback" not in proc.stderr and proc.stdout  # the reply (random tokens)
+
+
+# the peak is VmHWM, this process image's own: ru_maxrss would carry over the parent's (pytest's)
+# from before exec
+LOAD_PEAK = """
+import sys, torch
+from pathlib import Path
+from engine.loaders import load_model
+from engine.placement import Placement
+placement = Placement(torch.device("cpu"), torch.bfloat16, native_4bit=True)
+loaded = load_model(Path(sys.argv[1]), placement=placement, context_length=4096)
+status = Path("/proc/self/status").read_text().splitlines()
+peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(loaded.weights_cache, peak_kb * 1024)
+"""
+
+
+@pytest.mark.slow
+@needs_int4
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="no /proc (not Linux)")
+def test_the_default_models_loads_peak_within_its_file_its_cache_and_300_mb(
+    default_path: Path, empty_cache: Path
+) -> None:
+    # the issue's bound on a load's peak RSS: the weights (the GGUF), the prepared-weights
+    # cache and 300 MB for the interpreter, torch and the rest; the first load packs every
+    # tensor, and its temporaries' freed heap pages are given back as it goes (engine/heap.py)
+    peaks = {}
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_PEAK, str(default_path)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        state, peak = proc.stdout.split()
+        peaks[state] = int(peak)
+    entries = list(empty_cache.glob("weights/*.safetensors"))
+    assert set(peaks) == {"written", "read"} and len(entries) == 1
+    bound = default_path.stat().st_size + entries[0].stat().st_size + 300_000_000
+    assert peaks["written"] <= bound, f"first load: {peaks['written'] / 1e6:.0f} MB peak"
+    assert peaks["read"] <= bound, f"second load: {peaks['read'] / 1e6:.0f} MB peak"
