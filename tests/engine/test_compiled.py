@@ -485,15 +485,24 @@ def test_ask_decodes_on_the_cached_package_and_says_so(
     q4_path: Path, cache_dir: Path, compiled: LoadedModel, tmp_path: Path
 ) -> None:
     args = ["ask", "--json", "--max-new-tokens", "6", "--temperature", "0", "Hi"]
-    replies = {}
-    for name, cache in (("warm", cache_dir), ("cold", tmp_path / "cold")):
-        done = cli(args, q4_path, cache)
-        assert done.returncode == 0, done.stderr
-        replies[name] = json.loads(done.stdout)
-    assert replies["warm"]["decode_step"] == "compiled"
-    assert replies["cold"]["decode_step"] == STEP_NOT_BUILT  # no build for one reply
-    assert replies["warm"]["token_ids"] == replies["cold"]["token_ids"]
+    (warm,), (cold,) = warm_and_cold(args, q4_path, cache_dir, tmp_path / "cold")
+    assert warm["decode_step"] == "compiled"
+    assert cold["decode_step"] == STEP_NOT_BUILT  # no build for one reply
+    assert warm["token_ids"] == cold["token_ids"]
     assert not builders(str(tmp_path / "cold")) and not (tmp_path / "cold" / "steps").exists()
+
+
+def warm_and_cold(
+    args: list[str], q4: Path, warm: Path, cold: Path, stdin: str = ""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The CLI's JSON lines (``args`` with --json) with ``warm`` as its cache folder (the step
+    in it), then ``cold`` (none)."""
+    replies = []
+    for cache in (warm, cold):
+        done = cli(args, q4, cache, stdin=stdin)
+        assert done.returncode == 0, done.stderr
+        replies.append([json.loads(line) for line in done.stdout.splitlines()])
+    return replies[0], replies[1]
 
 
 def drafts_profile(folder: Path) -> list[str]:
@@ -537,14 +546,11 @@ def test_a_chat_reading_a_pipe_builds_no_step_and_says_once_how_to(
 ) -> None:
     # like `ask`, its process ends with its input, before a build would: the cache's step or none
     chat = ["chat", "--plain", "--no-save", "--max-new-tokens", "4", "--temperature", "0"]
-    replies = {}
-    for name, cache in (("warm", cache_dir), ("cold", tmp_path / "cold")):
-        done = cli([*chat, "--json"], q4_path, cache, stdin="hello\nagain\n")
-        assert done.returncode == 0, done.stderr
-        replies[name] = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [r["decode_step"] for r in replies["warm"]] == ["compiled", "compiled"]
-    assert [r["decode_step"] for r in replies["cold"]] == [STEP_NOT_BUILT, STEP_NOT_BUILT]
-    assert [r["token_ids"] for r in replies["warm"]] == [r["token_ids"] for r in replies["cold"]]
+    lines = "hello\nagain\n"
+    warm, cold = warm_and_cold([*chat, "--json"], q4_path, cache_dir, tmp_path / "cold", lines)
+    assert [r["decode_step"] for r in warm] == ["compiled", "compiled"]
+    assert [r["decode_step"] for r in cold] == [STEP_NOT_BUILT, STEP_NOT_BUILT]
+    assert [r["token_ids"] for r in warm] == [r["token_ids"] for r in cold]
     shown = on_a_terminal(chat, q4_path, tmp_path / "cold", stdin="hello\nagain\n")
     assert shown.count("`llama-tui prepare` builds the compiled step once") == 1  # not a reply
     assert "llama-tui prepare" not in on_a_terminal(chat, q4_path, cache_dir, stdin="hello\n")
