@@ -173,6 +173,8 @@ def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
     """Export and compile the decode step of ``model`` for ``tokens`` tokens into ``target``
     (blocking; a minute or two on 2 cores). Raises what torch raises; a failed build leaves no
     file behind."""
+    if not 1 <= tokens <= VERIFY_MAX:
+        raise ValueError(f"a compiled step takes 1 to {VERIFY_MAX} tokens, not {tokens}")
     from torch.export import Dim, export
 
     # inductor reads its working folder from the environment, and importing torch._dynamo (or
@@ -198,8 +200,6 @@ def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
         tuple(cache.v),
         weights,
     )
-    if not 1 <= tokens <= VERIFY_MAX:
-        raise ValueError(f"a compiled step takes 1 to {VERIFY_MAX} tokens, not {tokens}")
     length = Dim("cache", min=COMPILED_FROM + tokens + 1)
     dims = (
         None,
@@ -209,6 +209,7 @@ def build_package(model: Transformer, target: Path, tokens: int = 1) -> None:
         tuple({2: length} for _ in cache.v),
         tuple(None for _ in weights),
     )
+
     def write(temp: Path) -> None:
         named = temp.with_name(temp.name + ".pt2")  # the packager takes only names in .pt2
         try:
