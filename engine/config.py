@@ -254,11 +254,20 @@ def _type_name(value: Any) -> str:
 def _toml_repr(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # escaped as TOML writes it: an error stays one line
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
     return str(value)
+
+
+def _toml_char(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if c.isprintable():
+        return c
+    short = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c)
+    return short or (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
 
 
 def _unknown(key: str, valid: tuple[str, ...] | list[str]) -> str:

@@ -170,6 +170,13 @@ def test_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
     assert "Traceback" not in message
 
 
+def test_a_bad_value_with_line_breaks_is_shown_escaped_on_one_line(tmp_path: Path) -> None:
+    # found by test_fuzz: a string value holding a newline was echoed raw into the error
+    message = load_error(tmp_path, '[defaults]\noffload = "\\n\\u2028x"\n')
+    assert message.endswith('defaults.offload = "\\n\\u2028x": must be true or false, not a string')
+    assert len(message.splitlines()) == 1
+
+
 def test_unknown_key_is_named_with_suggestion(tmp_path: Path) -> None:
     message = load_error(tmp_path, "[profiles.creative]\ntemprature = 1.0\n")
     assert "llama-tui.toml" in message
