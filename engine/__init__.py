@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from engine.conversation import Conversation, SavedMessage, Turn
     from engine.cpu_load import BUSY_SHOWN, Stamp, other_load
     from engine.default_model import default_model_path
+    from engine.dense_prefill import dense_prefill_rows
     from engine.energy import EnergyReading
     from engine.errors import (
         ConfigError,
@@ -115,6 +116,7 @@ _EXPORTS = {
     "background_busy": "engine.background",
     "compile_supported": "engine.compiled",
     "compile_wanted": "engine.compiled",
+    "dense_prefill_rows": "engine.dense_prefill",
     "Config": "engine.config",
     "ConfigError": "engine.errors",
     "ContextOverflowError": "engine.errors",
@@ -258,6 +260,7 @@ __all__ = [
     "compile_wanted",
     "decode_one_token",
     "default_model_path",
+    "dense_prefill_rows",
     "encode_dialog",
     "find_config_path",
     "generate",

@@ -10,8 +10,8 @@ against the float32 dequantization.
 
 Beside the blocks: wq|wk|wv and w1|w3 fused side by side (one kernel call each), the output
 head on the same kernel with exact Q8_0 rows for its top logits (QuantizedHead, Q8Table), and
-long prefill chunks on dense bfloat16 GEMMs from one shared scratch buffer (DenseScratch) where
-the CPU multiplies bfloat16 natively.
+long prefill chunks on dense bfloat16 GEMMs from one shared scratch buffer (DenseScratch), from
+the chunk length where this machine measured them faster (engine/dense_prefill.py).
 """
 
 from __future__ import annotations
@@ -50,32 +50,21 @@ def cpu_flags() -> tuple[str, ...]:
         return ()
 
 
-@functools.cache
-def native_bf16() -> bool:
-    """Whether the CPU multiplies bfloat16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo).
-    Without it the dense prefill path is off: on an AVX2 EPYC a [128, 576] x [576, 1536]
-    bfloat16 GEMM took 54x float32's time (a 128-token prefill ~40x slower than the int4
-    kernel), and float32 GEMMs on the dequantized weights were no faster than the kernel
-    (128 tokens: 1.0 s dense against 0.67 s for 127 on the kernel)."""
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 class DenseScratch:
     """One bfloat16 buffer that the 4-bit layers of a model dequantize into (W.T), one at a time,
-    for a long prefill chunk: dense bfloat16 GEMMs (AMX, AVX512-BF16) beat the int4 kernel there
-    by far, and this buffer, the size of the largest layer, is the only memory they add."""
+    for a prefill chunk of ``from_rows`` tokens or more: there dense bfloat16 GEMMs (AMX,
+    AVX512-BF16) beat the int4 kernel, from a row count this machine measured
+    (engine/dense_prefill.py). The buffer, the size of the largest layer, is the only memory
+    they add."""
 
-    def __init__(self) -> None:
+    def __init__(self, from_rows: int) -> None:
+        self.from_rows = from_rows
         self.buffer = torch.empty(0, dtype=torch.bfloat16)
 
     def take(self, rows: int, cols: int) -> torch.Tensor:
         if self.buffer.numel() < rows * cols:
             self.buffer = torch.empty(rows * cols, dtype=torch.bfloat16)
         return self.buffer[: rows * cols].view(rows, cols)
-
-
-DENSE_ROWS = 128  # activation rows (prefill tokens) from which a layer runs dense
 
 
 @rebuildable("int4_linear")
@@ -91,12 +80,13 @@ class Int4Linear(nn.Module):
         self.out_features = packed.shape[0]
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros)
-        self.scratch: DenseScratch | None = None  # set: long inputs run dense (share_scratch)
+        # set: long inputs run dense (engine/dense_prefill.py, share_scratch)
+        self.scratch: DenseScratch | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., in] -> [..., out]; the kernel takes 2-D bfloat16 activations
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.scratch is not None and flat.shape[0] >= DENSE_ROWS:
+        if self.scratch is not None and flat.shape[0] >= self.scratch.from_rows:
             weight_t = self.scratch.take(self.in_features, self.out_features)
             out = flat @ dequantize_t(self.packed, self.scales_zeros, weight_t)
         else:
@@ -174,24 +164,6 @@ def pack_block() -> int:
 def pack_layout_known() -> bool:
     """Whether dequantize_t can read this build's packs (the dense prefill needs it)."""
     return pack_block() != 0
-
-
-def share_scratch(model: nn.Module) -> int:
-    """Give the block projections of ``model`` (not the head) one DenseScratch: prefill chunks
-    of DENSE_ROWS tokens or more then run on dense bfloat16 GEMMs. Returns how many layers."""
-    scratch = DenseScratch()
-    layers = [
-        m
-        for name, m in model.named_modules()
-        if isinstance(m, Int4Linear)
-        and name.startswith("layers.")
-        and m.out_features % max(pack_block(), 1) == 0
-    ]
-    if not (native_bf16() and pack_layout_known()):
-        return 0
-    for m in layers:
-        m.scratch = scratch
-    return len(layers)
 
 
 def int4_linear_from_gguf(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> Int4Linear:

@@ -14,6 +14,7 @@ from engine.args import ModelArgs
 from engine.chat_format import ChatTemplate, chat_template_from_gguf
 from engine.config import WEIGHT_KEYS, Profile
 from engine.default_model import default_model_path
+from engine.dense_prefill import share_scratch
 from engine.errors import ModelLoadError
 from engine.loaders.cache import cacheable, read_prepared, write_prepared
 from engine.loaders.gguf import (
@@ -29,7 +30,7 @@ from engine.loaders.meta import load_meta_weights
 from engine.model import Transformer
 from engine.offload import BlockStreamer, streamer_of
 from engine.placement import Placement, resolve_placement
-from engine.quantized import QuantizedHead, share_scratch
+from engine.quantized import QuantizedHead
 from engine.tokenizers import Tokenizer, load_tokenizer_from_gguf
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.args import ModelArgs
+from engine.dense_prefill import share_scratch
 from engine.errors import ModelLoadError
 from engine.ggml import GGMLType as Q
 from engine.heap import trim_heap
@@ -33,7 +34,6 @@ from engine.quantized import (
     int4_linear_from_rows,
     q8_table,
     q8_table_from_gguf,
-    share_scratch,
 )
 
 TOP_LEVEL = {

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.args import ModelArgs, RopeScaling
-from engine.model import RMSNorm, Transformer
+from engine.kv_cache import KVCache
+from engine.model import ROW_BY_ROW, RMSNorm, Transformer
 from engine.rope import rope_inv_freq, rope_table, rotate
 
 
@@ -157,6 +158,31 @@ def test_grouped_query_attention_matches_the_textbook_computation() -> None:
         torch.testing.assert_close(
             model(tokens), reference_forward(model, tokens), rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_long_chunk_after_cached_tokens_matches_the_textbook_computation() -> None:
+    """More than ROW_BY_ROW new tokens after cached ones: one SDPA call over grouped query
+    rows, under the additive mask that the forward builds once for every layer."""
+    model = random_model(tiny_args(n_heads=8, n_kv_heads=2))
+    args = model.args
+    tokens = torch.randint(0, 101, (1, 7 + ROW_BY_ROW + 4))
+    cache = KVCache(args.n_layers, args.n_kv_heads, args.head_dim, 64)
+    with torch.inference_mode():
+        model(tokens[:, :7], 0, cache)
+        chunk = model(tokens[:, 7:], 7, cache)  # [1, ROW_BY_ROW + 4, V]
+        whole = reference_forward(model, tokens)
+    torch.testing.assert_close(chunk, whole[:, 7:], rtol=1e-4, atol=1e-5)
+
+
+def test_the_attention_mask_is_causal_after_the_cache_for_each_grouped_row() -> None:
+    model = random_model(tiny_args(n_heads=4, n_kv_heads=2))  # 2 query heads per KV head
+    mask = model.attention_mask(3, 2, torch.float32, torch.device("cpu"))
+    inf = float("-inf")
+    one_head = torch.tensor(
+        [[0.0, 0.0, 0.0, inf, inf], [0.0, 0.0, 0.0, 0.0, inf], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
+    assert torch.equal(mask, torch.cat([one_head, one_head]))  # [n_rep * T, cached + T]
+    assert model.attention_mask(3, 0, torch.bfloat16, torch.device("cpu")).dtype == torch.bfloat16
 
 
 def test_untied_output_head_is_used() -> None:

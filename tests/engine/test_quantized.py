@@ -12,6 +12,7 @@ from gguf import quants
 
 from engine import quantized
 from engine.chat_format import Message, encode_dialog
+from engine.dense_prefill import dense_layers
 from engine.generate import decode_one_token, prefill, token_logits
 from engine.kv_cache import KVCache
 from engine.loaders import LoadedModel, load_model
@@ -19,7 +20,6 @@ from engine.loaders.dequant import dequantize
 from engine.loaders.gguf_file import GGUFFile
 from engine.placement import Placement
 from engine.quantized import (
-    DENSE_ROWS,
     PACK_BLOCK,
     DenseScratch,
     Int4Linear,
@@ -30,7 +30,6 @@ from engine.quantized import (
     int4_groups_from_gguf,
     int4_linear_from_dense,
     int4_linear_from_gguf,
-    native_bf16,
     pack_layout_known,
     q8_table,
     q8_table_from_gguf,
@@ -310,69 +309,18 @@ def test_dequantize_t_is_the_kernels_formula_rounded_once(seed: int) -> None:
     assert torch.equal(weight_t, exact.bfloat16())
 
 
-needs_native_bf16 = pytest.mark.skipif(
-    not native_bf16(), reason="dense prefill runs only where the CPU has native bfloat16"
-)
-
-
-def test_without_native_bfloat16_long_inputs_stay_on_the_kernel(tiny_q4_path: Path) -> None:
-    if native_bf16():
-        pytest.skip("this CPU has native bfloat16: the dense path is on (the test below)")
-    m = load_model(
-        tiny_q4_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
-    )
-    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear)]
-    assert layers and all(x.scratch is None for x in layers)
-    att = m.model.layers[0].attention.wqkv
-    assert isinstance(att, Int4Linear)
-    long = torch.randn(DENSE_ROWS, 64)
-    kernel = torch._weight_int4pack_mm_for_cpu(long.bfloat16(), att.packed, 32, att.scales_zeros)
-    assert torch.equal(att(long), kernel.float())
-
-
-@needs_native_bf16
-def test_long_inputs_run_dense_through_one_shared_buffer(tiny_q4_path: Path) -> None:
-    m = load_model(
-        tiny_q4_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
-    )
-    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear)]
-    scratch = layers[0].scratch
-    assert isinstance(scratch, DenseScratch)
-    assert all(x.scratch is scratch for x in layers[:-1])  # every block projection ...
-    assert isinstance(m.model.output, QuantizedHead) and m.model.output.kernel.scratch is None
-    att = m.model.layers[0].attention.wqkv
-    assert isinstance(att, Int4Linear)
-    short, long = torch.randn(DENSE_ROWS - 1, 64), torch.randn(DENSE_ROWS, 64)
-    kernel_long = torch._weight_int4pack_mm_for_cpu(
-        long.bfloat16(), att.packed, 32, att.scales_zeros
-    ).float()
-    assert torch.equal(
-        att(short),
-        torch._weight_int4pack_mm_for_cpu(
-            short.bfloat16(), att.packed, 32, att.scales_zeros
-        ).float(),
-    )  # below DENSE_ROWS: the int4 kernel
-    dense = att(long)  # dense bfloat16: the weights rounded to bfloat16 once
-    assert not torch.equal(dense, kernel_long)
-    torch.testing.assert_close(dense, kernel_long, rtol=0.02, atol=0.02 * kernel_long.abs().max())
-    with torch.inference_mode():
-        m.model(torch.randint(0, 49152, (1, DENSE_ROWS + 5)))
-    largest = max(x.in_features * x.out_features for x in layers[:-1])
-    assert scratch.buffer.numel() == largest  # the only memory the dense path adds
-
-
 @pytest.mark.slow
-@needs_native_bf16
 def test_default_model_dense_prefill_agrees_teacher_forced(default_path: Path) -> None:
     """Measured: dense bfloat16 prefill (weights rounded to bfloat16 once) picks the int4
     kernel's top-1 at 192 of 192 positions here (190 of 192 on README text; largest logit
-    gap there about 1.4)."""
+    gap there about 1.4). The dense path is forced on, whatever this machine measured for it
+    (engine/dense_prefill.py): where it does not win it is slow, not wrong."""
     m = load_model(
         default_path, placement=Placement(CPU, torch.bfloat16, native_4bit=True), context_length=512
     )
-    layers = [x for x in m.model.modules() if isinstance(x, Int4Linear) and x.scratch]
+    layers = list(dense_layers(m.model).values())
     assert len(layers) == 30 * 4  # every block projection; the head stays on the kernel
-    scratch = layers[0].scratch
+    scratch = DenseScratch(1)
     ids = m.tokenizer.encode(" ".join(TEACHER_TEXTS * 5))
     assert len(ids) >= 3 * 300
     agree = 0

@@ -23,6 +23,8 @@ from engine import (
     profile_to_dict,
     resolve_profile,
 )
+from engine.dense_prefill import VERDICT_FILE
+from engine.user_cache import cache_dir
 from tui.bench.vs import Sample, compare, format_table, summarize, to_json
 from tui.bench.workers import LLAMA_CPP, OURS, TRANSFORMERS, LlamaCpp, Ours, Spec, Transformers
 from tui.cli.main import main
@@ -175,3 +177,7 @@ def test_vs_llama_cpp_for_real(
     assert set(record["ratios"][LLAMA_CPP]) == metrics | {"peak_rss_mib"}
     assert record["parity"][LLAMA_CPP].startswith(("identical", "DIFFER"))
     assert record["decode_step"] == "eager" and record["compile_s"] == [0.0]
+    # the dense prefill's crossing, as the worker (one thread) measured and remembered it
+    remembered = json.loads((cache_dir() / VERDICT_FILE).read_text())["records"]
+    ours_rows = [r["from_rows"] for r in remembered if r["key"]["threads"] == 1]
+    assert ours_rows and record["dense_prefill_from"] == ours_rows[-1]

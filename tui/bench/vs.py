@@ -216,6 +216,9 @@ def run_vs(args: argparse.Namespace, profile: Profile) -> int:
         "parity": {p: parity_of(first[OURS], first[p]) for p in peers} if greedy else {},
         "decode_step": ours[0]["decode_step"],  # llama-tui's timed runs: "compiled" or "eager"
         "compile_s": [r["prepare_s"] for r in ours],  # per process, after its first token
+        # prompt chunks of this many tokens and more ran as dense bfloat16 GEMMs (measured
+        # once per machine, engine/dense_prefill.py); None: all on the int4 kernel
+        "dense_prefill_from": ours[0].get("dense_prefill_from"),
     }
     if args.json:
         print(json.dumps(to_json(summaries, weights, meta)))
@@ -259,6 +262,12 @@ def _print_report(
         print(
             "llama-tui decoded through its compiled step, built or loaded from the cache after "
             f"the first token (seconds per process: {built}; 0 = loaded from the cache)"
+        )
+    rows = meta["dense_prefill_from"]
+    if rows is not None:
+        print(
+            f"llama-tui's prefill: prompt chunks of {rows}+ tokens as dense bfloat16 GEMMs, "
+            "shorter ones on the int4 kernel (the crossing measured on this machine)"
         )
     if meta["device"] != "cpu" and LLAMA_CPP in summaries:
         print(f"note: llama.cpp ran on the CPU (a CPU build), the others on {meta['device']}")

@@ -107,6 +107,7 @@ class Ours:
             KVCache,
             Profile,
             SamplingSettings,
+            dense_prefill_rows,
             load_config,
             load_profile_model,
             profile_to_dict,
@@ -125,6 +126,7 @@ class Ours:
         profile = resolve_profile(load_config(None), None, flat)
         self.loaded = loaded = load_profile_model(profile)
         self.ids = spec.ids or prompt_ids(loaded, spec.prompt_tokens)
+        self.dense_from = dense_prefill_rows(loaded.model)  # prompt chunks from N rows: dense
         four_bit = "+int4" if loaded.packed_4bit else ""
         self.weights = str(loaded.placement.dtype).removeprefix("torch.") + four_bit
         a = loaded.args
@@ -362,6 +364,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         "load_s": load_s,
         "prepare_s": prepare_s,
         "decode_step": getattr(engine, "step", "-"),
+        "dense_prefill_from": getattr(engine, "dense_from", None),
         "first_token": asdict(first_token),
         "runs": [{**run.figures(len(engine.ids)), "other_load": load} for run, load in timed],
         "peak_rss_bytes": peak_rss_bytes(),
