@@ -1,5 +1,5 @@
-"""Fixtures shared by the engine's controller and store tests: a loaded engine queue on the
-module's `profile` fixture, and an empty store in the test's folder."""
+"""Fixtures shared by the engine's tests: a loaded engine queue on the module's `profile`
+fixture, an empty store in the test's folder, and an empty user cache folder."""
 
 from __future__ import annotations
 
@@ -25,3 +25,11 @@ def engine(profile: Profile) -> Iterator[EngineQueue]:
 @pytest.fixture
 def store(tmp_path: Path) -> ConversationStore:
     return ConversationStore(tmp_path / DB_NAME)
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's own user cache folder (LLAMA_TUI_CACHE_DIR), not yet made."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(folder))
+    return folder

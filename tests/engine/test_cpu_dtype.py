@@ -16,12 +16,7 @@ from engine.placement import resolve_placement
 from engine.quantized import int4_cpu_supported
 from tests.gguf_writer import write_tiny_gguf
 
-
-@pytest.fixture(autouse=True)
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("empty_cache")  # tests/engine/conftest.py
 
 
 @pytest.fixture

@@ -18,15 +18,11 @@ from engine.placement import Placement
 from engine.quantized import DenseScratch, Int4Linear, QuantizedHead, int4_cpu_supported
 from tests.gguf_writer import write_tiny_gguf
 
-pytestmark = pytest.mark.skipif(not int4_cpu_supported(), reason="torch without int4 CPU kernels")
+pytestmark = [
+    pytest.mark.skipif(not int4_cpu_supported(), reason="torch without int4 CPU kernels"),
+    pytest.mark.usefixtures("empty_cache"),
+]
 BF16_4BIT = Placement(torch.device("cpu"), torch.bfloat16, native_4bit=True)
-
-
-@pytest.fixture(autouse=True)
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,7 @@ INT4 = Placement(CPU, torch.bfloat16, native_4bit=True)
 needs_int4 = pytest.mark.skipif(not int4_cpu_supported(), reason="torch without int4 CPU kernels")
 IDS = [1, 17, 402, 9, 3000, 12, 77]
 
-
-@pytest.fixture(autouse=True)
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("empty_cache")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")
