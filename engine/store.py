@@ -107,6 +107,10 @@ def open_store(flag: Path | None = None) -> ConversationStore:
     return ConversationStore(data_dir(flag) / DB_NAME)
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 class ConversationStore:
     def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
@@ -171,10 +175,21 @@ class ConversationStore:
         self.db.close()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        for table, column, kind in MIGRATIONS:
-            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        """The columns that MIGRATIONS adds, where they are missing. Two processes opening one
+        older (or new) file at once both saw a column missing, and the second ALTER failed
+        ("duplicate column name"): the columns are looked at again under the write lock."""
+        if all(column in _columns(db, table) for table, column, _ in MIGRATIONS):
+            self._migrate_search(db)
+            return
+        db.execute("BEGIN IMMEDIATE")  # another process's migration waits, or is found done
+        try:
+            for table, column, kind in MIGRATIONS:
+                if column not in _columns(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         self._migrate_search(db)
 
     def _migrate_search(self, db: sqlite3.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,40 @@ def test_fork_copies_the_files_and_the_persona(store: ConversationStore) -> None
     ]
     assert store.get(fork)["persona"] == "pirate"
     assert [len(store.attached(m["id"])) for m in store.messages(conv)] == [1, 0, 1]
+
+
+def test_a_migration_that_another_process_is_making_is_found_done(tmp_path: Path) -> None:
+    """Two processes opening one file at once: the other adds the columns while this one's
+    check still sees them missing (test_two_writers had hit "duplicate column name")."""
+    path = tmp_path / DB_NAME
+    ConversationStore(path).close()  # the current schema, then made old again below
+    other = sqlite3.connect(path, isolation_level=None)
+    for column in ("parent_id", "forked_at", "persona"):
+        other.execute(f"ALTER TABLE conversations DROP COLUMN {column}")
+    other.execute("BEGIN IMMEDIATE")  # the other process migrating, not yet committed
+    for column, kind in (("parent_id", "INTEGER"), ("forked_at", "INTEGER"), ("persona", "TEXT")):
+        other.execute(f"ALTER TABLE conversations ADD COLUMN {column} {kind}")
+    opened: list[str] = []
+
+    def open_store() -> None:
+        try:
+            ConversationStore(path).close()
+            opened.append("opened")
+        except BaseException as exc:  # the assertion below shows it
+            opened.append(repr(exc))
+
+    thread = threading.Thread(target=open_store)
+    thread.start()
+    thread.join(0.5)  # it waits for the write lock ...
+    assert thread.is_alive() and not opened
+    other.execute("COMMIT")  # ... and finds the columns there once it has it
+    thread.join(10)
+    other.close()
+    assert opened == ["opened"]
+    store = ConversationStore(path)
+    conv = store.new_conversation("t", {}, persona="pirate")
+    assert store.get(conv)["persona"] == "pirate"
+    store.close()
 
 
 def test_truncate_drops_the_tail(store: ConversationStore) -> None:
