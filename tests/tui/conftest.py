@@ -33,6 +33,11 @@ context_length = 4096
 max_new_tokens = 4000
 """
 
+# overrides for the "long" profile: a reply that outlasts any test that stops it. The tiny
+# model ran 4,000 tokens before a pilot's key press returned on a fast VM (a press waits
+# until the app is idle), so such tests send with app.chat.send and stop it themselves.
+ENDLESS = {"context_length": 40_000, "max_new_tokens": 39_000}
+
 
 @pytest.fixture
 def tiny_config(tmp_path: Path, tiny_gguf: Path) -> Path:

@@ -10,6 +10,7 @@ import pytest
 from textual.widgets import DataTable, Input, Label, OptionList
 
 from engine.store import DB_NAME, ConversationStore
+from tests.tui.conftest import ENDLESS
 from tests.tui.test_app import backend, idle, say, wait_for
 from tui.app.app import LlamaTuiApp, make_app
 from tui.app.screens.confirm import ConfirmScreen
@@ -96,10 +97,10 @@ async def test_a_chat_is_saved_every_turn_and_listed(app: LlamaTuiApp, data: Pat
 
 
 async def test_a_streaming_reply_is_on_disk_before_it_ends(tiny_config: Path, data: Path) -> None:
-    app = make_app("long", tiny_config, cursor_blink=False, data_dir=data)
+    app = make_app("long", tiny_config, ENDLESS, cursor_blink=False, data_dir=data)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, idle(app))
-        await pilot.press(*"go on forever", "enter")
+        app.chat.send("go on forever")
         store = saved(data)  # another connection, as after a crash
 
         def partial_saved() -> bool:
