@@ -6,7 +6,7 @@ scratch (quantized.DenseScratch) and multiplied as a dense GEMM, which pays the 
 once per chunk and then costs far less per row where the CPU multiplies bfloat16 natively.
 Where the two cross depends on the CPU, the thread count and the layers' shapes:
 
-- 2-core Zen 4 VM (AVX512-BF16), default model: about 80 rows. The fixed 128 this replaced left
+- 2-core Zen 4 VM (AVX512-BF16), default model: 68-78 rows. The fixed 128 this replaced left
   prompts of 100 and 120 tokens 15-23% slower than the dense path (whole prefills, interleaved).
 - AVX2 EPYC without native bfloat16: a dense [128, 576] x [576, 1536] GEMM took 54x float32's
   time, so the dense path never wins there.

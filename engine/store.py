@@ -178,18 +178,16 @@ class ConversationStore:
         """The columns that MIGRATIONS adds, where they are missing. Two processes opening one
         older (or new) file at once both saw a column missing, and the second ALTER failed
         ("duplicate column name"): the columns are looked at again under the write lock."""
-        if all(column in _columns(db, table) for table, column, _ in MIGRATIONS):
-            self._migrate_search(db)
-            return
-        db.execute("BEGIN IMMEDIATE")  # another process's migration waits, or is found done
-        try:
-            for table, column, kind in MIGRATIONS:
-                if column not in _columns(db, table):
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if not all(column in _columns(db, table) for table, column, _ in MIGRATIONS):
+            db.execute("BEGIN IMMEDIATE")  # another process's migration waits, or is found done
+            try:
+                for table, column, kind in MIGRATIONS:
+                    if column not in _columns(db, table):
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         self._migrate_search(db)
 
     def _migrate_search(self, db: sqlite3.Connection) -> None:
